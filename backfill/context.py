@@ -1,0 +1,32 @@
+"""The live objects one process needs, built once from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from backfill.airflow import AirflowClient
+from backfill.locks import DagLocks
+from backfill.record import Record
+from backfill.runner import WindowRunner
+from backfill.settings import Settings
+
+
+@dataclass
+class Context:
+    settings: Settings
+    redis: redis.Redis
+    airflow: AirflowClient
+    record: Record
+    locks: DagLocks
+    runner: WindowRunner
+
+    @classmethod
+    def build(cls, settings: Settings) -> Context:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
+        airflow = AirflowClient(settings.airflow)
+        record = Record(client, prefix=settings.key_prefix, ttl=settings.record_ttl)
+        locks = DagLocks(client, prefix=settings.key_prefix, ttl=settings.lock_ttl)
+        runner = WindowRunner(settings=settings, airflow=airflow, record=record, locks=locks)
+        return cls(settings, client, airflow, record, locks, runner)

@@ -1,0 +1,137 @@
+"""Turn a user's request into a validated plan, refusing bad input before anything is triggered."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from backfill.airflow import AirflowClient
+from backfill.errors import AirflowNotFound, InputError
+from backfill.record import BackfillParams
+from backfill.windows import window_spec
+
+ON_FAILURE = ("stop", "continue")
+REPROCESS = ("none", "failed", "completed")
+RESERVED_CONF = ("window_start", "window_end", "backfill_id")
+# Airflow's own rule for DAG ids (KEY_REGEX): letters, digits, '_', '.', '-'.
+_DAG_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    """What a user asks for, as given (strings, dates or datetimes for the bounds)."""
+
+    dags: Sequence[str]
+    start: str | date | datetime
+    end: str | date | datetime
+    batch: str = "daily"
+    tz: str | None = None
+    reverse: bool = False
+    conf: dict[str, Any] | None = None
+    on_failure: str = "stop"
+    reprocess: str = "none"
+    unpause: bool = False
+
+
+def new_backfill_id() -> str:
+    return f"bf-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def _check_dags(dags: Any) -> list[str]:
+    if isinstance(dags, str):
+        dags = [dags]
+    if not isinstance(dags, (list, tuple)) or not dags:
+        raise InputError("dags: give at least one DAG id")
+    bad = [d for d in dags if not isinstance(d, str) or not _DAG_ID.match(d)]
+    if bad:
+        raise InputError(
+            f"dags: invalid DAG id {bad[0]!r} (letters, digits, '_', '.' and '-' only, like Airflow's own ids)"
+        )
+    seen: set[str] = set()
+    dupes = sorted({d for d in dags if d in seen or seen.add(d)})  # type: ignore[func-returns-value]
+    if dupes:
+        raise InputError(f"dags: {', '.join(map(repr, dupes))} listed more than once")
+    return list(dags)
+
+
+def _check_conf(conf: Any) -> dict[str, Any]:
+    if conf is None:
+        return {}
+    if isinstance(conf, str):
+        try:
+            conf = json.loads(conf)
+        except ValueError:
+            raise InputError(f"conf: not valid JSON: {conf[:80]!r}") from None
+    if not isinstance(conf, dict):
+        raise InputError(f"conf: must be a JSON object (a dict), got {type(conf).__name__}")
+    clash = [k for k in RESERVED_CONF if k in conf]
+    if clash:
+        raise InputError(f"conf: {clash[0]!r} is set by the orchestrator for each window; use another key")
+    try:
+        json.dumps(conf)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"conf: not JSON-serialisable ({exc})") from None
+    return conf
+
+
+def validate(request: Request, *, max_windows: int) -> BackfillParams:
+    """Check everything that needs no Airflow; returns the plan with a fresh backfill id."""
+    dags = _check_dags(request.dags)
+    if request.on_failure not in ON_FAILURE:
+        raise InputError(f"on_failure: {request.on_failure!r} is not one of {', '.join(ON_FAILURE)}")
+    if request.reprocess not in REPROCESS:
+        raise InputError(f"reprocess: {request.reprocess!r} is not one of {', '.join(REPROCESS)}")
+    if not isinstance(request.reverse, bool):
+        raise InputError(f"reverse: expected true or false, got {request.reverse!r}")
+    conf = _check_conf(request.conf)
+    spec = window_spec(request.start, request.end, request.batch, tz=request.tz, max_windows=max_windows)
+    total = spec.count * len(dags)
+    if total > max_windows:
+        raise InputError(
+            f"the backfill makes {total} windows ({spec.count} {request.batch} windows x {len(dags)} DAGs), "
+            f"more than the cap of {max_windows} (BACKFILL_MAX_WINDOWS)"
+        )
+    return BackfillParams(
+        backfill_id=new_backfill_id(),
+        dags=dags,
+        start=spec.start.isoformat(),
+        end=spec.end.isoformat(),
+        batch=request.batch,
+        tz=request.tz,
+        reverse=request.reverse,
+        conf=conf,
+        on_failure=request.on_failure,
+        reprocess=request.reprocess,
+        created_at=time.time(),
+    )
+
+
+def check_in_airflow(airflow: AirflowClient, dags: Sequence[str], *, unpause: bool) -> list[str]:
+    """Every DAG must exist; a paused one is refused unless ``unpause``. Returns DAGs to unpause.
+
+    Reports every unknown or paused DAG at once, not only the first.
+    """
+    unknown: list[str] = []
+    paused: list[str] = []
+    for dag_id in dags:
+        try:
+            info = airflow.get_dag(dag_id)
+        except AirflowNotFound:
+            unknown.append(dag_id)
+            continue
+        if info.is_paused:
+            paused.append(dag_id)
+    if unknown:
+        raise InputError(f"dags: unknown to Airflow at {airflow.config.url}: {', '.join(unknown)}")
+    if paused and not unpause:
+        raise InputError(
+            f"dags: paused in Airflow: {', '.join(paused)} (runs of a paused DAG never start; "
+            "unpause it or submit with unpause=True / --unpause)"
+        )
+    return paused

@@ -1,0 +1,261 @@
+"""The record of a backfill, kept in Redis: its plan, each window's state and an ordered event log.
+
+Keys (``P`` is the settings' ``key_prefix``, ``ID`` the backfill id)::
+
+    P:index               sorted set: backfill ids by creation time
+    P:bf:ID               hash: the plan (params, JSON) and the backfill's state
+    P:bf:ID:dag:DAG       hash: the DAG's state, its current window and counters per outcome
+    P:bf:ID:win:DAG       hash: window index -> JSON {state, run_id, reason, ...}; absent = planned
+    P:bf:ID:events        stream: every state change, in the order it happened
+
+A window changes state through one Lua script that updates the window, the DAG's counters and
+the event log at once, and refuses to leave a terminal state: a redelivered task cannot count
+a window twice. The same script says whether the change is new, and only then is a log line
+written, so the worker log and the record tell the same story.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any
+
+import redis
+
+from backfill.errors import BackfillNotFound
+from backfill.windows import Window, WindowSpec, execution_order, window_spec
+
+WINDOW_STATES = ("planned", "waiting", "triggered", "running", "success", "failed", "skipped", "not_run", "cancelled")
+TERMINAL = frozenset({"success", "failed", "skipped", "not_run", "cancelled"})
+
+_TRANSITION = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local new = cjson.decode(ARGV[2])
+local merged = new
+local changed = true
+if old then
+  local prev = cjson.decode(old)
+  local terminal = {success=1, failed=1, skipped=1, not_run=1, cancelled=1}
+  if terminal[prev['state']] then return 0 end
+  changed = prev['state'] ~= new['state'] or prev['reason'] ~= new['reason']
+  for k, v in pairs(new) do prev[k] = v end
+  merged = prev
+end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(merged))
+if not changed then return 1 end
+local counters = {success=1, failed=1, skipped=1, not_run=1, cancelled=1}
+if counters[new['state']] then redis.call('HINCRBY', KEYS[2], new['state'], 1) end
+redis.call('HSET', KEYS[2], 'current', ARGV[1], 'current_state', new['state'], 'reason', new['reason'])
+if redis.call('HGET', KEYS[2], 'state') == 'pending' then
+  redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', cjson.decode(ARGV[3])['ts'])
+end
+redis.call('XADD', KEYS[3], '*', 'e', ARGV[3])
+return 2
+"""
+
+_FINISH_DAG = """
+if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+redis.call('XADD', KEYS[3], '*', 'e', ARGV[3])
+local left = redis.call('HINCRBY', KEYS[2], 'dags_left', -1)
+if ARGV[1] ~= 'succeeded' then redis.call('HSET', KEYS[2], 'any_failed', '1') end
+if left == 0 then
+  local state = 'succeeded'
+  if redis.call('HGET', KEYS[2], 'cancelled') == '1' then state = 'cancelled'
+  elseif redis.call('HGET', KEYS[2], 'any_failed') == '1' then state = 'failed' end
+  redis.call('HSET', KEYS[2], 'state', state, 'finished_at', ARGV[2])
+end
+return left
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackfillParams:
+    """A validated backfill: everything needed to recompute any of its windows."""
+
+    backfill_id: str
+    dags: list[str]
+    start: str  # ISO instant, inclusive
+    end: str  # ISO instant, exclusive
+    batch: str
+    tz: str | None = None
+    reverse: bool = False
+    conf: dict[str, Any] = field(default_factory=dict)
+    on_failure: str = "stop"
+    reprocess: str = "none"
+    created_at: float = 0.0
+
+    @cached_property
+    def spec(self) -> WindowSpec:
+        return window_spec(self.start, self.end, self.batch, tz=self.tz)
+
+    @property
+    def per_dag(self) -> int:
+        return self.spec.count
+
+    def index_at(self, seq: int) -> int:
+        """Chronological index of the ``seq``-th window to run."""
+        return self.spec.count - 1 - seq if self.reverse else seq
+
+    def window_at(self, seq: int) -> Window:
+        return self.spec.window(self.index_at(seq))
+
+    def run_id(self, window: Window) -> str:
+        return f"{self.backfill_id}__{window.key}"
+
+    def order(self) -> range:
+        return execution_order(self.spec.count, reverse=self.reverse)
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items()}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> BackfillParams:
+        return cls(**json.loads(text))
+
+
+class Record:
+    def __init__(self, client: redis.Redis, *, prefix: str, ttl: int) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.ttl = ttl
+        self._transition = client.register_script(_TRANSITION)
+        self._finish_dag = client.register_script(_FINISH_DAG)
+        self._params: dict[str, BackfillParams] = {}
+
+    # -- keys -----------------------------------------------------------------------------
+
+    def k_meta(self, bf: str) -> str:
+        return f"{self.prefix}:bf:{bf}"
+
+    def k_dag(self, bf: str, dag: str) -> str:
+        return f"{self.prefix}:bf:{bf}:dag:{dag}"
+
+    def k_windows(self, bf: str, dag: str) -> str:
+        return f"{self.prefix}:bf:{bf}:win:{dag}"
+
+    def k_events(self, bf: str) -> str:
+        return f"{self.prefix}:bf:{bf}:events"
+
+    def keys_of(self, bf: str, dags: list[str]) -> list[str]:
+        return [self.k_meta(bf), self.k_events(bf)] + [k for d in dags for k in (self.k_dag(bf, d), self.k_windows(bf, d))]
+
+    # -- creating and reading -------------------------------------------------------------
+
+    def create(self, params: BackfillParams) -> bool:
+        """Store a new backfill's plan. False if a backfill with that id exists already."""
+        meta = self.k_meta(params.backfill_id)
+        if not self.redis.hsetnx(meta, "params", params.to_json()):
+            return False
+        pipe = self.redis.pipeline()
+        now = time.time()
+        pipe.hset(meta, mapping={"state": "running", "created_at": now, "dags_left": len(params.dags)})
+        for dag in params.dags:
+            pipe.hset(self.k_dag(params.backfill_id, dag), mapping={"state": "pending", "total": params.per_dag})
+        pipe.zadd(f"{self.prefix}:index", {params.backfill_id: now})
+        event = {"ts": now, "kind": "backfill", "state": "planned", "dags": params.dags, "windows": params.per_dag}
+        pipe.xadd(self.k_events(params.backfill_id), {"e": json.dumps(event)})
+        pipe.execute()
+        return True
+
+    def params(self, bf: str) -> BackfillParams:
+        cached = self._params.get(bf)
+        if cached is None:
+            raw = self.redis.hget(self.k_meta(bf), "params")
+            if raw is None:
+                raise BackfillNotFound(f"backfill {bf!r}: no such backfill in Redis (expired or never submitted)")
+            cached = self._params[bf] = BackfillParams.from_json(raw)
+        return cached
+
+    def meta(self, bf: str) -> dict[str, str]:
+        raw = self.redis.hgetall(self.k_meta(bf))
+        if not raw:
+            raise BackfillNotFound(f"backfill {bf!r}: no such backfill in Redis (expired or never submitted)")
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    def dag(self, bf: str, dag: str) -> dict[str, str]:
+        return {_s(k): _s(v) for k, v in self.redis.hgetall(self.k_dag(bf, dag)).items()}
+
+    def window(self, bf: str, dag: str, idx: int) -> dict[str, Any]:
+        raw = self.redis.hget(self.k_windows(bf, dag), str(idx))
+        return json.loads(raw) if raw else {"state": "planned"}
+
+    def windows(self, bf: str, dag: str) -> dict[int, dict[str, Any]]:
+        return {int(k): json.loads(v) for k, v in self.redis.hgetall(self.k_windows(bf, dag)).items()}
+
+    def events(self, bf: str, *, after: str = "-", count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+        start = after if after == "-" else f"({after}"
+        return [(_s(i), json.loads(f[b"e"])) for i, f in self.redis.xrange(self.k_events(bf), start, "+", count=count)]
+
+    def recent(self, limit: int = 20) -> list[str]:
+        return [_s(b) for b in self.redis.zrevrange(f"{self.prefix}:index", 0, limit - 1)]
+
+    def is_cancelled(self, bf: str) -> bool:
+        return self.redis.hget(self.k_meta(bf), "cancelled") == b"1"
+
+    # -- changing -------------------------------------------------------------------------
+
+    def transition(
+        self, params: BackfillParams, dag: str, idx: int, state: str, *, reason: str | None = None, **extra: Any
+    ) -> bool:
+        """Move a window to ``state``. True when that is a change worth an event (and a log line).
+
+        Terminal states are final: once a window is success/failed/skipped/not_run/cancelled,
+        later transitions are ignored.
+        """
+        assert state in WINDOW_STATES, state
+        now = time.time()
+        window = params.spec.window(idx)
+        # "" rather than null: Lua sees JSON null as a truthy userdata.
+        data = {"state": state, "reason": reason or "", "at": now, **extra}
+        event = {
+            "ts": now,
+            "kind": "window",
+            "dag": dag,
+            "idx": idx,
+            "start": window.start.isoformat(),
+            "end": window.end.isoformat(),
+            "state": state,
+            "reason": reason,
+            **extra,
+        }
+        bf = params.backfill_id
+        keys = [self.k_windows(bf, dag), self.k_dag(bf, dag), self.k_events(bf)]
+        result = self._transition(keys=keys, args=[str(idx), json.dumps(data), json.dumps(event)])
+        return int(result) == 2
+
+    def note(self, params: BackfillParams, dag: str, idx: int, **fields: Any) -> None:
+        """Remember facts about a window without changing its state (no event)."""
+        current = self.window(params.backfill_id, dag, idx)
+        if current.get("state") in TERMINAL:
+            return
+        current.update(fields)
+        self.redis.hset(self.k_windows(params.backfill_id, dag), str(idx), json.dumps(current))
+
+    def set_dag(self, bf: str, dag: str, **fields: Any) -> None:
+        self.redis.hset(self.k_dag(bf, dag), mapping={k: v for k, v in fields.items() if v is not None})
+
+    def finish_dag(self, params: BackfillParams, dag: str, state: str, *, reason: str | None = None) -> int:
+        """Close a DAG (succeeded, failed, stopped or cancelled). Returns DAGs left, -1 if already closed."""
+        now = time.time()
+        event = {"ts": now, "kind": "dag", "dag": dag, "state": state, "reason": reason}
+        bf = params.backfill_id
+        keys = [self.k_dag(bf, dag), self.k_meta(bf), self.k_events(bf)]
+        left = int(self._finish_dag(keys=keys, args=[state, now, json.dumps(event)]))
+        if left == 0:
+            for key in self.keys_of(bf, params.dags):
+                self.redis.expire(key, self.ttl)
+        return left
+
+    def mark_not_run(self, params: BackfillParams, dag: str, from_seq: int, reason: str) -> int:
+        """Record every window of ``dag`` from ``from_seq`` on as not run, with the reason."""
+        count = 0
+        for seq in range(from_seq, params.per_dag):
+            count += self.transition(params, dag, params.index_at(seq), "not_run", reason=reason)
+        return count
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

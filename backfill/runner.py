@@ -1,0 +1,279 @@
+"""One window's life, as a state machine advanced one step per task execution.
+
+``WindowRunner.step`` looks at the window once — lock, Airflow, record — does at most one
+thing (trigger, clear, record an outcome) and says either "done, in this state" or "look
+again in N seconds". The Celery task turns "look again" into ``self.retry(countdown=N)``, so
+no worker process is held while a run is queued or running, and the chain stays intact.
+
+Every step is safe to repeat: a redelivered task finds its run by its deterministic run id
+(or by the logical date) and follows it instead of triggering a second one.
+
+The logical-date rule (Airflow keeps one run per DAG and logical date; a window's logical
+date is its start):
+
+- the run holding it is ours (same run id): follow it;
+- it is queued or running: wait until it ends (the DAG is busy anyway);
+- it ended and covers exactly this window: ``reprocess`` decides — ``none`` skips the window,
+  ``failed`` re-runs it (clear) if it failed and skips it if it succeeded, ``completed``
+  re-runs it whatever its outcome;
+- it ended and covers another interval: the window fails with a reason naming that run,
+  since re-running it would process a different interval than asked, and a second run at
+  that date is impossible.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from backfill.airflow import AirflowClient, RunInfo
+from backfill.errors import AirflowConflict, AirflowError, AirflowNotFound, AirflowUnavailable
+from backfill.locks import DagLocks
+from backfill.record import TERMINAL, BackfillParams, Record
+from backfill.settings import Settings
+from backfill.windows import Window
+
+log = logging.getLogger("backfill")
+
+WAIT_OUTAGE = "Airflow unavailable, retrying with backoff"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    done: bool
+    delay: float = 0.0  # not done: look again after this many seconds
+    state: str = ""  # done: the window's final state
+    reason: str | None = None
+    repeat: bool = False  # done before this execution: a redelivery or a duplicate
+
+
+class WindowRunner:
+    def __init__(self, *, settings: Settings, airflow: AirflowClient, record: Record, locks: DagLocks) -> None:
+        self.settings = settings
+        self.airflow = airflow
+        self.record = record
+        self.locks = locks
+
+    # -- the step -------------------------------------------------------------------------
+
+    def step(self, params: BackfillParams, dag: str, seq: int) -> Step:
+        idx = params.index_at(seq)
+        window = params.spec.window(idx)
+        run_id = params.run_id(window)
+        rec = self.record.window(params.backfill_id, dag, idx)
+        if rec["state"] in TERMINAL:
+            return Step(done=True, state=rec["state"], reason=rec.get("reason"), repeat=True)
+        if self.record.is_cancelled(params.backfill_id):
+            return self._finish(params, dag, idx, window, run_id, "cancelled", reason="backfill cancelled")
+        try:
+            step = self._advance(params, dag, idx, window, run_id, rec)
+        except AirflowUnavailable as exc:
+            return self._outage(params, dag, idx, window, run_id, rec, exc)
+        except AirflowError as exc:
+            # 401/403/404/4xx: retrying cannot help; say why and stop this window.
+            return self._finish(params, dag, idx, window, run_id, "failed", reason=str(exc))
+        if rec.get("unavailable_since"):
+            self.record.note(params, dag, idx, unavailable_since=None, outage_attempts=0)
+        return step
+
+    def _advance(
+        self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str, rec: dict[str, Any]
+    ) -> Step:
+        holder = self.locks.acquire(dag, run_id)
+        if holder is not None:
+            return self._wait(params, dag, idx, window, f"DAG locked by {_describe(holder)}", self.settings.busy_poll)
+        if rec.get("run_id"):
+            try:
+                run = self.airflow.get_run(dag, rec["run_id"])
+            except AirflowNotFound:
+                # Deleted in Airflow behind our back: start this window over.
+                self.record.note(params, dag, idx, run_id=None, prev_end=None)
+                return Step(done=False, delay=self.settings.poll_min)
+            return self._follow(params, dag, idx, window, run, rec)
+
+        held = self.airflow.runs_at(dag, window.start)
+        if held:
+            run = held[0]
+            if run.run_id == run_id:
+                return self._follow(params, dag, idx, window, run, rec)
+            if run.active:
+                reason = f"logical date {window.key} held by run {run.run_id} ({run.state})"
+                return self._wait(params, dag, idx, window, reason, self.settings.busy_poll)
+            if not run.covers(window):
+                reason = (
+                    f"logical date {window.key} is held by run {run.run_id} covering "
+                    f"[{_iso(run.data_interval_start)}, {_iso(run.data_interval_end)}), not this window; "
+                    "Airflow allows one run per logical date (use a batch matching the DAG's schedule, "
+                    "or delete that run)"
+                )
+                return self._finish(params, dag, idx, window, run_id, "failed", reason=reason, run=run.run_id)
+            if not _reprocess(params.reprocess, run.state):
+                reason = f"already {run.state} in run {run.run_id} (reprocess={params.reprocess})"
+                return self._finish(params, dag, idx, window, run_id, "skipped", reason=reason, run=run.run_id)
+            busy = self._busy(dag, run_id)
+            if busy:
+                return self._wait(params, dag, idx, window, busy, self.settings.busy_poll)
+            return self._rerun(params, dag, idx, window, run)
+
+        busy = self._busy(dag, run_id)
+        if busy:
+            return self._wait(params, dag, idx, window, busy, self.settings.busy_poll)
+        conf = {**params.conf, "window_start": window.start.isoformat(), "window_end": window.end.isoformat()}
+        conf["backfill_id"] = params.backfill_id
+        try:
+            self.airflow.trigger(dag, run_id, window, conf=conf, note=f"backfill {params.backfill_id}")
+        except AirflowConflict:
+            # Someone took the logical date (or our earlier try went through): look again.
+            return Step(done=False, delay=self.settings.poll_min)
+        self._set(params, dag, idx, window, "triggered", run=run_id, triggered_at=time.time())
+        return Step(done=False, delay=self._poll_delay(params, dag, 0.0))
+
+    def _busy(self, dag: str, run_id: str) -> str | None:
+        others = [r for r in self.airflow.active_runs(dag) if r.run_id != run_id]
+        if not others:
+            return None
+        first = others[0]
+        more = f" (+{len(others) - 1} more)" if len(others) > 1 else ""
+        return f"DAG busy: run {first.run_id} is {first.state}{more}"
+
+    def _rerun(self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo) -> Step:
+        # Remember the run and its old end before clearing, so a redelivered task can tell
+        # "cleared and finished again" from "crashed before the clear went through".
+        self.record.note(params, dag, idx, run_id=run.run_id, prev_end=_iso(run.end_date))
+        self.airflow.clear(dag, run.run_id)
+        reason = f"re-running existing run {run.run_id} (was {run.state}, reprocess={params.reprocess})"
+        self._set(params, dag, idx, window, "triggered", reason=reason, run=run.run_id, triggered_at=time.time())
+        return Step(done=False, delay=self._poll_delay(params, dag, 0.0))
+
+    def _follow(
+        self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: dict[str, Any]
+    ) -> Step:
+        if run.state in ("success", "failed") and rec.get("prev_end") and rec["prev_end"] == _iso(run.end_date):
+            # Our clear never took effect (we died in between): clear again.
+            return self._rerun(params, dag, idx, window, run)
+        elapsed = time.time() - float(rec.get("triggered_at") or time.time())
+        if run.state == "queued":
+            if rec["state"] not in ("triggered",):
+                self._set(params, dag, idx, window, "triggered", run=run.run_id, triggered_at=time.time())
+            return Step(done=False, delay=self._poll_delay(params, dag, elapsed))
+        if run.state == "running":
+            self._set(params, dag, idx, window, "running", run=run.run_id, started=_iso(run.start_date))
+            return Step(done=False, delay=self._poll_delay(params, dag, elapsed))
+        duration = (run.end_date - run.start_date).total_seconds() if run.end_date and run.start_date else None
+        if run.state == "success":
+            self._learn_duration(params, dag, elapsed)
+            return self._finish(
+                params, dag, idx, window, run.run_id, "success", run=run.run_id,
+                started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
+            )  # fmt: skip
+        return self._finish(
+            params, dag, idx, window, run.run_id, "failed", reason=f"Airflow run {run.run_id} failed",
+            run=run.run_id, started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
+        )  # fmt: skip
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def _wait(self, params: BackfillParams, dag: str, idx: int, window: Window, reason: str, delay: float) -> Step:
+        self._set(params, dag, idx, window, "waiting", reason=reason)
+        return Step(done=False, delay=delay, reason=reason)
+
+    def _finish(
+        self,
+        params: BackfillParams,
+        dag: str,
+        idx: int,
+        window: Window,
+        lock_token: str,
+        state: str,
+        *,
+        reason: str | None = None,
+        **extra: Any,
+    ) -> Step:
+        self._set(params, dag, idx, window, state, reason=reason, **extra)
+        self.locks.release(dag, lock_token)
+        return Step(done=True, state=state, reason=reason)
+
+    def _outage(
+        self,
+        params: BackfillParams,
+        dag: str,
+        idx: int,
+        window: Window,
+        run_id: str,
+        rec: dict[str, Any],
+        exc: AirflowUnavailable,
+    ) -> Step:
+        now = time.time()
+        since = float(rec.get("unavailable_since") or now)
+        attempts = int(rec.get("outage_attempts") or 0) + 1
+        if now - since > self.settings.give_up_after:
+            reason = f"Airflow unreachable for {now - since:.0f} s (BACKFILL_GIVE_UP_AFTER): {exc}"
+            return self._finish(params, dag, idx, window, run_id, "failed", reason=reason)
+        self.record.note(params, dag, idx, unavailable_since=since, outage_attempts=attempts)
+        self.locks.acquire(dag, run_id)  # keep our lock alive through the outage
+        delay = min(self.settings.retry_max, self.settings.poll_min * 2**attempts)
+        log.warning("%s %s %s: %s (attempt %d, next in %.1f s)", params.backfill_id, dag, window.label(), exc, attempts, delay)
+        if rec["state"] in ("planned", "waiting"):
+            self._set(params, dag, idx, window, "waiting", reason=WAIT_OUTAGE)
+        return Step(done=False, delay=delay, reason=WAIT_OUTAGE)
+
+    def _set(
+        self, params: BackfillParams, dag: str, idx: int, window: Window, state: str, *, reason: str | None = None, **extra: Any
+    ) -> None:
+        if self.record.transition(params, dag, idx, state, reason=reason, **extra):
+            log.info(format_line(params, dag, idx, window, state, reason=reason, **extra))
+
+    # -- polling --------------------------------------------------------------------------
+
+    def _poll_delay(self, params: BackfillParams, dag: str, elapsed: float) -> float:
+        """Wake up about when the run should end (learnt from this DAG's earlier windows),
+        then look more often than ``elapsed`` grows: roughly one look per 15% of the time
+        already waited, so a long run is not hammered and a short one is not slept through."""
+        expected = self._expected(params, dag)
+        if expected and elapsed < expected:
+            delay = expected - elapsed
+        else:
+            delay = elapsed * 0.15
+        return min(self.settings.poll_max, max(self.settings.poll_min, delay))
+
+    def _expected(self, params: BackfillParams, dag: str) -> float | None:
+        value = self.record.redis.hget(self.record.k_dag(params.backfill_id, dag), "avg_duration")
+        return float(value) if value else None
+
+    def _learn_duration(self, params: BackfillParams, dag: str, elapsed: float) -> None:
+        if elapsed <= 0:
+            return
+        old = self._expected(params, dag)
+        new = elapsed if old is None else 0.7 * old + 0.3 * elapsed
+        self.record.set_dag(params.backfill_id, dag, avg_duration=round(new, 3))
+
+
+def _reprocess(rule: str, state: str) -> bool:
+    """Whether a finished run covering the window is run again under ``rule``."""
+    return rule == "completed" or (rule == "failed" and state == "failed")
+
+
+def _describe(token: str) -> str:
+    bf, _, start = token.partition("__")
+    return f"backfill {bf} (window starting {start})" if start else token
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def format_line(
+    params: BackfillParams, dag: str, idx: int, window: Window, state: str, *, reason: str | None = None, **extra: Any
+) -> str:
+    """One log line per state change: backfill, DAG, window, position, state, run, reason, duration."""
+    seq = params.index_at(idx)  # index_at is its own inverse
+    parts = [params.backfill_id, dag, window.label(), f"#{seq + 1}/{params.per_dag}", state.upper()]
+    if extra.get("run"):
+        parts.append(f"run={extra['run']}")
+    if extra.get("duration") is not None:
+        parts.append(f"duration={extra['duration']:.1f}s")
+    if reason:
+        parts.append(f"reason={reason}")
+    return " ".join(parts)

@@ -1,0 +1,86 @@
+"""The orchestrator's settings: one typed, keyword-only object with named defaults.
+
+``celeryconfig.py`` builds it from environment variables (``Settings.from_env``); the library
+itself never reads the environment, so tests and embedders pass a ``Settings`` of their own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from backfill.airflow import AirflowConfig
+from backfill.errors import InputError
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_AIRFLOW_URL = "http://localhost:8080"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    redis_url: str = DEFAULT_REDIS_URL
+    airflow: AirflowConfig = field(default_factory=AirflowConfig)
+    key_prefix: str = "backfill"  # every Redis key of the orchestrator starts with this
+    max_windows: int = 100_000  # cap on windows per backfill, all DAGs together
+    segment_size: int = 20  # windows per chain message; the chain continues in segments
+    lock_ttl: float = 120.0  # seconds a per-DAG lock lives without renewal
+    poll_min: float = 0.5  # shortest wait between two looks at a running run
+    poll_max: float = 15.0  # longest wait between two looks at a running run
+    busy_poll: float = 3.0  # wait between two looks at a busy or locked DAG
+    retry_max: float = 60.0  # longest backoff after a transient Airflow error
+    give_up_after: float = 3600.0  # a window fails after Airflow is unreachable this long
+    visibility_timeout: int = 1800  # Redis broker: unacked messages come back after this
+    record_ttl: int = 30 * 86400  # seconds a finished backfill's record is kept
+
+    def __post_init__(self) -> None:
+        for name in ("max_windows", "segment_size", "lock_ttl", "poll_min", "poll_max", "busy_poll", "retry_max"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"setting {name}: must be greater than 0, got {getattr(self, name)!r}")
+        if self.poll_min > self.poll_max:
+            raise InputError(f"setting poll_min ({self.poll_min}) is above poll_max ({self.poll_max})")
+        longest = max(self.poll_max, self.busy_poll, self.retry_max)
+        # A countdown message is unacked while it waits; past the visibility timeout Redis
+        # would hand it to a second worker, and a lock would expire under a live holder.
+        if longest * 2 > self.visibility_timeout:
+            raise InputError(
+                f"setting visibility_timeout ({self.visibility_timeout} s) must be at least twice the "
+                f"longest wait ({longest} s): raise BACKFILL_VISIBILITY_TIMEOUT or lower the poll/retry waits"
+            )
+        if longest * 2 > self.lock_ttl:
+            raise InputError(
+                f"setting lock_ttl ({self.lock_ttl} s) must be at least twice the longest wait "
+                f"({longest} s), or a live holder would lose its lock between two polls"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from ``BACKFILL_*`` and ``AIRFLOW_*`` variables (see docs/setup.md)."""
+        env = os.environ if env is None else env
+        password = env.get("AIRFLOW_PASSWORD")
+        if password is None and env.get("AIRFLOW_PASSWORD_FILE"):
+            with open(env["AIRFLOW_PASSWORD_FILE"], encoding="utf-8") as fh:
+                password = fh.read().strip()
+        airflow = AirflowConfig(
+            url=env.get("AIRFLOW_API_URL", DEFAULT_AIRFLOW_URL),
+            username=env.get("AIRFLOW_USERNAME") or None,
+            password=password,
+            timeout=_number(env, "AIRFLOW_TIMEOUT", 10.0),
+        )
+        values: dict[str, object] = {"redis_url": env.get("BACKFILL_REDIS_URL", DEFAULT_REDIS_URL), "airflow": airflow}
+        for f in fields(cls):
+            if f.name in values:
+                continue
+            var = f"BACKFILL_{f.name.upper()}"
+            if var in env:
+                values[f.name] = env[var] if f.type == "str" else _number(env, var, 0, integer=f.type == "int")
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool = False) -> float:
+    if name not in env:
+        return default
+    try:
+        return int(env[name]) if integer else float(env[name])
+    except ValueError:
+        raise InputError(f"{name}: expected a number, got {env[name]!r}") from None

@@ -1,0 +1,58 @@
+"""Celery and orchestrator configuration, read from environment variables.
+
+Every variable, with its default (docs/setup.md has the full reference):
+
+=============================  ===========================  =========================================
+variable                       default                      meaning
+=============================  ===========================  =========================================
+BACKFILL_REDIS_URL             redis://localhost:6379/0     broker, results, locks and records
+AIRFLOW_API_URL                http://localhost:8080        Airflow's API server (no /api/v2)
+AIRFLOW_USERNAME               (none)                       user for POST /auth/token; none = no auth
+AIRFLOW_PASSWORD               (none)                       its password (or AIRFLOW_PASSWORD_FILE)
+AIRFLOW_PASSWORD_FILE          (none)                       file holding the password
+AIRFLOW_TIMEOUT                10                           seconds per Airflow request
+BACKFILL_MAX_WINDOWS           100000                       cap on windows per backfill (all DAGs)
+BACKFILL_SEGMENT_SIZE          20                           windows per chain message
+BACKFILL_LOCK_TTL              120                          seconds a per-DAG lock outlives its holder
+BACKFILL_POLL_MIN              0.5                          shortest wait between looks at a run
+BACKFILL_POLL_MAX              15                           longest wait between looks at a run
+BACKFILL_BUSY_POLL             3                            wait between looks at a busy/locked DAG
+BACKFILL_RETRY_MAX             60                           longest backoff after a transient error
+BACKFILL_GIVE_UP_AFTER         3600                         a window fails after an outage this long
+BACKFILL_VISIBILITY_TIMEOUT    1800                         Redis redelivers unacked messages after it
+BACKFILL_RECORD_TTL            2592000                      seconds a finished backfill's record stays
+BACKFILL_KEY_PREFIX            backfill                     prefix of every Redis key we write
+=============================  ===========================  =========================================
+"""
+
+from backfill.settings import Settings
+
+backfill_settings = Settings.from_env()
+
+broker_url = backfill_settings.redis_url
+result_backend = backfill_settings.redis_url
+# A waiting window is a countdown message held unacked by a worker: it must come back only
+# if that worker died, never while it still waits. Settings checks the waits stay below this.
+broker_transport_options = {"visibility_timeout": backfill_settings.visibility_timeout}
+result_backend_transport_options = {"visibility_timeout": backfill_settings.visibility_timeout}
+visibility_timeout = backfill_settings.visibility_timeout
+broker_connection_retry_on_startup = True
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_expires = 7 * 86400
+result_extended = True
+
+# A task whose worker dies is redelivered, not lost; every task is safe to repeat.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_track_started = True
+
+# Events for Flower and `celery events`.
+worker_send_task_events = True
+task_send_sent_event = True
+
+timezone = "UTC"
+enable_utc = True

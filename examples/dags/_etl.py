@@ -1,0 +1,43 @@
+"""Shared body of the example ETL DAGs ("decks").
+
+Each DAG has one task that "processes" its data interval: it sleeps for a while and can be
+told to fail for chosen windows, so the demo and the tests can make slow, fast and failing DAGs
+without more DAG files. Knobs come from the run's ``conf``:
+
+- ``sleep``: seconds the task takes (default: the DAG's own default);
+- ``fail_windows``: list of ISO ``data_interval_start`` values whose run must fail.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from airflow.sdk import dag, get_current_context, task
+
+
+def make_etl_dag(dag_id: str, *, default_sleep: float, schedule: str | None = None) -> object:
+    @dag(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=datetime(2000, 1, 1),  # windows before a start_date get no tasks
+        catchup=False,
+        max_active_runs=1,
+        tags=["backfill-example"],
+    )
+    def etl() -> None:
+        @task
+        def process() -> dict[str, str]:
+            ctx = get_current_context()
+            conf = ctx["dag_run"].conf or {}
+            start = ctx["data_interval_start"]
+            end = ctx["data_interval_end"]
+            print(f"processing {dag_id} [{start}, {end}) conf={conf}")
+            time.sleep(float(conf.get("sleep", default_sleep)))
+            if start is not None and start.isoformat() in set(conf.get("fail_windows", [])):
+                raise RuntimeError(f"{dag_id}: window {start.isoformat()} told to fail")
+            return {"start": str(start), "end": str(end)}
+
+        process()
+
+    return etl()

@@ -1,0 +1,236 @@
+"""The Celery tasks of the orchestrator.
+
+- ``backfill.submit_backfill``: validate, plan, record, then dispatch one chain per DAG as a
+  group. Returns a summary; bad input raises ``InputError`` before anything is triggered.
+- ``backfill.run_window``: one window of one DAG; polls its Airflow run through
+  ``self.retry(countdown=...)`` so no worker process is held while it waits.
+- ``backfill.continue_dag``: the last link of each chain segment; dispatches the next segment
+  (at most ``segment_size`` windows per message) or closes the DAG.
+
+Every task is stamped with ``backfill_id`` (revoke a whole backfill with
+``celery -A workers control revoke_by_stamped_headers backfill_id=ID``) and carries the
+backfill id, DAG and window in its kwargs, so Flower can show and search them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from datetime import date, datetime
+from typing import Any
+
+from celery import Task, chain, group
+from celery.canvas import Signature
+
+from backfill.context import Context
+from backfill.errors import BackfillError, WindowFailed
+from backfill.planning import Request, check_in_airflow, new_backfill_id, validate
+from backfill.record import BackfillParams
+from workers.app import app
+
+log = logging.getLogger("backfill")
+
+_context: Context | None = None
+_context_pid: int | None = None
+
+
+def context() -> Context:
+    """This process's clients (built after fork: sockets must not be shared across workers)."""
+    global _context, _context_pid
+    if _context is None or _context_pid != os.getpid():
+        _context = Context.build(app.conf.backfill_settings)
+        _context_pid = os.getpid()
+    return _context
+
+
+# -- submit -------------------------------------------------------------------------------
+
+
+@app.task(bind=True, name="backfill.submit_backfill")
+def submit_backfill(
+    self: Task,
+    dags: list[str],
+    start: str | date | datetime,
+    end: str | date | datetime,
+    batch: str = "daily",
+    *,
+    tz: str | None = None,
+    reverse: bool = False,
+    conf: dict[str, Any] | None = None,
+    on_failure: str = "stop",
+    reprocess: str = "none",
+    unpause: bool = False,
+) -> dict[str, Any]:
+    """Plan a backfill of ``dags`` over [start, end] in ``batch`` windows and start it.
+
+    Raises ``InputError`` (nothing triggered) for bad input, unknown or paused DAGs.
+    """
+    ctx = context()
+    request = Request(
+        dags=dags, start=start, end=end, batch=batch, tz=tz, reverse=reverse, conf=conf,
+        on_failure=on_failure, reprocess=reprocess, unpause=unpause,
+    )  # fmt: skip
+    params = validate(request, max_windows=ctx.settings.max_windows)
+    params = replace(params, backfill_id=_backfill_id_for(ctx, self.request.id))
+    for dag in check_in_airflow(ctx.airflow, params.dags, unpause=unpause):
+        ctx.airflow.unpause(dag)
+        log.info("%s unpaused DAG %s (unpause=True)", params.backfill_id, dag)
+    ctx.record.create(params)
+    # A redelivered submit finds its record and does not dispatch twice.
+    if ctx.redis.hsetnx(ctx.record.k_meta(params.backfill_id), "dispatched", "1"):
+        group(segment(params, dag, 0) for dag in params.dags).apply_async()
+        log.info(
+            "%s submitted: %d DAG(s) x %d %s window(s) %s, %s first",
+            params.backfill_id, len(params.dags), params.per_dag, params.batch,
+            f"[{params.start}, {params.end})", "newest" if params.reverse else "oldest",
+        )  # fmt: skip
+    return summary(params)
+
+
+def _backfill_id_for(ctx: Context, task_id: str | None) -> str:
+    candidate = new_backfill_id()
+    if not task_id:
+        return candidate
+    key = f"{ctx.settings.key_prefix}:submit:{task_id}"
+    ctx.redis.set(key, candidate, nx=True, ex=7 * 86400)
+    return (ctx.redis.get(key) or candidate.encode()).decode()
+
+
+def summary(params: BackfillParams) -> dict[str, Any]:
+    first, last = params.window_at(0), params.window_at(params.per_dag - 1)
+    return {
+        "backfill_id": params.backfill_id,
+        "batches": {dag: params.per_dag for dag in params.dags},
+        "windows": params.per_dag * len(params.dags),
+        "batch": params.batch,
+        "range": [params.start, params.end],
+        "order": "newest first" if params.reverse else "oldest first",
+        "first_window": [first.start.isoformat(), first.end.isoformat()],
+        "last_window": [last.start.isoformat(), last.end.isoformat()],
+        "on_failure": params.on_failure,
+        "reprocess": params.reprocess,
+        "status": f"backfill status {params.backfill_id}",
+    }
+
+
+# -- chains -------------------------------------------------------------------------------
+
+
+def segment(params: BackfillParams, dag: str, first_seq: int) -> Signature:
+    """The chain of windows ``first_seq .. first_seq + segment_size`` of ``dag``, then a link that
+    continues with the next segment. Bounding the links bounds every message's size."""
+    last = min(first_seq + app.conf.backfill_settings.segment_size, params.per_dag)
+    bf = params.backfill_id
+    links = [
+        run_window.si(backfill_id=bf, dag_id=dag, seq=seq, window=params.window_at(seq).label()).set(
+            task_id=f"{bf}-{dag}-w{seq}"
+        )
+        for seq in range(first_seq, last)
+    ]
+    links.append(continue_dag.si(backfill_id=bf, dag_id=dag, seq=last).set(task_id=f"{bf}-{dag}-c{last}"))
+    canvas = chain(*links)
+    canvas.stamp(backfill_id=bf)
+    return canvas
+
+
+@app.task(bind=True, name="backfill.continue_dag")
+def continue_dag(self: Task, *, backfill_id: str, dag_id: str, seq: int) -> dict[str, Any]:
+    ctx = context()
+    params = ctx.record.params(backfill_id)
+    if seq < params.per_dag and not ctx.record.is_cancelled(backfill_id):
+        marker = f"{ctx.record.k_dag(backfill_id, dag_id)}:seg{seq}"
+        if ctx.redis.exists(marker):
+            return {"dag": dag_id, "continued_at": seq, "duplicate": True}
+        segment(params, dag_id, seq).apply_async()
+        ctx.redis.set(marker, 1, ex=ctx.settings.record_ttl)
+        return {"dag": dag_id, "continued_at": seq}
+    return close_dag(ctx, params, dag_id)
+
+
+def close_dag(ctx: Context, params: BackfillParams, dag_id: str, *, reason: str | None = None) -> dict[str, Any]:
+    counts = ctx.record.dag(params.backfill_id, dag_id)
+    if ctx.record.is_cancelled(params.backfill_id):
+        state = "cancelled"
+    elif int(counts.get("failed", 0)) or int(counts.get("not_run", 0)):
+        state = "failed"
+    else:
+        state = "succeeded"
+    left = ctx.record.finish_dag(params, dag_id, state, reason=reason)
+    if left >= 0:
+        log.info(
+            "%s %s DAG %s: %s success, %s failed, %s skipped, %s not run%s",
+            params.backfill_id, dag_id, state.upper(), counts.get("success", 0), counts.get("failed", 0),
+            counts.get("skipped", 0), counts.get("not_run", 0), f" ({reason})" if reason else "",
+        )  # fmt: skip
+    if left == 0:
+        meta = ctx.record.meta(params.backfill_id)
+        log.info("%s backfill %s", params.backfill_id, meta.get("state", "?").upper())
+    return {"dag": dag_id, "state": state}
+
+
+# -- one window ---------------------------------------------------------------------------
+
+
+@app.task(bind=True, name="backfill.run_window", max_retries=None, throws=(WindowFailed,))
+def run_window(
+    self: Task, *, backfill_id: str, dag_id: str, seq: int, window: str = "", errors: int = 0
+) -> dict[str, Any]:
+    """Advance one window; retried with a countdown until its Airflow run has ended."""
+    ctx = context()
+    try:
+        params = ctx.record.params(backfill_id)
+        step = ctx.runner.step(params, dag_id, seq)
+    except BackfillError:
+        raise
+    except Exception as exc:
+        # Redis trouble or a bug. Every step is safe to repeat, so try again with backoff;
+        # give up (failing the window, freeing the DAG) only if it keeps happening.
+        if errors < MAX_UNEXPECTED_ERRORS:
+            delay = min(ctx.settings.retry_max, 2.0**errors)
+            log.warning("%s %s %s: %r, retrying in %.0f s", backfill_id, dag_id, window, exc, delay)
+            kwargs = {**self.request.kwargs, "errors": errors + 1}
+            raise self.retry(countdown=delay, kwargs=kwargs) from exc
+        log.exception("%s %s %s: giving up after %d unexpected errors", backfill_id, dag_id, window, errors)
+        _give_up(ctx, backfill_id, dag_id, seq, f"orchestrator error: {exc!r}")
+        raise
+    if not step.done:
+        raise self.retry(countdown=step.delay, kwargs={**self.request.kwargs, "errors": 0} if errors else None)
+    result = {"dag": dag_id, "seq": seq, "window": window, "state": step.state, "reason": step.reason}
+    if step.repeat and seq + 1 < params.per_dag:
+        nxt = ctx.record.window(backfill_id, dag_id, params.index_at(seq + 1))
+        if nxt["state"] != "planned":
+            # A duplicate of a window already handed on: the chain goes on elsewhere.
+            self.request.chain = None
+            return {**result, "duplicate": True}
+    if step.state == "cancelled":
+        self.request.chain = None  # drop the rest of this segment
+        close_dag(ctx, params, dag_id, reason="backfill cancelled")
+        return result
+    if step.state == "failed" and params.on_failure == "stop":
+        stop_dag(ctx, params, dag_id, seq, window, step.reason)
+    return result
+
+
+MAX_UNEXPECTED_ERRORS = 8
+
+
+def stop_dag(ctx: Context, params: BackfillParams, dag_id: str, seq: int, window: str, why: str | None) -> None:
+    """on_failure=stop: the DAG's remaining windows are recorded as not run; the chain ends."""
+    reason = f"window {window} failed (on_failure=stop): {why}"
+    ctx.record.mark_not_run(params, dag_id, seq + 1, reason=f"not run: {reason}")
+    close_dag(ctx, params, dag_id, reason=reason)
+    raise WindowFailed(f"{params.backfill_id} {dag_id}: {reason}")
+
+
+def _give_up(ctx: Context, backfill_id: str, dag_id: str, seq: int, reason: str) -> None:
+    try:
+        params = ctx.record.params(backfill_id)
+        window = params.window_at(seq)
+        ctx.record.transition(params, dag_id, params.index_at(seq), "failed", reason=reason)
+        ctx.locks.release(dag_id, params.run_id(window))
+        if params.on_failure == "stop":
+            ctx.record.mark_not_run(params, dag_id, seq + 1, reason=f"not run: window {window.label()} failed")
+        close_dag(ctx, params, dag_id, reason=reason)
+    except Exception:  # best effort: Redis itself may be what is failing
+        log.exception("%s %s: could not record the failure", backfill_id, dag_id)
