@@ -226,9 +226,10 @@ class AirflowClient:
         dag = self._call(f"DAG {dag_id!r}", self._dags.get_dag, dag_id)
         return DagInfo(dag_id=dag.dag_id, is_paused=bool(dag.is_paused), max_active_runs=dag.max_active_runs)
 
-    def unpause(self, dag_id: str) -> None:
-        body = af.DAGPatchBody(is_paused=False)
-        self._call(f"unpause DAG {dag_id!r}", self._dags.patch_dag, dag_id, body, update_mask=["is_paused"])
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        body = af.DAGPatchBody(is_paused=paused)
+        what = f"{'pause' if paused else 'unpause'} DAG {dag_id!r}"
+        self._call(what, self._dags.patch_dag, dag_id, body, update_mask=["is_paused"])
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -258,6 +259,23 @@ class AirflowClient:
             limit=20,
         )
         return [RunInfo.from_api(r) for r in page.dag_runs]
+
+    def runs_by_prefix(self, dag_id: str, prefix: str) -> list[RunInfo]:
+        """Every run of the DAG whose run id starts with ``prefix`` (e.g. a backfill id)."""
+        out: list[RunInfo] = []
+        while True:
+            page = self._call(
+                f"runs {prefix}* of DAG {dag_id!r}",
+                self._runs.get_dag_runs,
+                dag_id,
+                run_id_prefix_pattern=prefix,
+                order_by=["logical_date"],
+                limit=100,
+                offset=len(out),
+            )
+            out += [RunInfo.from_api(r) for r in page.dag_runs]
+            if len(page.dag_runs) < 100:
+                return out
 
     def recent_runs(self, dag_id: str, *, state: str = "success", limit: int = 10) -> list[RunInfo]:
         page = self._call(

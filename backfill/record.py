@@ -140,7 +140,9 @@ class Record:
         return f"{self.prefix}:bf:{bf}:events"
 
     def keys_of(self, bf: str, dags: list[str]) -> list[str]:
-        return [self.k_meta(bf), self.k_events(bf)] + [k for d in dags for k in (self.k_dag(bf, d), self.k_windows(bf, d))]
+        return [self.k_meta(bf), self.k_events(bf)] + [
+            k for d in dags for k in (self.k_dag(bf, d), self.k_windows(bf, d))
+        ]
 
     # -- creating and reading -------------------------------------------------------------
 

@@ -66,14 +66,14 @@ class WindowRunner:
         if rec["state"] in TERMINAL:
             return Step(done=True, state=rec["state"], reason=rec.get("reason"), repeat=True)
         if self.record.is_cancelled(params.backfill_id):
-            return self._finish(params, dag, idx, window, run_id, "cancelled", reason="backfill cancelled")
+            return self._finish(params, dag, idx, window, "cancelled", reason="backfill cancelled")
         try:
             step = self._advance(params, dag, idx, window, run_id, rec)
         except AirflowUnavailable as exc:
             return self._outage(params, dag, idx, window, run_id, rec, exc)
         except AirflowError as exc:
             # 401/403/404/4xx: retrying cannot help; say why and stop this window.
-            return self._finish(params, dag, idx, window, run_id, "failed", reason=str(exc))
+            return self._finish(params, dag, idx, window, "failed", reason=str(exc))
         if rec.get("unavailable_since"):
             self.record.note(params, dag, idx, unavailable_since=None, outage_attempts=0)
         return step
@@ -108,10 +108,10 @@ class WindowRunner:
                     "Airflow allows one run per logical date (use a batch matching the DAG's schedule, "
                     "or delete that run)"
                 )
-                return self._finish(params, dag, idx, window, run_id, "failed", reason=reason, run=run.run_id)
+                return self._finish(params, dag, idx, window, "failed", reason=reason, run=run.run_id)
             if not _reprocess(params.reprocess, run.state):
                 reason = f"already {run.state} in run {run.run_id} (reprocess={params.reprocess})"
-                return self._finish(params, dag, idx, window, run_id, "skipped", reason=reason, run=run.run_id)
+                return self._finish(params, dag, idx, window, "skipped", reason=reason, run=run.run_id)
             busy = self._busy(dag, run_id)
             if busy:
                 return self._wait(params, dag, idx, window, busy, self.settings.busy_poll)
@@ -165,11 +165,11 @@ class WindowRunner:
         if run.state == "success":
             self._learn_duration(params, dag, elapsed)
             return self._finish(
-                params, dag, idx, window, run.run_id, "success", run=run.run_id,
+                params, dag, idx, window, "success", run=run.run_id,
                 started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
             )  # fmt: skip
         return self._finish(
-            params, dag, idx, window, run.run_id, "failed", reason=f"Airflow run {run.run_id} failed",
+            params, dag, idx, window, "failed", reason=f"Airflow run {run.run_id} failed",
             run=run.run_id, started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
         )  # fmt: skip
 
@@ -185,14 +185,14 @@ class WindowRunner:
         dag: str,
         idx: int,
         window: Window,
-        lock_token: str,
         state: str,
         *,
         reason: str | None = None,
         **extra: Any,
     ) -> Step:
         self._set(params, dag, idx, window, state, reason=reason, **extra)
-        self.locks.release(dag, lock_token)
+        # Our lock token is always our own run id, even when the window re-ran another run.
+        self.locks.release(dag, params.run_id(window))
         return Step(done=True, state=state, reason=reason)
 
     def _outage(
@@ -210,17 +210,27 @@ class WindowRunner:
         attempts = int(rec.get("outage_attempts") or 0) + 1
         if now - since > self.settings.give_up_after:
             reason = f"Airflow unreachable for {now - since:.0f} s (BACKFILL_GIVE_UP_AFTER): {exc}"
-            return self._finish(params, dag, idx, window, run_id, "failed", reason=reason)
+            return self._finish(params, dag, idx, window, "failed", reason=reason)
         self.record.note(params, dag, idx, unavailable_since=since, outage_attempts=attempts)
         self.locks.acquire(dag, run_id)  # keep our lock alive through the outage
         delay = min(self.settings.retry_max, self.settings.poll_min * 2**attempts)
-        log.warning("%s %s %s: %s (attempt %d, next in %.1f s)", params.backfill_id, dag, window.label(), exc, attempts, delay)
+        log.warning(
+            "%s %s %s: %s (attempt %d, next in %.1f s)", params.backfill_id, dag, window.label(), exc, attempts, delay
+        )
         if rec["state"] in ("planned", "waiting"):
             self._set(params, dag, idx, window, "waiting", reason=WAIT_OUTAGE)
         return Step(done=False, delay=delay, reason=WAIT_OUTAGE)
 
     def _set(
-        self, params: BackfillParams, dag: str, idx: int, window: Window, state: str, *, reason: str | None = None, **extra: Any
+        self,
+        params: BackfillParams,
+        dag: str,
+        idx: int,
+        window: Window,
+        state: str,
+        *,
+        reason: str | None = None,
+        **extra: Any,
     ) -> None:
         if self.record.transition(params, dag, idx, state, reason=reason, **extra):
             log.info(format_line(params, dag, idx, window, state, reason=reason, **extra))
@@ -232,10 +242,7 @@ class WindowRunner:
         then look more often than ``elapsed`` grows: roughly one look per 15% of the time
         already waited, so a long run is not hammered and a short one is not slept through."""
         expected = self._expected(params, dag)
-        if expected and elapsed < expected:
-            delay = expected - elapsed
-        else:
-            delay = elapsed * 0.15
+        delay = expected - elapsed if expected and elapsed < expected else elapsed * 0.15
         return min(self.settings.poll_max, max(self.settings.poll_min, delay))
 
     def _expected(self, params: BackfillParams, dag: str) -> float | None:

@@ -87,9 +87,7 @@ def parse_bound(value: str | date | datetime, *, name: str, zone: tzinfo, is_end
         try:
             moment = dtparser.isoparse(text)
         except (ValueError, OverflowError):
-            raise InputError(
-                f"{name}: cannot read {value!r} as a date (YYYY-MM-DD) or an ISO 8601 datetime"
-            ) from None
+            raise InputError(f"{name}: cannot read {value!r} as a date (YYYY-MM-DD) or an ISO 8601 datetime") from None
     else:
         raise InputError(f"{name}: expected a date or an ISO 8601 string, got {type(value).__name__}")
     if moment.tzinfo is None:
@@ -165,7 +163,7 @@ def window_spec(
     lo = parse_bound(start, name="start", zone=zone, is_end=False)
     hi = parse_bound(end, name="end", zone=zone, is_end=True)
     if lo >= hi:
-        raise InputError(f"start {lo.isoformat()} is not before end {hi.isoformat()}: the range is empty")
+        raise InputError(f"start ({start}) is after end ({end}): the range is empty")
     anchor = _anchor(lo, batch, zone)
     spec = WindowSpec(lo, hi, batch, zone, anchor, 0)
     # Estimate from a lower bound of the unit's length, then step to the exact count.

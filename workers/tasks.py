@@ -74,7 +74,7 @@ def submit_backfill(
     params = validate(request, max_windows=ctx.settings.max_windows)
     params = replace(params, backfill_id=_backfill_id_for(ctx, self.request.id))
     for dag in check_in_airflow(ctx.airflow, params.dags, unpause=unpause):
-        ctx.airflow.unpause(dag)
+        ctx.airflow.set_paused(dag, False)
         log.info("%s unpaused DAG %s (unpause=True)", params.backfill_id, dag)
     ctx.record.create(params)
     # A redelivered submit finds its record and does not dispatch twice.
@@ -117,10 +117,10 @@ def summary(params: BackfillParams) -> dict[str, Any]:
 # -- chains -------------------------------------------------------------------------------
 
 
-def segment(params: BackfillParams, dag: str, first_seq: int) -> Signature:
+def segment(params: BackfillParams, dag: str, first_seq: int, *, size: int | None = None) -> Signature:
     """The chain of windows ``first_seq .. first_seq + segment_size`` of ``dag``, then a link that
     continues with the next segment. Bounding the links bounds every message's size."""
-    last = min(first_seq + app.conf.backfill_settings.segment_size, params.per_dag)
+    last = min(first_seq + (size or app.conf.backfill_settings.segment_size), params.per_dag)
     bf = params.backfill_id
     links = [
         run_window.si(backfill_id=bf, dag_id=dag, seq=seq, window=params.window_at(seq).label()).set(

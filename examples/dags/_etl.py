@@ -5,7 +5,8 @@ told to fail for chosen windows, so the demo and the tests can make slow, fast a
 without more DAG files. Knobs come from the run's ``conf``:
 
 - ``sleep``: seconds the task takes (default: the DAG's own default);
-- ``fail_windows``: list of ISO ``data_interval_start`` values whose run must fail.
+- ``fail_windows``: list of ISO ``data_interval_start`` values whose run must fail;
+- ``fail_dags``: if given, only these DAGs fail their ``fail_windows``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import datetime
 from airflow.sdk import dag, get_current_context, task
 
 
-def make_etl_dag(dag_id: str, *, default_sleep: float, schedule: str | None = None) -> object:
+def make_etl_dag(dag_id: str, *, default_sleep: float, schedule: str | None = None, pool: str | None = None) -> object:
     @dag(
         dag_id=dag_id,
         schedule=schedule,
@@ -26,7 +27,7 @@ def make_etl_dag(dag_id: str, *, default_sleep: float, schedule: str | None = No
         tags=["backfill-example"],
     )
     def etl() -> None:
-        @task
+        @task(pool=pool or "default_pool")
         def process() -> dict[str, str]:
             ctx = get_current_context()
             conf = ctx["dag_run"].conf or {}
@@ -34,7 +35,8 @@ def make_etl_dag(dag_id: str, *, default_sleep: float, schedule: str | None = No
             end = ctx["data_interval_end"]
             print(f"processing {dag_id} [{start}, {end}) conf={conf}")
             time.sleep(float(conf.get("sleep", default_sleep)))
-            if start is not None and start.isoformat() in set(conf.get("fail_windows", [])):
+            fail_here = dag_id in conf.get("fail_dags", [dag_id])
+            if fail_here and start is not None and start.isoformat() in set(conf.get("fail_windows", [])):
                 raise RuntimeError(f"{dag_id}: window {start.isoformat()} told to fail")
             return {"start": str(start), "end": str(end)}
 

@@ -1,0 +1,19 @@
+# The two commands of the README: `make demo` and `make test`. Both set up what they need.
+.PHONY: setup demo test lint format
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup
+	.venv/bin/python scripts/demo.py
+
+test: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/python -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff format . && .venv/bin/ruff check --fix .

@@ -1,0 +1,234 @@
+"""A local stack for the demo and the tests: redis-server, ``airflow standalone``, Celery
+workers and Flower, each on a private port, each stopped by its pid.
+
+Not used by the orchestrator at run time. Airflow lives in its own virtualenv (by default
+``.venv-airflow`` next to the repo, see scripts/bootstrap.sh): it is not a dependency of the
+orchestrator, only of this stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_DAGS = REPO / "examples" / "dags"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def airflow_bin() -> Path:
+    explicit = os.environ.get("BACKFILL_AIRFLOW_BIN")
+    if explicit:
+        return Path(explicit)
+    return REPO / ".venv-airflow" / "bin" / "airflow"
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        """Signal the process's whole group (airflow standalone and celery have children)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.alive():
+            self.signal(signal.SIGKILL)  # leftover children, if any
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.popen.wait(10)
+        self.signal(signal.SIGKILL)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Stack:
+    root: Path
+    procs: list[Proc] = field(default_factory=list)
+    redis_url: str = ""
+    airflow_url: str = ""
+    airflow_user: str = "admin"
+    airflow_password: str = ""
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Proc:
+        log = self.root / f"{name}.log"
+        fh = open(log, "ab")  # noqa: SIM115 - owned by the child
+        popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    # -- redis ----------------------------------------------------------------------------
+
+    def start_redis(self, port: int | None = None, *, appendonly: bool = False, password: str | None = None) -> str:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server not found: run scripts/bootstrap.sh (apt-get install -y redis-server)")
+        port = port or free_port()
+        data = self.root / f"redis-{port}"
+        data.mkdir(exist_ok=True)
+        cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", ""]
+        cmd += ["--appendonly", "yes" if appendonly else "no"]
+        if password:
+            cmd += ["--requirepass", password]
+        self._spawn(f"redis-{port}", cmd)
+        auth = f":{password}@" if password else ""
+        self.redis_url = f"redis://{auth}127.0.0.1:{port}/0"
+        _wait_for(lambda: _tcp_open(port), 20, f"redis-server on :{port}")
+        return self.redis_url
+
+    # -- airflow --------------------------------------------------------------------------
+
+    def start_airflow(
+        self, port: int | None = None, *, dags_folder: Path = EXAMPLE_DAGS, expect_dags: int = 1, timeout: float = 240
+    ) -> str:
+        exe = airflow_bin()
+        if not exe.exists():
+            raise RuntimeError(f"{exe} not found: run scripts/bootstrap.sh (it installs apache-airflow==3.3.*)")
+        port = port or free_port()
+        home = self.root / "airflow"
+        home.mkdir(exist_ok=True)
+        self.airflow_password = self.airflow_password or secrets.token_urlsafe(12)
+        pwfile = home / "passwords.json"
+        pwfile.write_text(json.dumps({self.airflow_user: self.airflow_password}))
+        env = {
+            **os.environ,
+            "PATH": f"{exe.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__WORKERS": "2",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.airflow_user}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(pwfile),
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        }
+        env.pop("PYTHONPATH", None)
+        self._spawn("airflow", [str(exe), "standalone"], env)
+        self.airflow_url = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: self._airflow_dag_count() >= expect_dags, timeout, f"airflow standalone on :{port}")
+        return self.airflow_url
+
+    def _airflow_dag_count(self) -> int:
+        try:
+            token = _post_json(
+                f"{self.airflow_url}/auth/token", {"username": self.airflow_user, "password": self.airflow_password}
+            )["access_token"]
+            health = _get_json(f"{self.airflow_url}/api/v2/monitor/health", token)
+            if health.get("scheduler", {}).get("status") != "healthy":
+                return 0
+            return int(_get_json(f"{self.airflow_url}/api/v2/dags?limit=1", token)["total_entries"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    # -- orchestrator processes -----------------------------------------------------------
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for orchestrator processes (workers, CLI, Flower) talking to this stack."""
+        env = {
+            **os.environ,
+            "BACKFILL_REDIS_URL": self.redis_url,
+            "AIRFLOW_API_URL": self.airflow_url,
+            "AIRFLOW_USERNAME": self.airflow_user,
+            "AIRFLOW_PASSWORD": self.airflow_password,
+            "PYTHONPATH": str(REPO),
+        }
+        env.update(extra)
+        return env
+
+    def start_worker(self, name: str = "w1", *, concurrency: int = 2, **env: str) -> Proc:
+        cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-l", "info"]
+        cmd += ["-c", str(concurrency), "-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
+        proc = self._spawn(f"worker-{name}", cmd, self.env(**env))
+        _wait_for(lambda: "ready." in proc.tail(200) or not proc.alive(), 60, f"celery worker {name}")
+        if not proc.alive():
+            raise RuntimeError(f"worker {name} died:\n{proc.tail()}")
+        return proc
+
+    def start_flower(self, port: int = 5555, **env: str) -> Proc:
+        cmd = [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}", "--address=127.0.0.1"]
+        proc = self._spawn("flower", cmd, self.env(**env))
+        _wait_for(lambda: _tcp_open(port) or not proc.alive(), 60, f"flower on :{port}")
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        proc.stop()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+
+def _tcp_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+def _post_json(url: str, body: dict[str, str]) -> dict[str, object]:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def _get_json(url: str, token: str) -> dict[str, object]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise OSError(str(exc)) from None

@@ -1,0 +1,114 @@
+"""A backfill's status, read from its record: a dict for scripts and a text view for people."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from backfill.record import TERMINAL, Record
+
+
+def status(record: Record, bf: str, *, events: bool = False) -> dict[str, Any]:
+    params = record.params(bf)
+    meta = record.meta(bf)
+    dags = []
+    for dag in params.dags:
+        info = record.dag(bf, dag)
+        counts = {s: int(info.get(s, 0)) for s in sorted(TERMINAL)}
+        current = None
+        if "current" in info:
+            idx = int(info["current"])
+            window = params.spec.window(idx)
+            detail = record.window(bf, dag, idx)
+            current = {
+                "seq": params.index_at(idx) + 1,
+                "start": window.start.isoformat(),
+                "end": window.end.isoformat(),
+                "state": detail.get("state"),
+                "run_id": detail.get("run"),
+                "reason": detail.get("reason") or None,
+            }
+        failures = [
+            {"start": params.spec.window(i).start.isoformat(), "run_id": w.get("run"), "reason": w.get("reason")}
+            for i, w in sorted(record.windows(bf, dag).items())
+            if w.get("state") == "failed"
+        ]
+        dags.append(
+            {
+                "dag_id": dag,
+                "state": info.get("state", "pending"),
+                "total": params.per_dag,
+                "done": sum(counts.values()),
+                "counts": counts,
+                "current": current,
+                "failures": failures,
+            }
+        )
+    out: dict[str, Any] = {
+        "backfill_id": bf,
+        "state": "cancelling" if meta.get("cancelled") == "1" and meta.get("state") == "running" else meta["state"],
+        "created_at": float(meta["created_at"]),
+        "finished_at": float(meta["finished_at"]) if meta.get("finished_at") else None,
+        "params": {
+            "dags": params.dags,
+            "start": params.start,
+            "end": params.end,
+            "batch": params.batch,
+            "tz": params.tz,
+            "reverse": params.reverse,
+            "on_failure": params.on_failure,
+            "reprocess": params.reprocess,
+        },
+        "dags": dags,
+    }
+    if events:
+        out["events"] = [e for _, e in record.events(bf)]
+    return out
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = round(width * done / total) if total else width
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def render(data: dict[str, Any]) -> str:
+    p = data["params"]
+    lines = [
+        f"backfill {data['backfill_id']}  {data['state'].upper()}",
+        f"  {p['batch']} windows over [{p['start']}, {p['end']}), "
+        f"{'newest' if p['reverse'] else 'oldest'} first, on_failure={p['on_failure']}, reprocess={p['reprocess']}",
+        f"  created {_clock(data['created_at'])} UTC"
+        + (f", finished {_clock(data['finished_at'])} UTC" if data["finished_at"] else ""),
+        "",
+    ]
+    width = max(len(d["dag_id"]) for d in data["dags"])
+    for d in data["dags"]:
+        c = d["counts"]
+        line = f"  {d['dag_id']:<{width}}  {_bar(d['done'], d['total'])} {d['done']:>5}/{d['total']:<5} {d['state']:<9}"
+        extras = [f"{c[k]} {k.replace('_', ' ')}" for k in ("failed", "skipped", "not_run", "cancelled") if c[k]]
+        if extras:
+            line += " (" + ", ".join(extras) + ")"
+        cur = d["current"]
+        if cur and d["state"] not in ("succeeded", "failed", "cancelled"):
+            line += f"\n  {'':<{width}}  now #{cur['seq']} [{cur['start']}, {cur['end']}) {cur['state']}"
+            if cur["run_id"]:
+                line += f" run={cur['run_id']}"
+            if cur["reason"] and cur["state"] == "waiting":
+                line += f"\n  {'':<{width}}  waiting: {cur['reason']}"
+        lines.append(line)
+    failures = [(d["dag_id"], f) for d in data["dags"] for f in d["failures"]]
+    if failures:
+        lines += ["", "  failures:"]
+        lines += [f"    {dag} {f['start']}: {f['reason']}" for dag, f in failures]
+    for e in data.get("events", []):
+        if e.get("kind") == "window":
+            extra = f" run={e['run']}" if e.get("run") else ""
+            why = f" ({e['reason']})" if e.get("reason") else ""
+            lines.append(f"  {_clock(e['ts'])} {e['dag']} [{e['start']}, {e['end']}) {e['state']}{extra}{why}")
+        else:
+            lines.append(f"  {_clock(e['ts'])} {e.get('dag') or 'backfill'} {e['state']}")
+    return "\n".join(lines)

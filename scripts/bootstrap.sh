@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up everything this repo needs on a fresh machine; safe to run again (it skips what is done).
+# - redis-server from the system's packages if none is installed;
+# - .venv: the orchestrator with its dev tools (pytest, ruff);
+# - .venv-airflow: apache-airflow 3.3 for the local stack only (not an orchestrator dependency).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+AIRFLOW_SPEC=${AIRFLOW_SPEC:-apache-airflow==3.3.*}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "bootstrap: installing redis-server"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+stamp=$(cat pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" ]; then
+  echo "bootstrap: creating .venv (orchestrator + dev tools)"
+  "$PY" -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2> >(grep -v "is ignored: it is neither" >&2)
+  echo "$stamp" > .venv/.stamp
+fi
+
+if [ ! -x .venv-airflow/bin/airflow ] || [ "$(cat .venv-airflow/.stamp 2>/dev/null)" != "$AIRFLOW_SPEC" ]; then
+  echo "bootstrap: creating .venv-airflow ($AIRFLOW_SPEC, for the local stack)"
+  "$PY" -m venv .venv-airflow
+  .venv-airflow/bin/pip install -q --disable-pip-version-check "$AIRFLOW_SPEC" 2> >(grep -v "is ignored: it is neither" >&2)
+  echo "$AIRFLOW_SPEC" > .venv-airflow/.stamp
+fi

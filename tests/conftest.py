@@ -1,0 +1,80 @@
+"""Fixtures shared by all tests: one private stack per session, started lazily.
+
+- ``redis_url``: a redis-server of our own on a free port (unit tests of locks and records use
+  database 1, the orchestrator database 0);
+- ``airflow``: a real ``airflow standalone`` 3.3 (SQLite) with the project's example DAGs;
+- ``orch``: a real ``celery -A workers worker`` subprocess (2 processes) against both, and the
+  orchestrator's modules imported in this process with the same configuration.
+
+Every process is started by ``backfill.devstack.Stack`` and stopped by its pid at the end.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import redis
+
+from backfill.airflow import AirflowClient, AirflowConfig
+from backfill.devstack import Stack
+
+EXAMPLE_DAG_COUNT = 4 + 50  # etl_orders/users/payments/scheduled + fleet_00..49
+
+# Small segments so that every multi-window test also crosses chain segments; short waits so
+# the suite is quick. The worker and this process read the same values.
+WORKER_ENV = {
+    "BACKFILL_SEGMENT_SIZE": "3",
+    "BACKFILL_BUSY_POLL": "1",
+    "BACKFILL_POLL_MAX": "5",
+    "BACKFILL_RETRY_MAX": "10",
+}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(Path(tmp_path_factory.mktemp("stack")))
+    try:
+        yield s
+    finally:
+        s.stop_all()
+
+
+@pytest.fixture(scope="session")
+def redis_url(stack: Stack) -> str:
+    return stack.start_redis()
+
+
+@pytest.fixture
+def scratch_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """Database 1 of the session's redis-server, emptied before and after the test."""
+    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/1")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def airflow(stack: Stack, redis_url: str) -> AirflowClient:
+    stack.start_airflow(expect_dags=EXAMPLE_DAG_COUNT)
+    return AirflowClient(
+        AirflowConfig(url=stack.airflow_url, username=stack.airflow_user, password=stack.airflow_password)
+    )
+
+
+@pytest.fixture(scope="session")
+def orch(stack: Stack, airflow: AirflowClient) -> Iterator[SimpleNamespace]:
+    os.environ.update({k: v for k, v in stack.env(**WORKER_ENV).items() if k != "PATH"})
+    worker = stack.start_worker("w1", concurrency=2, **WORKER_ENV)
+    tasks = importlib.import_module("workers.tasks")
+    ctx = tasks.context()
+    yield SimpleNamespace(stack=stack, worker=worker, tasks=tasks, ctx=ctx, record=ctx.record, airflow=airflow)
+    # Let pending AsyncResults unsubscribe while Redis is still up.
+    gc.collect()
+    tasks.app.close()

@@ -1,0 +1,94 @@
+"""The `backfill` CLI and the celery CLI, driven like a user would, against the real stack."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from backfill.cli import cli
+from tests.integration.helpers import runs, wait_done
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+def test_submit_then_status(orch):
+    result = CliRunner().invoke(
+        cli, ["submit", "etl_users", "etl_orders", "--start", "2009-01-01", "--end", "2009-01-09", "--batch", "weekly"]
+    )
+    assert result.exit_code == 0, result.output
+    bf = re.search(r"backfill (bf-\S+) submitted: 6 windows \(weekly\), oldest first", result.output).group(1)
+    assert "etl_users: 3 windows" in result.output and f"backfill status {bf}" in result.output
+    assert wait_done(orch.record, bf)["state"] == "succeeded"
+    assert len(runs(orch.airflow, "etl_orders", bf)) == 3
+
+    status = CliRunner().invoke(cli, ["status", bf])
+    assert status.exit_code == 0, status.output
+    assert f"backfill {bf}  SUCCEEDED" in status.output
+    assert re.search(r"etl_users\s+\[#+\]\s+3/3\s+succeeded", status.output)
+
+    as_json = json.loads(CliRunner().invoke(cli, ["status", bf, "--json", "--events"]).output)
+    assert [d["done"] for d in as_json["dags"]] == [3, 3]
+    states = [e["state"] for e in as_json["events"] if e.get("dag") == "etl_users" and e["kind"] == "window"]
+    assert states.count("success") == 3
+
+    listing = CliRunner().invoke(cli, ["list"])
+    assert re.search(rf"{bf}\s+succeeded\s+6/6\s+weekly\s+etl_users,etl_orders", listing.output)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["submit", "nope_dag", "--start", "2009-02-01", "--end", "2009-02-02"], "dags: unknown to Airflow"),
+        (["submit", "etl_users", "--start", "2009-02-03", "--end", "2009-02-01"], "start (2009-02-03) is after end"),
+        (["submit", "etl_users", "--start", "2009-02-01", "--end", "soon"], "end: cannot read 'soon'"),
+        (["submit", "etl_users", "--start", "2009-02-01", "--end", "2009-02-02", "--conf", "[1]"], "--conf: must be"),
+        (
+            ["submit", "etl_users", "--start", "2009-02-01", "--end", "2009-02-02", "--batch", "yearly"],
+            "batch: unknown",
+        ),
+        (["status", "bf-does-not-exist"], "backfill 'bf-does-not-exist': no such backfill"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(orch, args, message):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_console_script_and_celery_call(orch):
+    env = orch.stack.env()
+    out = subprocess.run([BIN / "backfill", "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0 and "submit" in out.stdout and "status" in out.stdout
+
+    kwargs = {"dags": ["etl_orders"], "start": "2009-03-01", "end": "2009-03-02", "batch": "daily"}
+    call = subprocess.run(
+        [BIN / "celery", "-A", "workers", "call", "backfill.submit_backfill", "--kwargs", json.dumps(kwargs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert call.returncode == 0, call.stderr
+    summary = orch.tasks.app.AsyncResult(call.stdout.strip()).get(timeout=60)
+    assert wait_done(orch.record, summary["backfill_id"])["state"] == "succeeded"
+    assert [r.state for r in runs(orch.airflow, "etl_orders", summary["backfill_id"])] == ["success", "success"]
+
+    bad = subprocess.run(
+        [BIN / "backfill", "submit", "etl_orders", "--start", "x", "--end", "2009-03-02"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "Error: start: cannot read 'x' as a date (YYYY-MM-DD) or an ISO 8601 datetime"
+    ]

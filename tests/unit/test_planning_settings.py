@@ -1,0 +1,86 @@
+import pytest
+
+from backfill.errors import InputError
+from backfill.planning import Request, validate
+from backfill.settings import Settings
+
+
+def req(**kw):
+    base = {"dags": ["etl_orders"], "start": "2024-01-01", "end": "2024-01-31", "batch": "weekly"}
+    return Request(**{**base, **kw})
+
+
+def test_a_valid_request_becomes_a_plan_with_exact_bounds():
+    params = validate(req(dags=["a", "b"], conf={"x": 1}), max_windows=100)
+    assert params.backfill_id.startswith("bf-")
+    assert params.start == "2024-01-01T00:00:00+00:00"
+    assert params.end == "2024-02-01T00:00:00+00:00"  # end day included
+    assert params.per_dag == 5
+    assert params.run_id(params.window_at(0)) == f"{params.backfill_id}__2024-01-01T00:00:00+00:00"
+    # The stored plan recomputes the same windows.
+    again = type(params).from_json(params.to_json())
+    assert [again.window_at(i) for i in range(5)] == [params.window_at(i) for i in range(5)]
+
+
+def test_reverse_maps_sequence_to_newest_first():
+    params = validate(req(reverse=True), max_windows=100)
+    assert [params.index_at(s) for s in range(5)] == [4, 3, 2, 1, 0]
+    assert params.window_at(0).start.isoformat() == "2024-01-29T00:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"dags": []}, "dags: give at least one DAG id"),
+        ({"dags": ["a", "b", "a"]}, "dags: 'a' listed more than once"),
+        ({"dags": ["etl orders"]}, "dags: invalid DAG id 'etl orders'"),
+        ({"dags": ["../etc/passwd"]}, "dags: invalid DAG id '../etc/passwd'"),
+        ({"dags": [42]}, "dags: invalid DAG id 42"),
+        ({"conf": [1, 2]}, "conf: must be a JSON object"),
+        ({"conf": "{not json"}, "conf: not valid JSON"),
+        ({"conf": {"window_start": "x"}}, "conf: 'window_start' is set by the orchestrator"),
+        ({"on_failure": "ignore"}, "on_failure: 'ignore' is not one of stop, continue"),
+        ({"reprocess": "all"}, "reprocess: 'all' is not one of none, failed, completed"),
+        ({"reverse": "yes"}, "reverse: expected true or false"),
+        ({"batch": "yearly"}, "batch: unknown batch size 'yearly'"),
+        ({"dags": ["a", "b"], "batch": "daily"}, "the backfill makes 62 windows (31 daily windows x 2 DAGs)"),
+    ],
+)
+def test_bad_requests_are_refused_naming_the_input(kw, message):
+    with pytest.raises(InputError) as err:
+        validate(req(**kw), max_windows=40)
+    assert message in str(err.value)
+
+
+def test_settings_refuse_waits_longer_than_the_visibility_timeout():
+    with pytest.raises(InputError, match="visibility_timeout"):
+        Settings(poll_max=900, visibility_timeout=1200, lock_ttl=5000)
+    with pytest.raises(InputError, match="lock_ttl"):
+        Settings(poll_max=90, lock_ttl=100)
+    with pytest.raises(InputError, match="segment_size: must be greater than 0"):
+        Settings(segment_size=0)
+
+
+def test_settings_from_env_reads_every_variable(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    env = {
+        "BACKFILL_REDIS_URL": "redis://r:1/2",
+        "AIRFLOW_API_URL": "http://af:8080/",
+        "AIRFLOW_USERNAME": "bob",
+        "AIRFLOW_PASSWORD_FILE": str(pw),
+        "BACKFILL_SEGMENT_SIZE": "7",
+        "BACKFILL_POLL_MAX": "4.5",
+        "BACKFILL_KEY_PREFIX": "bfx",
+    }
+    s = Settings.from_env(env)
+    assert (s.redis_url, s.airflow.url, s.airflow.username, s.airflow.password) == (
+        "redis://r:1/2",
+        "http://af:8080",
+        "bob",
+        "s3cret",
+    )
+    assert (s.segment_size, s.poll_max, s.key_prefix) == (7, 4.5, "bfx")
+    assert "s3cret" not in repr(s)
+    with pytest.raises(InputError, match="BACKFILL_SEGMENT_SIZE: expected a number, got 'many'"):
+        Settings.from_env({"BACKFILL_SEGMENT_SIZE": "many"})
