@@ -178,6 +178,12 @@ class AirflowClient:
         except (ValueError, KeyError):
             raise AirflowRejected(f"Airflow at {self.config.url}: /auth/token returned no access_token") from None
 
+    @property
+    def api_client(self) -> af.ApiClient:
+        """The underlying generated client, authenticated, for endpoints not wrapped here."""
+        self._ensure_token()
+        return self._api
+
     # -- calling --------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, idempotent: bool = True, **kwargs: Any) -> T:

@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -130,6 +131,11 @@ class Stack:
         self.airflow_password = self.airflow_password or secrets.token_urlsafe(12)
         pwfile = home / "passwords.json"
         pwfile.write_text(json.dumps({self.airflow_user: self.airflow_password}))
+        # SQLite in its default journal mode lets readers block writers; with dozens of runs
+        # in flight and polled, the scheduler died on "database is locked". WAL (a property
+        # of the file, kept by Airflow's migrations) lets reads and a write go together.
+        with sqlite3.connect(home / "airflow.db") as db:
+            db.execute("PRAGMA journal_mode=WAL")
         env = {
             **os.environ,
             "PATH": f"{exe.parent}{os.pathsep}{os.environ.get('PATH', '')}",

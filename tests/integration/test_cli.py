@@ -20,7 +20,7 @@ BIN = Path(sys.executable).parent
 
 def test_submit_then_status(orch):
     result = CliRunner().invoke(
-        cli, ["submit", "etl_users", "etl_orders", "--start", "2009-01-01", "--end", "2009-01-09", "--batch", "weekly"]
+        cli, ["submit", "etl_users", "etl_orders", "--start", "2009-01-01", "--end", "2009-01-14", "--batch", "weekly"]
     )
     assert result.exit_code == 0, result.output
     bf = re.search(r"backfill (bf-\S+) submitted: 6 windows \(weekly\), oldest first", result.output).group(1)

@@ -250,7 +250,7 @@ def test_two_worker_processes_carry_fifty_dags_in_flight(orch):
     The fleet's tasks run in the Airflow pool ``fleet_gate``, closed (0 slots) until all 50
     runs exist, so that the 2-core SQLite Airflow is not asked to run 50 tasks at once.
     """
-    pools = PoolApi(orch.airflow._api)
+    pools = PoolApi(orch.airflow.api_client)
     pools.post_pool(PoolBody(name="fleet_gate", slots=0))
     fleet = [f"fleet_{i:02d}" for i in range(50)]
     try:
@@ -263,7 +263,9 @@ def test_two_worker_processes_carry_fifty_dags_in_flight(orch):
         wait_for(in_flight, 120, "50 windows in flight")
         assert orch.record.meta(bf)["state"] == "running"
     finally:
-        pools.patch_pool("fleet_gate", PoolPatchBody(slots=6), update_mask=["slots"])
+        pools.patch_pool(
+            "fleet_gate", PoolPatchBody(pool="fleet_gate", slots=6, include_deferred=False), update_mask=["slots"]
+        )
     assert wait_done(orch.record, bf, timeout=420)["state"] == "succeeded"
     all_runs = [r for dag in fleet for r in runs(orch.airflow, dag, bf)]
     assert len(all_runs) == 50 and {r.state for r in all_runs} == {"success"}
