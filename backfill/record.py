@@ -157,6 +157,7 @@ class Record:
         for dag in params.dags:
             pipe.hset(self.k_dag(params.backfill_id, dag), mapping={"state": "pending", "total": params.per_dag})
         pipe.zadd(f"{self.prefix}:index", {params.backfill_id: now})
+        pipe.zremrangebyscore(f"{self.prefix}:index", 0, now - self.ttl)  # their records expired too
         event = {"ts": now, "kind": "backfill", "state": "planned", "dags": params.dags, "windows": params.per_dag}
         pipe.xadd(self.k_events(params.backfill_id), {"e": json.dumps(event)})
         pipe.execute()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,9 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="leave the stack running until Ctrl-C")
     args = ap.parse_args()
 
-    stack = Stack(REPO / ".stack" / "demo")
+    root = REPO / ".stack" / "demo"
+    shutil.rmtree(root, ignore_errors=True)  # a fresh Airflow: no runs left from an earlier demo
+    stack = Stack(root)
     try:
         print("starting redis-server ...", flush=True)
         stack.start_redis()

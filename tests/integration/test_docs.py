@@ -1,0 +1,102 @@
+"""The docs cannot drift from the code: every shell command shown in README.md and docs/*.md is
+run here against the real stack, or is named below with the test that runs it; any other
+command fails this check. The configuration table must list exactly what the code reads."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from backfill.cli import cli
+from backfill.settings import Settings
+from tests.integration.helpers import wait_done
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+EXAMPLE_ID = "bf-20240401-101500-1a2b3c"
+
+# Commands run elsewhere, with where.
+ELSEWHERE = {
+    "make demo": "tests/integration/test_demo.py runs scripts/demo.py, the body of `make demo`",
+    "make test": ".ci/run runs it; this very suite is its body",
+    "celery -A workers worker -l info": "backfill.devstack.Stack.start_worker, used by every integration test",
+    "celery -A workers worker -l info -c 4": "backfill.devstack.Stack.start_worker (-c is its concurrency)",
+    "celery -A workers flower --port=5555": "backfill.devstack.Stack.start_flower, used by the demo",
+    "pip install .": "scripts/bootstrap.sh installs the project the same way (editable)",
+}
+
+
+def shell_commands() -> list[tuple[str, str]]:
+    found = []
+    for doc in DOCS:
+        for block in re.findall(r"```sh\n(.*?)```", doc.read_text(), flags=re.S):
+            for line in block.splitlines():
+                cmd = line.split(" #")[0].strip()
+                if cmd and not cmd.startswith(("export ", "#")):
+                    found.append((doc.name, cmd))
+    return found
+
+
+def test_every_documented_command_is_known():
+    unknown = [
+        (doc, cmd)
+        for doc, cmd in shell_commands()
+        if cmd not in ELSEWHERE and not cmd.startswith(("backfill ", "celery -A workers call "))
+    ]
+    assert unknown == []
+
+
+def test_documented_commands_run_against_the_stack(orch):
+    env = orch.stack.env()
+    real_id = None
+    for doc, cmd in shell_commands():
+        if cmd in ELSEWHERE:
+            continue
+        if cmd.startswith("celery -A workers call "):
+            out = subprocess.run(
+                [Path(sys.executable).parent / "celery", *shlex.split(cmd)[1:]],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+            assert out.returncode == 0, f"{doc}: {cmd}\n{out.stderr}"
+            summary = orch.tasks.app.AsyncResult(out.stdout.strip()).get(timeout=60)
+            assert wait_done(orch.record, summary["backfill_id"], timeout=300)["state"] == "succeeded"
+            continue
+        args = shlex.split(cmd)[1:]
+        if real_id:
+            args = [real_id if a in ("ID", EXAMPLE_ID) else a for a in args]
+        if args[0] == "submit":
+            args.append("--json")
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, f"{doc}: {cmd}\n{result.output}"
+        if args[0] == "submit":
+            real_id = json.loads(result.output)["backfill_id"]
+            assert wait_done(orch.record, real_id, timeout=300)["state"] == "succeeded"
+    assert real_id is not None, "the docs show no `backfill submit`"
+
+
+def test_configuration_table_matches_the_code():
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", (REPO / "docs" / "setup.md").read_text(), flags=re.M))
+    in_celeryconfig = set(re.findall(r"^([A-Z_]{6,})\s{2,}", (REPO / "celeryconfig.py").read_text(), flags=re.M))
+    read_by_code = {f"BACKFILL_{f.name.upper()}" for f in fields(Settings) if f.name not in ("airflow",)}
+    read_by_code |= {"AIRFLOW_API_URL", "AIRFLOW_USERNAME", "AIRFLOW_PASSWORD", "AIRFLOW_PASSWORD_FILE"}
+    read_by_code |= {"AIRFLOW_TIMEOUT"}
+    assert documented == read_by_code
+    assert in_celeryconfig == read_by_code
+    # And every documented default is the code's default.
+    defaults = Settings()
+    table = (REPO / "docs" / "setup.md").read_text()
+    for name, default in re.findall(r"^\| `BACKFILL_([A-Z_]+)` \| `([^`]+)` \|", table, re.M):
+        value = getattr(defaults, name.lower())
+        assert (float(default) == value) if isinstance(value, (int, float)) else (default == value), name

@@ -1,0 +1,103 @@
+"""The client's own logic (retries, token renewal, error mapping) through its injectable
+transport. Orchestration itself is only ever tested against the real Airflow."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+import urllib3
+
+from backfill.airflow import AirflowClient, AirflowConfig, _jwt_expiry
+from backfill.errors import AirflowRejected, AirflowUnavailable
+
+DAG = {  # the fields Airflow 3.3's DAGResponse requires
+    "dag_id": "d",
+    "dag_display_name": "d",
+    "file_token": "t",
+    "fileloc": "/dags/d.py",
+    "has_import_errors": False,
+    "has_task_concurrency_limits": False,
+    "is_backfillable": True,
+    "is_paused": False,
+    "is_stale": False,
+    "max_active_runs": 1,
+    "max_active_tasks": 16,
+    "max_consecutive_failed_dag_runs": 0,
+    "owners": ["airflow"],
+    "tags": [],
+    "timetable_partitioned": False,
+    "timetable_periodic": False,
+}
+
+
+def jwt(exp: float) -> str:
+    payload = base64.urlsafe_b64encode(json.dumps({"exp": exp}).encode()).decode().rstrip("=")
+    return f"h.{payload}.s"
+
+
+class Transport:
+    """Answers requests from a script of (status, body) per path suffix, recording each."""
+
+    def __init__(self, script: dict[str, list[tuple[int, object]]]) -> None:
+        self.script = script
+        self.seen: list[tuple[str, str, dict]] = []
+
+    def request(self, method, url, body=None, headers=None, **kwargs):
+        self.seen.append((method, url, dict(headers or {})))
+        for suffix, answers in self.script.items():
+            if url.split("?")[0].endswith(suffix):
+                status, payload = answers.pop(0) if len(answers) > 1 else answers[0]
+                if isinstance(payload, Exception):
+                    raise payload
+                data = json.dumps(payload).encode()
+                return urllib3.HTTPResponse(
+                    body=data, status=status, headers={"content-type": "application/json"}, preload_content=True
+                )
+        raise AssertionError(f"unexpected {method} {url}")
+
+
+def client(transport: Transport, **kw) -> AirflowClient:
+    return AirflowClient(AirflowConfig(url="http://af", username="u", password="p", **kw), pool_manager=transport)
+
+
+def test_token_is_renewed_a_minute_before_it_expires():
+    t = Transport({"/auth/token": [(201, {"access_token": jwt(time.time() + 30)})], "/dags/d": [(200, DAG)]})
+    c = client(t)
+    c.get_dag("d")
+    c.get_dag("d")
+    assert [u.rsplit("/", 2)[-1] for _, u, _ in t.seen].count("token") == 2  # 30 s left: renewed
+
+
+def test_transient_errors_on_reads_are_retried_then_reported():
+    t = Transport(
+        {
+            "/auth/token": [(201, {"access_token": jwt(time.time() + 3600)})],
+            "/dags/d": [(503, {"detail": "busy"}), (500, {"detail": "Database error"}), (200, DAG)],
+        }
+    )
+    assert client(t).get_dag("d").dag_id == "d"
+    t2 = Transport(
+        {"/auth/token": [(201, {"access_token": jwt(time.time() + 3600)})], "/dags/d": [(502, {"detail": "bad gw"})]}
+    )
+    with pytest.raises(AirflowUnavailable, match=r"DAG 'd': Airflow answered HTTP 502 \(bad gw\)"):
+        client(t2).get_dag("d")
+
+
+def test_a_4xx_is_not_retried_and_says_why():
+    t = Transport(
+        {
+            "/auth/token": [(201, {"access_token": jwt(time.time() + 3600)})],
+            "/dags/d": [(400, {"detail": "bad request body"})],
+        }
+    )
+    with pytest.raises(AirflowRejected, match=r"HTTP 400.*bad request body"):
+        client(t).get_dag("d")
+    assert sum(u.endswith("/dags/d") for _, u, _ in t.seen) == 1
+
+
+def test_jwt_expiry_is_read_without_verification():
+    assert _jwt_expiry(jwt(1234.0)) == 1234.0
+    assert _jwt_expiry("opaque-token") is None
