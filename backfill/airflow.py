@@ -3,7 +3,7 @@
 What this adds to the generated client:
 
 - a token from ``POST /auth/token`` when a username/password is configured, fetched lazily,
-  renewed shortly before it expires and once more on a 401;
+  renewed shortly before it expires and once more on a 401/403;
 - a timeout on every request (on by default);
 - HTTP errors mapped onto ``backfill.errors`` (transient ones are ``AirflowUnavailable``),
   with messages that name the DAG or run;
@@ -198,8 +198,10 @@ class AirflowClient:
                 return fn(*args, _request_timeout=self.config.timeout, **kwargs)
             except ApiException as exc:
                 error = self._map(what, exc)
-                if exc.status == 401 and not retried_auth and self.config.username is not None:
-                    retried_auth = True  # the token may have expired or been revoked
+                if exc.status in (401, 403) and not retried_auth and self.config.username is not None:
+                    # Airflow 3 answers 403 "Invalid JWT token" to an expired or revoked
+                    # token: renew it once; a second refusal is a real permission error.
+                    retried_auth = True
                     self._ensure_token(force=True)
                     attempt -= 1
                     continue

@@ -22,7 +22,7 @@ def test_a_rejected_token_is_renewed_once(orch):
     client._api.configuration.access_token = "not-a-token"
     before = client.requests
     assert client.get_dag("etl_users").dag_id == "etl_users"
-    assert client.requests - before == 3  # 401, POST /auth/token, the retried GET
+    assert client.requests - before == 3  # refused (403 Invalid JWT), POST /auth/token, the GET again
 
 
 def test_errors_are_mapped_with_clear_messages(orch):
@@ -31,7 +31,7 @@ def test_errors_are_mapped_with_clear_messages(orch):
     with pytest.raises(AirflowAuthError, match="refused the credentials of user 'admin'"):
         wrong.get_dag("etl_users")
     anonymous = AirflowClient(AirflowConfig(url=url))
-    with pytest.raises(AirflowAuthError, match="HTTP 401"):
+    with pytest.raises(AirflowAuthError, match="Airflow refused anonymous access"):
         anonymous.get_dag("etl_users")
     with pytest.raises(AirflowNotFound, match="DAG 'no_such_dag'"):
         orch.airflow.get_dag("no_such_dag")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from airflow_client.client import PoolBody, PoolPatchBody
@@ -262,6 +265,10 @@ def test_two_worker_processes_carry_fifty_dags_in_flight(orch):
 
         wait_for(in_flight, 120, "50 windows in flight")
         assert orch.record.meta(bf)["state"] == "running"
+        # The waiting windows are countdown messages held by the worker, not busy processes:
+        # `celery inspect scheduled` lists them, with their backfill id and DAG in kwargs.
+        scheduled = wait_for(lambda: scheduled_windows(orch, bf), 30, "scheduled windows")
+        assert set(scheduled) <= set(fleet) and len(scheduled) >= 10
     finally:
         pools.patch_pool(
             "fleet_gate", PoolPatchBody(pool="fleet_gate", slots=6, include_deferred=False), update_mask=["slots"]
@@ -270,6 +277,23 @@ def test_two_worker_processes_carry_fifty_dags_in_flight(orch):
     all_runs = [r for dag in fleet for r in runs(orch.airflow, dag, bf)]
     assert len(all_runs) == 50 and {r.state for r in all_runs} == {"success"}
     assert max_concurrent(all_runs) == 50
+
+
+def scheduled_windows(orch, bf: str) -> list[str]:
+    out = subprocess.run(
+        [Path(sys.executable).parent / "celery", "-A", "workers", "inspect", "scheduled", "--json"],
+        capture_output=True,
+        text=True,
+        env=orch.stack.env(),
+        timeout=60,
+    )
+    replies = json.loads(out.stdout)
+    return [
+        entry["request"]["kwargs"]["dag_id"]
+        for reply in replies.values()
+        for entry in reply
+        if entry["request"]["name"] == "backfill.run_window" and entry["request"]["kwargs"]["backfill_id"] == bf
+    ]
 
 
 def test_no_broker_message_exceeds_64_kib_whatever_the_range(orch):
