@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import time
@@ -72,6 +73,15 @@ def test_serial_per_dag_parallel_across_dags_each_run_carries_its_window(orch):
     for dag in ETL:
         assert orch.record.dag(bf, dag)["success"] == "5"
     assert lock_keys(orch) == []
+    # The worker's log and the record tell the same story, line by line.
+    recorded = [(e["dag"], e["start"], e["state"].upper()) for _, e in orch.record.events(bf) if e["kind"] == "window"]
+    line = re.compile(rf"{bf} (\S+) \[(\S+), \S+\) #\d+/\d+ ([A-Z_]+)")
+    logged = wait_for(
+        lambda: len(found := line.findall(orch.worker.log.read_text())) >= len(recorded) and found, 10, "log lines"
+    )
+    assert len(logged) == len(recorded) >= 2 * 15
+    for dag in ETL:
+        assert [x for x in logged if x[0] == dag] == [x for x in recorded if x[0] == dag]
 
 
 def test_reverse_runs_newest_first(orch):
