@@ -79,7 +79,9 @@ def submit_backfill(
     ctx.record.create(params)
     # A redelivered submit finds its record and does not dispatch twice.
     if ctx.redis.hsetnx(ctx.record.k_meta(params.backfill_id), "dispatched", "1"):
-        group(segment(params, dag, 0) for dag in params.dags).apply_async()
+        # add_to_parent=False: the chains are not "children" of this task's result, which
+        # would otherwise carry (and make every caller rebuild) one result per chain.
+        group(segment(params, dag, 0) for dag in params.dags).apply_async(add_to_parent=False)
         log.info(
             "%s submitted: %d DAG(s) x %d %s window(s) %s, %s first",
             params.backfill_id, len(params.dags), params.per_dag, params.batch,
@@ -142,7 +144,7 @@ def continue_dag(self: Task, *, backfill_id: str, dag_id: str, seq: int) -> dict
         marker = f"{ctx.record.k_dag(backfill_id, dag_id)}:seg{seq}"
         if ctx.redis.exists(marker):
             return {"dag": dag_id, "continued_at": seq, "duplicate": True}
-        segment(params, dag_id, seq).apply_async()
+        segment(params, dag_id, seq).apply_async(add_to_parent=False)
         ctx.redis.set(marker, 1, ex=ctx.settings.record_ttl)
         return {"dag": dag_id, "continued_at": seq}
     return close_dag(ctx, params, dag_id)
