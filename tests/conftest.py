@@ -33,6 +33,8 @@ WORKER_ENV = {
     "BACKFILL_BUSY_POLL": "1",
     "BACKFILL_POLL_MAX": "5",
     "BACKFILL_RETRY_MAX": "10",
+    # A killed worker's messages come back after this (the tests kill workers on purpose).
+    "BACKFILL_VISIBILITY_TIMEOUT": "30",
 }
 
 
