@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from backfill.errors import BackfillError, InputError
+from backfill.errors import BackfillError
+from backfill.planning import check_conf
 from backfill.status import render, status
 from backfill.windows import BATCHES
 
@@ -76,14 +77,7 @@ def submit(
 
     from workers.tasks import submit_backfill
 
-    conf_obj = None
-    if conf is not None:
-        try:
-            conf_obj = json.loads(conf)
-        except ValueError:
-            raise InputError(f"--conf: not valid JSON: {conf[:80]!r}") from None
-        if not isinstance(conf_obj, dict):
-            raise InputError(f"--conf: must be a JSON object, got {type(conf_obj).__name__}")
+    conf_obj = check_conf(conf, name="--conf") if conf is not None else None
     result = submit_backfill.apply_async(
         kwargs=dict(
             dags=list(dags), start=start, end=end, batch=batch, tz=tz, reverse=reverse, conf=conf_obj,

@@ -60,23 +60,24 @@ def _check_dags(dags: Any) -> list[str]:
     return list(dags)
 
 
-def _check_conf(conf: Any) -> dict[str, Any]:
+def check_conf(conf: Any, *, name: str = "conf") -> dict[str, Any]:
+    """A run conf: a JSON object (or its text) that does not set the orchestrator's own keys."""
     if conf is None:
         return {}
     if isinstance(conf, str):
         try:
             conf = json.loads(conf)
         except ValueError:
-            raise InputError(f"conf: not valid JSON: {conf[:80]!r}") from None
+            raise InputError(f"{name}: not valid JSON: {conf[:80]!r}") from None
     if not isinstance(conf, dict):
-        raise InputError(f"conf: must be a JSON object (a dict), got {type(conf).__name__}")
+        raise InputError(f"{name}: must be a JSON object (a dict), got {type(conf).__name__}")
     clash = [k for k in RESERVED_CONF if k in conf]
     if clash:
-        raise InputError(f"conf: {clash[0]!r} is set by the orchestrator for each window; use another key")
+        raise InputError(f"{name}: {clash[0]!r} is set by the orchestrator for each window; use another key")
     try:
         json.dumps(conf)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"conf: not JSON-serialisable ({exc})") from None
+        raise InputError(f"{name}: not JSON-serialisable ({exc})") from None
     return conf
 
 
@@ -89,7 +90,7 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         raise InputError(f"reprocess: {request.reprocess!r} is not one of {', '.join(REPROCESS)}")
     if not isinstance(request.reverse, bool):
         raise InputError(f"reverse: expected true or false, got {request.reverse!r}")
-    conf = _check_conf(request.conf)
+    conf = check_conf(request.conf)
     spec = window_spec(request.start, request.end, request.batch, tz=request.tz, max_windows=max_windows)
     total = spec.count * len(dags)
     if total > max_windows:
