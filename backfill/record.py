@@ -185,6 +185,16 @@ class Record:
         raw = self.redis.hget(self.k_windows(bf, dag), str(idx))
         return json.loads(raw) if raw else {"state": "planned"}
 
+    def snapshot(self, bf: str, dag: str, idx: int) -> tuple[dict[str, Any], bool, float | None]:
+        """What one poll needs, in one round trip: the window, the cancel flag, the DAG's
+        learnt run duration."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.k_windows(bf, dag), str(idx))
+        pipe.hget(self.k_meta(bf), "cancelled")
+        pipe.hget(self.k_dag(bf, dag), "avg_duration")
+        raw, cancelled, avg = pipe.execute()
+        return (json.loads(raw) if raw else {"state": "planned"}), cancelled == b"1", float(avg) if avg else None
+
     def windows(self, bf: str, dag: str) -> dict[int, dict[str, Any]]:
         return {int(k): json.loads(v) for k, v in self.redis.hgetall(self.k_windows(bf, dag)).items()}
 

@@ -62,10 +62,11 @@ class WindowRunner:
         idx = params.index_at(seq)
         window = params.spec.window(idx)
         run_id = params.run_id(window)
-        rec = self.record.window(params.backfill_id, dag, idx)
+        rec, cancelled, expected = self.record.snapshot(params.backfill_id, dag, idx)
+        rec["expected"] = expected  # this step's view of the DAG's learnt run duration
         if rec["state"] in TERMINAL:
             return Step(done=True, state=rec["state"], reason=rec.get("reason"), repeat=True)
-        if self.record.is_cancelled(params.backfill_id):
+        if cancelled:
             return self._finish(params, dag, idx, window, "cancelled", reason="backfill cancelled")
         try:
             step = self._advance(params, dag, idx, window, run_id, rec)
@@ -115,7 +116,7 @@ class WindowRunner:
             busy = self._busy(dag, run_id)
             if busy:
                 return self._wait(params, dag, idx, window, busy, self.settings.busy_poll)
-            return self._rerun(params, dag, idx, window, run)
+            return self._rerun(params, dag, idx, window, run, rec)
 
         busy = self._busy(dag, run_id)
         if busy:
@@ -128,7 +129,7 @@ class WindowRunner:
             # Someone took the logical date (or our earlier try went through): look again.
             return Step(done=False, delay=self.settings.poll_min)
         self._set(params, dag, idx, window, "triggered", run=run_id, triggered_at=time.time())
-        return Step(done=False, delay=self._poll_delay(params, dag, 0.0))
+        return Step(done=False, delay=self._poll_delay(rec, 0.0))
 
     def _busy(self, dag: str, run_id: str) -> str | None:
         others = [r for r in self.airflow.active_runs(dag) if r.run_id != run_id]
@@ -138,32 +139,35 @@ class WindowRunner:
         more = f" (+{len(others) - 1} more)" if len(others) > 1 else ""
         return f"DAG busy: run {first.run_id} is {first.state}{more}"
 
-    def _rerun(self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo) -> Step:
+    def _rerun(
+        self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: dict[str, Any]
+    ) -> Step:
         # Remember the run and its old end before clearing, so a redelivered task can tell
         # "cleared and finished again" from "crashed before the clear went through".
         self.record.note(params, dag, idx, run_id=run.run_id, prev_end=_iso(run.end_date))
         self.airflow.clear(dag, run.run_id)
         reason = f"re-running existing run {run.run_id} (was {run.state}, reprocess={params.reprocess})"
         self._set(params, dag, idx, window, "triggered", reason=reason, run=run.run_id, triggered_at=time.time())
-        return Step(done=False, delay=self._poll_delay(params, dag, 0.0))
+        return Step(done=False, delay=self._poll_delay(rec, 0.0))
 
     def _follow(
         self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: dict[str, Any]
     ) -> Step:
         if run.state in ("success", "failed") and rec.get("prev_end") and rec["prev_end"] == _iso(run.end_date):
             # Our clear never took effect (we died in between): clear again.
-            return self._rerun(params, dag, idx, window, run)
+            return self._rerun(params, dag, idx, window, run, rec)
         elapsed = time.time() - float(rec.get("triggered_at") or time.time())
         if run.state == "queued":
             if rec["state"] not in ("triggered",):
                 self._set(params, dag, idx, window, "triggered", run=run.run_id, triggered_at=time.time())
-            return Step(done=False, delay=self._poll_delay(params, dag, elapsed))
+            return Step(done=False, delay=self._poll_delay(rec, elapsed))
         if run.state == "running":
-            self._set(params, dag, idx, window, "running", run=run.run_id, started=_iso(run.start_date))
-            return Step(done=False, delay=self._poll_delay(params, dag, elapsed))
+            if rec["state"] != "running":
+                self._set(params, dag, idx, window, "running", run=run.run_id, started=_iso(run.start_date))
+            return Step(done=False, delay=self._poll_delay(rec, elapsed))
         duration = (run.end_date - run.start_date).total_seconds() if run.end_date and run.start_date else None
         if run.state == "success":
-            self._learn_duration(params, dag, elapsed)
+            self._learn_duration(params, dag, rec["expected"], elapsed)
             return self._finish(
                 params, dag, idx, window, "success", run=run.run_id,
                 started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
@@ -237,22 +241,21 @@ class WindowRunner:
 
     # -- polling --------------------------------------------------------------------------
 
-    def _poll_delay(self, params: BackfillParams, dag: str, elapsed: float) -> float:
-        """Wake up about when the run should end (learnt from this DAG's earlier windows),
-        then look more often than ``elapsed`` grows: roughly one look per 15% of the time
-        already waited, so a long run is not hammered and a short one is not slept through."""
-        expected = self._expected(params, dag)
-        delay = expected - elapsed if expected and elapsed < expected else elapsed * 0.15
+    def _poll_delay(self, rec: dict[str, Any], elapsed: float) -> float:
+        """Wake up about when the run should end (learnt from this DAG's earlier windows);
+        past that, or with nothing learnt yet, look again after a quarter of the time already
+        waited (at least 1 s before the first look: Airflow does not start a run faster), so
+        a long run is not hammered and a short one is not slept through."""
+        expected = rec.get("expected")
+        if expected and elapsed < expected:
+            delay = expected - elapsed
+        else:
+            delay = max(elapsed * 0.25, 1.0 if elapsed < 1.0 else 0.0)
         return min(self.settings.poll_max, max(self.settings.poll_min, delay))
 
-    def _expected(self, params: BackfillParams, dag: str) -> float | None:
-        value = self.record.redis.hget(self.record.k_dag(params.backfill_id, dag), "avg_duration")
-        return float(value) if value else None
-
-    def _learn_duration(self, params: BackfillParams, dag: str, elapsed: float) -> None:
+    def _learn_duration(self, params: BackfillParams, dag: str, old: float | None, elapsed: float) -> None:
         if elapsed <= 0:
             return
-        old = self._expected(params, dag)
         new = elapsed if old is None else 0.7 * old + 0.3 * elapsed
         self.record.set_dag(params.backfill_id, dag, avg_duration=round(new, 3))
 
