@@ -44,7 +44,6 @@ from backfill.windows import Window
 
 T = TypeVar("T")
 ACTIVE_STATES = ("queued", "running")
-TERMINAL_STATES = ("success", "failed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,17 +283,6 @@ class AirflowClient:
             out += [RunInfo.from_api(r) for r in page.dag_runs]
             if len(page.dag_runs) < 100:
                 return out
-
-    def recent_runs(self, dag_id: str, *, state: str = "success", limit: int = 10) -> list[RunInfo]:
-        page = self._call(
-            f"recent runs of DAG {dag_id!r}",
-            self._runs.get_dag_runs,
-            dag_id,
-            state=[state],
-            order_by=["-end_date"],
-            limit=limit,
-        )
-        return [RunInfo.from_api(r) for r in page.dag_runs]
 
     def trigger(
         self, dag_id: str, run_id: str, window: Window, *, conf: dict[str, Any], note: str | None = None
