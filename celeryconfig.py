@@ -22,6 +22,9 @@ BACKFILL_GIVE_UP_AFTER         3600                         a window fails after
 BACKFILL_VISIBILITY_TIMEOUT    1800                         Redis redelivers unacked messages after it
 BACKFILL_RECORD_TTL            2592000                      seconds a finished backfill's record stays
 BACKFILL_KEY_PREFIX            backfill                     prefix of every Redis key we write
+BACKFILL_MAX_PARALLEL_DAGS     0                            DAGs of a backfill running at once (0: all)
+BACKFILL_GLOBAL_MAX_RUNS       0                            windows in flight, all backfills (0: no cap)
+BACKFILL_LOG_FORMAT            text                         json: one JSON object per log line
 =============================  ===========================  =========================================
 """
 

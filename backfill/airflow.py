@@ -267,6 +267,18 @@ class AirflowClient:
         )
         return [RunInfo.from_api(r) for r in page.dag_runs]
 
+    def recent_successes(self, dag_id: str, limit: int = 20) -> list[RunInfo]:
+        """The DAG's latest successful runs, newest first (for duration estimates)."""
+        page = self._call(
+            f"recent runs of DAG {dag_id!r}",
+            self._runs.get_dag_runs,
+            dag_id,
+            state=["success"],
+            order_by=["-end_date"],
+            limit=limit,
+        )
+        return [RunInfo.from_api(r) for r in page.dag_runs]
+
     def runs_by_prefix(self, dag_id: str, prefix: str) -> list[RunInfo]:
         """Every run of the DAG whose run id starts with ``prefix`` (e.g. a backfill id)."""
         out: list[RunInfo] = []

@@ -15,7 +15,7 @@ import click
 
 from backfill.errors import BackfillError
 from backfill.planning import check_conf
-from backfill.status import render, status
+from backfill.status import render, render_plan, status
 from backfill.windows import BATCHES
 
 
@@ -45,47 +45,52 @@ def cli() -> None:
     """Backfill Airflow DAGs over a date range: one serial chain per DAG, DAGs in parallel."""
 
 
-@cli.command()
-@click.argument("dags", nargs=-1, required=True)
-@click.option("--start", required=True, help="First day (YYYY-MM-DD, included) or ISO datetime.")
-@click.option("--end", required=True, help="Last day (YYYY-MM-DD, included) or ISO datetime (excluded).")
-@click.option("--batch", default="daily", show_default=True, help=f"Window size: {', '.join(BATCHES)}.")
-@click.option("--tz", default=None, help="IANA time zone the windows align to (default UTC).")
-@click.option("--reverse", is_flag=True, help="Newest window first.")
-@click.option("--conf", default=None, help="JSON object added to every run's conf.")
-@click.option("--on-failure", type=click.Choice(["stop", "continue"]), default="stop", show_default=True)
-@click.option("--reprocess", type=click.Choice(["none", "failed", "completed"]), default="none", show_default=True)
-@click.option("--unpause", is_flag=True, help="Unpause paused DAGs instead of refusing them.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for a worker to accept.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def submit(
-    dags: tuple[str, ...],
-    start: str,
-    end: str,
-    batch: str,
-    tz: str | None,
-    reverse: bool,
-    conf: str | None,
-    on_failure: str,
-    reprocess: str,
-    unpause: bool,
-    timeout: float,
-    as_json: bool,
-) -> None:
-    """Start a backfill of DAGS; prints its id and how to watch it."""
+def _request_options(fn: Any) -> Any:
+    """The options that describe a backfill, shared by ``plan`` and ``submit``."""
+    options = [
+        click.argument("dags", nargs=-1, required=True),
+        click.option("--start", required=True, help="First day (YYYY-MM-DD, included) or ISO datetime."),
+        click.option("--end", required=True, help="Last day (YYYY-MM-DD, included) or ISO datetime (excluded)."),
+        click.option("--batch", default="daily", show_default=True, help=f"Window size: {', '.join(BATCHES)}."),
+        click.option("--tz", default=None, help="IANA time zone the windows align to (default UTC)."),
+        click.option("--reverse", is_flag=True, help="Newest window first."),
+        click.option("--conf", default=None, help="JSON object added to every run's conf."),
+        click.option("--on-failure", type=click.Choice(["stop", "continue"]), default="stop", show_default=True),
+        click.option(
+            "--reprocess", type=click.Choice(["none", "failed", "completed"]), default="none", show_default=True
+        ),
+        click.option("--unpause", is_flag=True, help="Unpause paused DAGs instead of refusing them."),
+        click.option(
+            "--max-parallel-dags",
+            type=click.IntRange(min=0),
+            default=None,
+            help="At most this many DAGs run a window at once (0: all; default BACKFILL_MAX_PARALLEL_DAGS).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _request(opts: dict[str, Any]) -> dict[str, Any]:
+    conf = opts["conf"]
+    return dict(
+        dags=list(opts["dags"]), start=opts["start"], end=opts["end"], batch=opts["batch"], tz=opts["tz"],
+        reverse=opts["reverse"], conf=check_conf(conf, name="--conf") if conf is not None else None,
+        on_failure=opts["on_failure"], reprocess=opts["reprocess"], unpause=opts["unpause"],
+        max_parallel_dags=opts["max_parallel_dags"],
+    )  # fmt: skip
+
+
+def _call_worker(kwargs: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run ``submit_backfill`` on a worker and wait for its answer."""
     from celery.exceptions import TimeoutError as CeleryTimeout
 
     from workers.tasks import submit_backfill
 
-    conf_obj = check_conf(conf, name="--conf") if conf is not None else None
-    result = submit_backfill.apply_async(
-        kwargs=dict(
-            dags=list(dags), start=start, end=end, batch=batch, tz=tz, reverse=reverse, conf=conf_obj,
-            on_failure=on_failure, reprocess=reprocess, unpause=unpause,
-        )
-    )  # fmt: skip
+    result = submit_backfill.apply_async(kwargs=kwargs)
     try:
-        summary = result.get(timeout=timeout)
+        return result.get(timeout=timeout)
     except CeleryTimeout:
         result.revoke()
         raise BackfillError(
@@ -94,14 +99,127 @@ def submit(
         ) from None
     finally:
         del result  # unsubscribe now, not at interpreter exit when Redis clients are gone
+
+
+def _print_submitted(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     bf = summary["backfill_id"]
-    click.echo(f"backfill {bf} submitted: {summary['windows']} windows ({summary['batch']}), {summary['order']}")
+    resumes = f", resuming {summary['resumes']}" if summary.get("resumes") else ""
+    click.echo(
+        f"backfill {bf} submitted: {summary['windows']} windows ({summary['batch']}), {summary['order']}{resumes}"
+    )
     for dag, n in summary["batches"].items():
         click.echo(f"  {dag}: {n} windows")
-    click.echo(f"watch it:   backfill status {bf}")
+    click.echo(f"watch it:   backfill status {bf} --watch")
+    click.echo(f"cancel it:  backfill cancel {bf}")
+
+
+@cli.command()
+@_request_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--max-rows", default=10, show_default=True, help="Windows listed per DAG (0: all).")
+def plan(as_json: bool, max_rows: int, **opts: Any) -> None:
+    """Show what a backfill would run, in order, and how long it may take. Triggers nothing.
+
+    Exits with 2 when Airflow would refuse the backfill (unknown or paused DAGs).
+    """
+    from backfill.plan import plan as make_plan
+    from backfill.planning import Request, validate
+
+    ctx = _context()
+    request = _request(opts)
+    if request["max_parallel_dags"] is None:
+        request["max_parallel_dags"] = ctx.settings.max_parallel_dags
+    params = validate(Request(**request), max_windows=ctx.settings.max_windows)
+    data = make_plan(ctx.airflow, params, unpause=request["unpause"], global_limit=ctx.settings.global_max_runs)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(render_plan(data, max_rows=max_rows))
+    if data["problems"]:
+        raise _UserError("the backfill would be refused: " + "; ".join(data["problems"]), 2)
+
+
+@cli.command()
+@_request_options
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for a worker to accept.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def submit(timeout: float, as_json: bool, **opts: Any) -> None:
+    """Start a backfill of DAGS; prints its id and how to watch it."""
+    _print_submitted(_call_worker(_request(opts), timeout), as_json)
+
+
+@cli.command()
+@click.argument("backfill_id")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for a worker to accept.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def resume(backfill_id: str, timeout: float, as_json: bool) -> None:
+    """Start a new backfill of the windows of BACKFILL_ID that did not succeed, with its rules."""
+    _print_submitted(_call_worker({"resume": backfill_id}, timeout), as_json)
+
+
+@cli.command()
+@click.argument("backfill_id")
+@click.option("--fail-running", is_flag=True, help="Also mark the backfill's queued/running Airflow runs failed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cancel(backfill_id: str, fail_running: bool, as_json: bool) -> None:
+    """Stop every remaining window of BACKFILL_ID (and nothing of another backfill)."""
+    from backfill.control import cancel as do_cancel
+    from workers.app import app
+
+    def revoke(bf: str) -> None:
+        app.control.revoke_by_stamped_headers({"backfill_id": bf})
+
+    out = do_cancel(_context(), backfill_id, fail_running=fail_running, revoke=revoke)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"backfill {backfill_id} cancelled: {out['cancelled_windows']} window(s) will not run")
+    for run in out["failed_runs"]:
+        click.echo(f"  marked failed in Airflow: {run}")
+    for run in out["left_running"]:
+        click.echo(f"  still running in Airflow (not ours to stop without --fail-running): {run}")
+    click.echo(f"run the rest later:  backfill resume {backfill_id}")
+
+
+@cli.command()
+@click.argument("backfill_id")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), help="Write an HTML page here.")
+@click.option("--width", default=60, show_default=True, help="Columns of the text timeline.")
+@click.option("--max-rows", default=100, show_default=True, help="Windows listed under the timeline (0: all).")
+def report(backfill_id: str, html_file: str | None, width: int, max_rows: int) -> None:
+    """The timeline of BACKFILL_ID: one lane per DAG, one bar per window, by outcome."""
+    from backfill import report as rep
+
+    data = rep.collect(_context().record, backfill_id)
+    if html_file:
+        with open(html_file, "w", encoding="utf-8") as fh:
+            fh.write(rep.to_html(data))
+        click.echo(f"wrote {html_file}")
+        return
+    click.echo(rep.text(data, width=width, max_rows=max_rows))
+
+
+@cli.command()
+@click.option("--global", "global_", default=None, help="Cap on windows in flight across all backfills; 'off' "
+              "returns to BACKFILL_GLOBAL_MAX_RUNS; 0 means no cap.")  # fmt: skip
+def throttle(global_: str | None) -> None:
+    """Show or change the global cap, for every worker at once (kept in Redis)."""
+    ctx = _context()
+    sem = ctx.throttle.glob
+    if global_ is not None:
+        if global_ == "off":
+            sem.set_limit(None)
+        elif global_.isdigit():
+            sem.set_limit(int(global_))
+        else:
+            raise _UserError(f"--global: expected a whole number >= 0 or 'off', got {global_!r}", 2)
+    override = sem.limit_override()
+    limit = ctx.settings.global_max_runs if override is None else override
+    source = "BACKFILL_GLOBAL_MAX_RUNS" if override is None else "set with backfill throttle"
+    click.echo(f"global cap: {limit or 'none'} ({source}); runs in flight now: {sem.in_use()}")
 
 
 @cli.command("status")

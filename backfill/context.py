@@ -11,6 +11,7 @@ from backfill.locks import DagLocks
 from backfill.record import Record
 from backfill.runner import WindowRunner
 from backfill.settings import Settings
+from backfill.throttle import Throttle
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Context:
     record: Record
     locks: DagLocks
     runner: WindowRunner
+    throttle: Throttle
 
     @classmethod
     def build(cls, settings: Settings) -> Context:
@@ -28,5 +30,12 @@ class Context:
         airflow = AirflowClient(settings.airflow)
         record = Record(client, prefix=settings.key_prefix, ttl=settings.record_ttl)
         locks = DagLocks(client, prefix=settings.key_prefix, ttl=settings.lock_ttl)
-        runner = WindowRunner(settings=settings, airflow=airflow, record=record, locks=locks)
-        return cls(settings, client, airflow, record, locks, runner)
+        throttle = Throttle(
+            client,
+            prefix=settings.key_prefix,
+            ttl=settings.lock_ttl,
+            stale=max(10.0, 4 * settings.busy_poll),
+            global_limit=settings.global_max_runs,
+        )
+        runner = WindowRunner(settings=settings, airflow=airflow, record=record, locks=locks, throttle=throttle)
+        return cls(settings, client, airflow, record, locks, runner, throttle)

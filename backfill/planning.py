@@ -37,6 +37,7 @@ class Request:
     on_failure: str = "stop"
     reprocess: str = "none"
     unpause: bool = False
+    max_parallel_dags: int = 0
 
 
 def new_backfill_id() -> str:
@@ -90,6 +91,9 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         raise InputError(f"reprocess: {request.reprocess!r} is not one of {', '.join(REPROCESS)}")
     if not isinstance(request.reverse, bool):
         raise InputError(f"reverse: expected true or false, got {request.reverse!r}")
+    mpd = request.max_parallel_dags
+    if isinstance(mpd, bool) or not isinstance(mpd, int) or mpd < 0:
+        raise InputError(f"max_parallel_dags: expected a whole number >= 0 (0 = no limit), got {mpd!r}")
     conf = check_conf(request.conf)
     spec = window_spec(request.start, request.end, request.batch, tz=request.tz, max_windows=max_windows)
     total = spec.count * len(dags)
@@ -110,6 +114,7 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         on_failure=request.on_failure,
         reprocess=request.reprocess,
         created_at=time.time(),
+        max_parallel_dags=mpd,
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import redis
 
 from backfill.errors import BackfillNotFound
-from backfill.windows import Window, WindowSpec, execution_order, window_spec
+from backfill.windows import Window, WindowSpec, window_spec
 
 WINDOW_STATES = ("planned", "waiting", "triggered", "running", "success", "failed", "skipped", "not_run", "cancelled")
 TERMINAL = frozenset({"success", "failed", "skipped", "not_run", "cancelled"})
@@ -60,11 +61,13 @@ if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return -1 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
 redis.call('XADD', KEYS[3], '*', 'e', ARGV[3])
 local left = redis.call('HINCRBY', KEYS[2], 'dags_left', -1)
-if ARGV[1] ~= 'succeeded' then redis.call('HSET', KEYS[2], 'any_failed', '1') end
+if ARGV[1] == 'cancelled' then redis.call('HSET', KEYS[2], 'any_cancelled', '1')
+elseif ARGV[1] ~= 'succeeded' then redis.call('HSET', KEYS[2], 'any_failed', '1') end
 if left == 0 then
   local state = 'succeeded'
   if redis.call('HGET', KEYS[2], 'cancelled') == '1' then state = 'cancelled'
-  elseif redis.call('HGET', KEYS[2], 'any_failed') == '1' then state = 'failed' end
+  elseif redis.call('HGET', KEYS[2], 'any_failed') == '1' then state = 'failed'
+  elseif redis.call('HGET', KEYS[2], 'any_cancelled') == '1' then state = 'cancelled' end
   redis.call('HSET', KEYS[2], 'state', state, 'finished_at', ARGV[2])
 end
 return left
@@ -86,6 +89,12 @@ class BackfillParams:
     on_failure: str = "stop"
     reprocess: str = "none"
     created_at: float = 0.0
+    max_parallel_dags: int = 0  # 0: no limit; else at most this many DAGs with a run in flight
+    # A resumed backfill runs only some windows: per DAG, [start, stop) ranges of chronological
+    # window indices. None: every window of the range, for every DAG.
+    only: dict[str, list[list[int]]] | None = None
+    # Backfills this one resumes (oldest first): their runs at our windows' dates are ours to re-run.
+    lineage: list[str] = field(default_factory=list)
 
     @cached_property
     def spec(self) -> WindowSpec:
@@ -93,23 +102,59 @@ class BackfillParams:
 
     @property
     def per_dag(self) -> int:
+        """Windows in the range (a DAG of a resumed backfill may run fewer: see ``count``)."""
         return self.spec.count
 
-    def index_at(self, seq: int) -> int:
-        """Chronological index of the ``seq``-th window to run."""
-        return self.spec.count - 1 - seq if self.reverse else seq
+    @cached_property
+    def _offsets(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for dag, ranges in (self.only or {}).items():
+            acc, offs = 0, []
+            for a, b in ranges:
+                offs.append(acc)
+                acc += b - a
+            offs.append(acc)
+            out[dag] = offs
+        return out
 
-    def window_at(self, seq: int) -> Window:
-        return self.spec.window(self.index_at(seq))
+    def count(self, dag: str) -> int:
+        """How many windows ``dag`` runs in this backfill."""
+        return self.spec.count if self.only is None else self._offsets.get(dag, [0])[-1]
+
+    @property
+    def total(self) -> int:
+        return sum(self.count(d) for d in self.dags)
+
+    def index_at(self, seq: int, dag: str) -> int:
+        """Chronological window index of the ``seq``-th window ``dag`` runs."""
+        k = self.count(dag) - 1 - seq if self.reverse else seq
+        if self.only is None:
+            return k
+        offs = self._offsets[dag]
+        i = bisect_right(offs, k) - 1
+        return self.only[dag][i][0] + k - offs[i]
+
+    def seq_of(self, idx: int, dag: str) -> int:
+        """Position in ``dag``'s run order of the window with chronological index ``idx``."""
+        k = idx
+        if self.only is not None:
+            ranges = self.only[dag]
+            i = bisect_right([a for a, _ in ranges], idx) - 1
+            k = self._offsets[dag][i] + idx - ranges[i][0]
+        return self.count(dag) - 1 - k if self.reverse else k
+
+    def window_at(self, seq: int, dag: str) -> Window:
+        return self.spec.window(self.index_at(seq, dag))
 
     def run_id(self, window: Window) -> str:
         return f"{self.backfill_id}__{window.key}"
 
-    def order(self) -> range:
-        return execution_order(self.spec.count, reverse=self.reverse)
+    def indices(self, dag: str) -> list[int]:
+        """``dag``'s chronological window indices in run order."""
+        return [self.index_at(s, dag) for s in range(self.count(dag))]
 
     def to_json(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items()}, sort_keys=True)
+        return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BackfillParams:
@@ -155,10 +200,10 @@ class Record:
         now = time.time()
         pipe.hset(meta, mapping={"state": "running", "created_at": now, "dags_left": len(params.dags)})
         for dag in params.dags:
-            pipe.hset(self.k_dag(params.backfill_id, dag), mapping={"state": "pending", "total": params.per_dag})
+            pipe.hset(self.k_dag(params.backfill_id, dag), mapping={"state": "pending", "total": params.count(dag)})
         pipe.zadd(f"{self.prefix}:index", {params.backfill_id: now})
         pipe.zremrangebyscore(f"{self.prefix}:index", 0, now - self.ttl)  # their records expired too
-        event = {"ts": now, "kind": "backfill", "state": "planned", "dags": params.dags, "windows": params.per_dag}
+        event = {"ts": now, "kind": "backfill", "state": "planned", "dags": params.dags, "windows": params.total}
         pipe.xadd(self.k_events(params.backfill_id), {"e": json.dumps(event)})
         pipe.execute()
         return True
@@ -207,6 +252,20 @@ class Record:
 
     def is_cancelled(self, bf: str) -> bool:
         return self.redis.hget(self.k_meta(bf), "cancelled") == b"1"
+
+    def request_cancel(self, bf: str, *, fail_running: bool = False) -> bool:
+        """Flag the backfill cancelled (every worker checks it before each step). True if new."""
+        meta = self.k_meta(bf)
+        if fail_running:
+            self.redis.hset(meta, "fail_running", "1")
+        new = bool(self.redis.hsetnx(meta, "cancelled", "1"))
+        if new:
+            now = time.time()
+            self.redis.hset(meta, "cancel_requested_at", now)
+            self.redis.xadd(
+                self.k_events(bf), {"e": json.dumps({"ts": now, "kind": "backfill", "state": "cancelling"})}
+            )
+        return new
 
     # -- changing -------------------------------------------------------------------------
 
@@ -265,8 +324,8 @@ class Record:
     def mark_not_run(self, params: BackfillParams, dag: str, from_seq: int, reason: str) -> int:
         """Record every window of ``dag`` from ``from_seq`` on as not run, with the reason."""
         count = 0
-        for seq in range(from_seq, params.per_dag):
-            count += self.transition(params, dag, params.index_at(seq), "not_run", reason=reason)
+        for seq in range(from_seq, params.count(dag)):
+            count += self.transition(params, dag, params.index_at(seq, dag), "not_run", reason=reason)
         return count
 
 

@@ -33,6 +33,7 @@ from backfill.errors import AirflowConflict, AirflowError, AirflowNotFound, Airf
 from backfill.locks import DagLocks
 from backfill.record import TERMINAL, BackfillParams, Record
 from backfill.settings import Settings
+from backfill.throttle import Throttle
 from backfill.windows import Window
 
 log = logging.getLogger("backfill")
@@ -50,16 +51,19 @@ class Step:
 
 
 class WindowRunner:
-    def __init__(self, *, settings: Settings, airflow: AirflowClient, record: Record, locks: DagLocks) -> None:
+    def __init__(
+        self, *, settings: Settings, airflow: AirflowClient, record: Record, locks: DagLocks, throttle: Throttle
+    ) -> None:
         self.settings = settings
         self.airflow = airflow
         self.record = record
         self.locks = locks
+        self.throttle = throttle
 
     # -- the step -------------------------------------------------------------------------
 
     def step(self, params: BackfillParams, dag: str, seq: int) -> Step:
-        idx = params.index_at(seq)
+        idx = params.index_at(seq, dag)
         window = params.spec.window(idx)
         run_id = params.run_id(window)
         rec, cancelled, expected = self.record.snapshot(params.backfill_id, dag, idx)
@@ -110,17 +114,21 @@ class WindowRunner:
                     "or delete that run)"
                 )
                 return self._finish(params, dag, idx, window, "failed", reason=reason, run=run.run_id)
-            if not _reprocess(params.reprocess, run.state):
+            earlier = run.run_id.partition("__")[0] in params.lineage
+            if earlier and run.state == "success":
+                reason = f"already succeeded in run {run.run_id} of an earlier attempt"
+                return self._finish(params, dag, idx, window, "skipped", reason=reason, run=run.run_id)
+            if not earlier and not _reprocess(params.reprocess, run.state):
                 reason = f"already {run.state} in run {run.run_id} (reprocess={params.reprocess})"
                 return self._finish(params, dag, idx, window, "skipped", reason=reason, run=run.run_id)
-            busy = self._busy(dag, run_id)
-            if busy:
-                return self._wait(params, dag, idx, window, busy, self.settings.busy_poll)
+            why = self._busy(dag, run_id) or self._slot(params, run_id)
+            if why:
+                return self._wait(params, dag, idx, window, why, self.settings.busy_poll)
             return self._rerun(params, dag, idx, window, run, rec)
 
-        busy = self._busy(dag, run_id)
-        if busy:
-            return self._wait(params, dag, idx, window, busy, self.settings.busy_poll)
+        why = self._busy(dag, run_id) or self._slot(params, run_id)
+        if why:
+            return self._wait(params, dag, idx, window, why, self.settings.busy_poll)
         conf = {**params.conf, "window_start": window.start.isoformat(), "window_end": window.end.isoformat()}
         conf["backfill_id"] = params.backfill_id
         try:
@@ -129,7 +137,18 @@ class WindowRunner:
             # Someone took the logical date (or our earlier try went through): look again.
             return Step(done=False, delay=self.settings.poll_min)
         self._set(params, dag, idx, window, "triggered", run=run_id, triggered_at=time.time())
+        if self.record.is_cancelled(params.backfill_id):
+            # Cancelled while we triggered: the cancel may have listed the runs before ours.
+            return self._cancelled(params, dag, idx, window, run_id)
         return Step(done=False, delay=self._poll_delay(rec, 0.0))
+
+    def _slot(self, params: BackfillParams, run_id: str) -> str | None:
+        return self.throttle.acquire(params.backfill_id, run_id, max_parallel_dags=params.max_parallel_dags)
+
+    def _cancelled(self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str) -> Step:
+        if self.record.meta(params.backfill_id).get("fail_running") == "1":
+            self.airflow.fail_run(dag, run_id)
+        return self._finish(params, dag, idx, window, "cancelled", reason="backfill cancelled", run=run_id)
 
     def _busy(self, dag: str, run_id: str) -> str | None:
         others = [r for r in self.airflow.active_runs(dag) if r.run_id != run_id]
@@ -157,6 +176,8 @@ class WindowRunner:
             # Our clear never took effect (we died in between): clear again.
             return self._rerun(params, dag, idx, window, run, rec)
         elapsed = time.time() - float(rec.get("triggered_at") or time.time())
+        if run.active:
+            self.throttle.renew(params.backfill_id, params.run_id(window), max_parallel_dags=params.max_parallel_dags)
         if run.state == "queued":
             if rec["state"] not in ("triggered",):
                 self._set(params, dag, idx, window, "triggered", run=run.run_id, triggered_at=time.time())
@@ -197,6 +218,7 @@ class WindowRunner:
         self._set(params, dag, idx, window, state, reason=reason, **extra)
         # Our lock token is always our own run id, even when the window re-ran another run.
         self.locks.release(dag, params.run_id(window))
+        self.throttle.release(params.backfill_id, params.run_id(window))
         return Step(done=True, state=state, reason=reason)
 
     def _outage(
@@ -217,6 +239,8 @@ class WindowRunner:
             return self._finish(params, dag, idx, window, "failed", reason=reason)
         self.record.note(params, dag, idx, unavailable_since=since, outage_attempts=attempts)
         self.locks.acquire(dag, run_id)  # keep our lock alive through the outage
+        if rec.get("run_id"):
+            self.throttle.renew(params.backfill_id, run_id, max_parallel_dags=params.max_parallel_dags)
         delay = min(self.settings.retry_max, self.settings.poll_min * 2**attempts)
         log.warning(
             "%s %s %s: %s (attempt %d, next in %.1f s)", params.backfill_id, dag, window.label(), exc, attempts, delay
@@ -237,7 +261,12 @@ class WindowRunner:
         **extra: Any,
     ) -> None:
         if self.record.transition(params, dag, idx, state, reason=reason, **extra):
-            log.info(format_line(params, dag, idx, window, state, reason=reason, **extra))
+            fields = {
+                "backfill_id": params.backfill_id, "dag_id": dag, "window_start": window.start.isoformat(),
+                "window_end": window.end.isoformat(), "seq": params.seq_of(idx, dag) + 1, "of": params.count(dag),
+                "state": state, "run_id": extra.get("run"), "duration": extra.get("duration"), "reason": reason,
+            }  # fmt: skip
+            log.info(format_line(params, dag, idx, window, state, reason=reason, **extra), extra={"backfill": fields})
 
     # -- polling --------------------------------------------------------------------------
 
@@ -278,8 +307,8 @@ def format_line(
     params: BackfillParams, dag: str, idx: int, window: Window, state: str, *, reason: str | None = None, **extra: Any
 ) -> str:
     """One log line per state change: backfill, DAG, window, position, state, run, reason, duration."""
-    seq = params.index_at(idx)  # index_at is its own inverse
-    parts = [params.backfill_id, dag, window.label(), f"#{seq + 1}/{params.per_dag}", state.upper()]
+    seq = params.seq_of(idx, dag)
+    parts = [params.backfill_id, dag, window.label(), f"#{seq + 1}/{params.count(dag)}", state.upper()]
     if extra.get("run"):
         parts.append(f"run={extra['run']}")
     if extra.get("duration") is not None:

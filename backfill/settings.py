@@ -32,11 +32,19 @@ class Settings:
     give_up_after: float = 3600.0  # a window fails after Airflow is unreachable this long
     visibility_timeout: int = 1800  # Redis broker: unacked messages come back after this
     record_ttl: int = 30 * 86400  # seconds a finished backfill's record is kept
+    max_parallel_dags: int = 0  # default of the submit option; 0 = every DAG at once
+    global_max_runs: int = 0  # windows in flight across all backfills; 0 = no cap
+    log_format: str = "text"  # or "json": one JSON object per line, for log shippers
 
     def __post_init__(self) -> None:
         for name in ("max_windows", "segment_size", "lock_ttl", "poll_min", "poll_max", "busy_poll", "retry_max"):
             if getattr(self, name) <= 0:
                 raise InputError(f"setting {name}: must be greater than 0, got {getattr(self, name)!r}")
+        for name in ("max_parallel_dags", "global_max_runs"):
+            if getattr(self, name) < 0:
+                raise InputError(f"setting {name}: must be 0 (no limit) or more, got {getattr(self, name)!r}")
+        if self.log_format not in ("text", "json"):
+            raise InputError(f"setting log_format: must be 'text' or 'json', got {self.log_format!r}")
         if self.poll_min > self.poll_max:
             raise InputError(f"setting poll_min ({self.poll_min}) is above poll_max ({self.poll_max})")
         longest = max(self.poll_max, self.busy_poll, self.retry_max)

@@ -21,7 +21,7 @@ def status(record: Record, bf: str, *, events: bool = False) -> dict[str, Any]:
             window = params.spec.window(idx)
             detail = record.window(bf, dag, idx)
             current = {
-                "seq": params.index_at(idx) + 1,
+                "seq": params.seq_of(idx, dag) + 1,
                 "start": window.start.isoformat(),
                 "end": window.end.isoformat(),
                 "state": detail.get("state"),
@@ -37,7 +37,7 @@ def status(record: Record, bf: str, *, events: bool = False) -> dict[str, Any]:
             {
                 "dag_id": dag,
                 "state": info.get("state", "pending"),
-                "total": params.per_dag,
+                "total": params.count(dag),
                 "done": sum(counts.values()),
                 "counts": counts,
                 "current": current,
@@ -103,7 +103,10 @@ def render(data: dict[str, Any]) -> str:
     failures = [(d["dag_id"], f) for d in data["dags"] for f in d["failures"]]
     if failures:
         lines += ["", "  failures:"]
-        lines += [f"    {dag} {f['start']}: {f['reason']}" for dag, f in failures]
+        lines += [
+            f"    {dag} {f['start']}" + (f" run={f['run_id']}" if f["run_id"] else "") + f": {f['reason']}"
+            for dag, f in failures
+        ]
     for e in data.get("events", []):
         if e.get("kind") == "window":
             extra = f" run={e['run']}" if e.get("run") else ""
@@ -111,4 +114,41 @@ def render(data: dict[str, Any]) -> str:
             lines.append(f"  {_clock(e['ts'])} {e['dag']} [{e['start']}, {e['end']}) {e['state']}{extra}{why}")
         else:
             lines.append(f"  {_clock(e['ts'])} {e.get('dag') or 'backfill'} {e['state']}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown (no successful run yet)"
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else f"{seconds / 60:.1f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.1f} h"
+    )
+
+
+def render_plan(data: dict[str, Any], *, max_rows: int = 10) -> str:
+    """The text view of ``backfill plan``."""
+    limit = f", at most {data['max_parallel_dags']} DAG(s) at once" if data["max_parallel_dags"] else ""
+    lines = [
+        f"plan: {len(data['dags'])} DAG(s), {data['windows']} {data['batch']} window(s) over "
+        f"[{data['range'][0]}, {data['range'][1]}), {data['order']}, one window at a time per DAG{limit}",
+        f"estimated duration: {_duration(data['estimated_seconds'])}",
+        "nothing has been triggered",
+        "",
+    ]
+    for d in data["dags"]:
+        est = ""
+        if d["median_run_seconds"] is not None:
+            est = f", ~{_duration(d['estimated_seconds'])} "
+            est += f"({d['median_run_seconds']} s/run over {d['recent_runs']} recent runs)"
+        lines.append(f"  {d['dag_id']}: {d['count']} window(s), Airflow: {d['airflow']}{est}")
+        shown = d["windows"] if max_rows <= 0 else d["windows"][:max_rows]
+        lines += [f"    {i:>5}. [{w[0]}, {w[1]})" for i, w in enumerate(shown, 1)]
+        if len(d["windows"]) > len(shown):
+            lines.append(f"    ... {len(d['windows']) - len(shown)} more (--max-rows 0 lists all)")
+    if data["problems"]:
+        lines += ["", "problems:"] + [f"  {p}" for p in data["problems"]]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything this repo needs on a fresh machine; safe to run again (it skips what is done).
-# - redis-server from the system's packages if none is installed;
+# - redis-server and chromium (headless, for the HTML report's browser test) from the
+#   system's packages if they are missing;
 # - .venv: the orchestrator with its dev tools (pytest, ruff);
 # - .venv-airflow: apache-airflow 3.3 for the local stack only (not an orchestrator dependency).
 set -euo pipefail
@@ -8,10 +9,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 AIRFLOW_SPEC=${AIRFLOW_SPEC:-apache-airflow==3.3.*}
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "bootstrap: installing redis-server"
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 stamp=$(cat pyproject.toml | sha256sum | cut -c1-16)

@@ -20,11 +20,15 @@ from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 
-from celery import Task, chain, group
+from celery import Task, chain, group, signals
 from celery.canvas import Signature
+from celery.utils.functional import maybe_list
+from celery.worker import state as worker_state
 
 from backfill.context import Context
+from backfill.control import cancel_dag, close_dag, resume_params
 from backfill.errors import BackfillError, WindowFailed
+from backfill.plan import plan
 from backfill.planning import Request, check_in_airflow, new_backfill_id, validate
 from backfill.record import BackfillParams
 from workers.app import app
@@ -50,9 +54,9 @@ def context() -> Context:
 @app.task(bind=True, name="backfill.submit_backfill")
 def submit_backfill(
     self: Task,
-    dags: list[str],
-    start: str | date | datetime,
-    end: str | date | datetime,
+    dags: list[str] | None = None,
+    start: str | date | datetime | None = None,
+    end: str | date | datetime | None = None,
     batch: str = "daily",
     *,
     tz: str | None = None,
@@ -61,17 +65,29 @@ def submit_backfill(
     on_failure: str = "stop",
     reprocess: str = "none",
     unpause: bool = False,
+    max_parallel_dags: int | None = None,
+    dry_run: bool = False,
+    resume: str | None = None,
 ) -> dict[str, Any]:
     """Plan a backfill of ``dags`` over [start, end] in ``batch`` windows and start it.
 
+    ``dry_run=True`` returns the plan (windows per DAG in run order, Airflow's view of each
+    DAG, an estimate) and starts nothing. ``resume=ID`` starts a new backfill of the windows
+    of backfill ``ID`` that did not succeed, with its rules; the other arguments are ignored.
     Raises ``InputError`` (nothing triggered) for bad input, unknown or paused DAGs.
     """
     ctx = context()
-    request = Request(
-        dags=dags, start=start, end=end, batch=batch, tz=tz, reverse=reverse, conf=conf,
-        on_failure=on_failure, reprocess=reprocess, unpause=unpause,
-    )  # fmt: skip
-    params = validate(request, max_windows=ctx.settings.max_windows)
+    if resume is not None:
+        params = resume_params(ctx, resume)
+    else:
+        request = Request(
+            dags=dags or [], start=start, end=end, batch=batch, tz=tz, reverse=reverse, conf=conf,
+            on_failure=on_failure, reprocess=reprocess, unpause=unpause,
+            max_parallel_dags=ctx.settings.max_parallel_dags if max_parallel_dags is None else max_parallel_dags,
+        )  # fmt: skip
+        params = validate(request, max_windows=ctx.settings.max_windows)
+    if dry_run:
+        return plan(ctx.airflow, params, unpause=unpause, global_limit=ctx.settings.global_max_runs)
     params = replace(params, backfill_id=_backfill_id_for(ctx, self.request.id))
     for dag in check_in_airflow(ctx.airflow, params.dags, unpause=unpause):
         ctx.airflow.set_paused(dag, False)
@@ -83,9 +99,11 @@ def submit_backfill(
         # would otherwise carry (and make every caller rebuild) one result per chain.
         group(segment(params, dag, 0) for dag in params.dags).apply_async(add_to_parent=False)
         log.info(
-            "%s submitted: %d DAG(s) x %d %s window(s) %s, %s first",
-            params.backfill_id, len(params.dags), params.per_dag, params.batch,
-            f"[{params.start}, {params.end})", "newest" if params.reverse else "oldest",
+            "%s submitted: %d DAG(s), %d %s window(s) in [%s, %s), %s first%s%s",
+            params.backfill_id, len(params.dags), params.total, params.batch, params.start, params.end,
+            "newest" if params.reverse else "oldest",
+            f", max_parallel_dags={params.max_parallel_dags}" if params.max_parallel_dags else "",
+            f", resuming {params.lineage[-1]}" if params.lineage else "",
         )  # fmt: skip
     return summary(params)
 
@@ -100,18 +118,17 @@ def _backfill_id_for(ctx: Context, task_id: str | None) -> str:
 
 
 def summary(params: BackfillParams) -> dict[str, Any]:
-    first, last = params.window_at(0), params.window_at(params.per_dag - 1)
     return {
         "backfill_id": params.backfill_id,
-        "batches": {dag: params.per_dag for dag in params.dags},
-        "windows": params.per_dag * len(params.dags),
+        "batches": {dag: params.count(dag) for dag in params.dags},
+        "windows": params.total,
         "batch": params.batch,
         "range": [params.start, params.end],
         "order": "newest first" if params.reverse else "oldest first",
-        "first_window": [first.start.isoformat(), first.end.isoformat()],
-        "last_window": [last.start.isoformat(), last.end.isoformat()],
         "on_failure": params.on_failure,
         "reprocess": params.reprocess,
+        "max_parallel_dags": params.max_parallel_dags,
+        "resumes": params.lineage[-1] if params.lineage else None,
         "status": f"backfill status {params.backfill_id}",
     }
 
@@ -122,10 +139,10 @@ def summary(params: BackfillParams) -> dict[str, Any]:
 def segment(params: BackfillParams, dag: str, first_seq: int, *, size: int | None = None) -> Signature:
     """The chain of windows ``first_seq .. first_seq + segment_size`` of ``dag``, then a link that
     continues with the next segment. Bounding the links bounds every message's size."""
-    last = min(first_seq + (size or app.conf.backfill_settings.segment_size), params.per_dag)
+    last = min(first_seq + (size or app.conf.backfill_settings.segment_size), params.count(dag))
     bf = params.backfill_id
     links = [
-        run_window.si(backfill_id=bf, dag_id=dag, seq=seq, window=params.window_at(seq).label()).set(
+        run_window.si(backfill_id=bf, dag_id=dag, seq=seq, window=params.window_at(seq, dag).label()).set(
             task_id=f"{bf}-{dag}-w{seq}"
         )
         for seq in range(first_seq, last)
@@ -140,7 +157,7 @@ def segment(params: BackfillParams, dag: str, first_seq: int, *, size: int | Non
 def continue_dag(self: Task, *, backfill_id: str, dag_id: str, seq: int) -> dict[str, Any]:
     ctx = context()
     params = ctx.record.params(backfill_id)
-    if seq < params.per_dag and not ctx.record.is_cancelled(backfill_id):
+    if seq < params.count(dag_id) and not ctx.record.is_cancelled(backfill_id):
         marker = f"{ctx.record.k_dag(backfill_id, dag_id)}:seg{seq}"
         if ctx.redis.exists(marker):
             return {"dag": dag_id, "continued_at": seq, "duplicate": True}
@@ -148,27 +165,6 @@ def continue_dag(self: Task, *, backfill_id: str, dag_id: str, seq: int) -> dict
         ctx.redis.set(marker, 1, ex=ctx.settings.record_ttl)
         return {"dag": dag_id, "continued_at": seq}
     return close_dag(ctx, params, dag_id)
-
-
-def close_dag(ctx: Context, params: BackfillParams, dag_id: str, *, reason: str | None = None) -> dict[str, Any]:
-    counts = ctx.record.dag(params.backfill_id, dag_id)
-    if ctx.record.is_cancelled(params.backfill_id):
-        state = "cancelled"
-    elif int(counts.get("failed", 0)) or int(counts.get("not_run", 0)):
-        state = "failed"
-    else:
-        state = "succeeded"
-    left = ctx.record.finish_dag(params, dag_id, state, reason=reason)
-    if left >= 0:
-        log.info(
-            "%s %s DAG %s: %s success, %s failed, %s skipped, %s not run%s",
-            params.backfill_id, dag_id, state.upper(), counts.get("success", 0), counts.get("failed", 0),
-            counts.get("skipped", 0), counts.get("not_run", 0), f" ({reason})" if reason else "",
-        )  # fmt: skip
-    if left == 0:
-        meta = ctx.record.meta(params.backfill_id)
-        log.info("%s backfill %s", params.backfill_id, meta.get("state", "?").upper())
-    return {"dag": dag_id, "state": state}
 
 
 # -- one window ---------------------------------------------------------------------------
@@ -199,8 +195,8 @@ def run_window(
     if not step.done:
         raise self.retry(countdown=step.delay, kwargs={**self.request.kwargs, "errors": 0} if errors else None)
     result = {"dag": dag_id, "seq": seq, "window": window, "state": step.state, "reason": step.reason}
-    if step.repeat and seq + 1 < params.per_dag:
-        nxt = ctx.record.window(backfill_id, dag_id, params.index_at(seq + 1))
+    if step.repeat and seq + 1 < params.count(dag_id):
+        nxt = ctx.record.window(backfill_id, dag_id, params.index_at(seq + 1, dag_id))
         if nxt["state"] != "planned":
             # A duplicate of a window already handed on: the chain goes on elsewhere.
             self.request.chain = None
@@ -228,11 +224,33 @@ def stop_dag(ctx: Context, params: BackfillParams, dag_id: str, seq: int, window
 def _give_up(ctx: Context, backfill_id: str, dag_id: str, seq: int, reason: str) -> None:
     try:
         params = ctx.record.params(backfill_id)
-        window = params.window_at(seq)
-        ctx.record.transition(params, dag_id, params.index_at(seq), "failed", reason=reason)
+        window = params.window_at(seq, dag_id)
+        ctx.record.transition(params, dag_id, params.index_at(seq, dag_id), "failed", reason=reason)
         ctx.locks.release(dag_id, params.run_id(window))
         if params.on_failure == "stop":
             ctx.record.mark_not_run(params, dag_id, seq + 1, reason=f"not run: window {window.label()} failed")
         close_dag(ctx, params, dag_id, reason=reason)
     except Exception:  # best effort: Redis itself may be what is failing
         log.exception("%s %s: could not record the failure", backfill_id, dag_id)
+
+
+@signals.task_revoked.connect
+def _on_revoked(sender: Task | None = None, request: Any = None, **_: Any) -> None:
+    """A revoked window or continuation breaks its DAG's chain: record that DAG as cancelled.
+    Revoked by the backfill's stamp (``revoke_by_stamped_headers backfill_id=ID``, from our
+    CLI or Celery's), it cancels the whole backfill."""
+    if sender is None or sender.name not in (run_window.name, continue_dag.name):
+        return
+    kwargs = getattr(request, "kwargs", None) or {}
+    bf, dag = kwargs.get("backfill_id"), kwargs.get("dag_id")
+    if not bf or not dag:
+        return
+    try:
+        ctx = context()
+        params = ctx.record.params(bf)
+        if bf in maybe_list(worker_state.revoked_stamps.get("backfill_id") or []):
+            ctx.record.request_cancel(bf)
+        if ctx.record.dag(bf, dag).get("state") not in ("succeeded", "failed", "cancelled"):
+            cancel_dag(ctx, params, dag, reason="task revoked")
+    except Exception:  # a signal handler must not take the worker down
+        log.exception("%s %s: could not record the revoke", bf, dag)

@@ -6,7 +6,9 @@ without more DAG files. Knobs come from the run's ``conf``:
 
 - ``sleep``: seconds the task takes (default: the DAG's own default);
 - ``fail_windows``: list of ISO ``data_interval_start`` values whose run must fail;
-- ``fail_dags``: if given, only these DAGs fail their ``fail_windows``.
+- ``fail_dags``: if given, only these DAGs fail their ``fail_windows``;
+- ``fail_once_windows``: like ``fail_windows`` but only on the first try (a re-run after a
+  clear succeeds), to show a transient failure and its resumption.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def make_etl_dag(dag_id: str, *, default_sleep: float, schedule: str | None = No
             fail_here = dag_id in conf.get("fail_dags", [dag_id])
             if fail_here and start is not None and start.isoformat() in set(conf.get("fail_windows", [])):
                 raise RuntimeError(f"{dag_id}: window {start.isoformat()} told to fail")
+            first_try = ctx["ti"].try_number <= 1
+            if fail_here and first_try and start is not None and start.isoformat() in conf.get("fail_once_windows", []):
+                raise RuntimeError(f"{dag_id}: window {start.isoformat()} told to fail on its first try")
             return {"start": str(start), "end": str(end)}
 
         process()

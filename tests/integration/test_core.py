@@ -253,8 +253,8 @@ def test_a_repeated_step_reattaches_to_its_run_instead_of_making_a_second(orch):
             break
         time.sleep(min(step.delay, 1))
     assert step.state == "success"
-    held = ctx.airflow.runs_at("etl_orders", params.window_at(0).start)
-    assert [r.run_id for r in held] == [params.run_id(params.window_at(0))]
+    held = ctx.airflow.runs_at("etl_orders", params.window_at(0, "etl_orders").start)
+    assert [r.run_id for r in held] == [params.run_id(params.window_at(0, "etl_orders"))]
 
 
 def test_two_worker_processes_carry_fifty_dags_in_flight(orch):

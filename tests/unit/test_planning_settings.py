@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from backfill.errors import InputError
@@ -16,16 +18,36 @@ def test_a_valid_request_becomes_a_plan_with_exact_bounds():
     assert params.start == "2024-01-01T00:00:00+00:00"
     assert params.end == "2024-02-01T00:00:00+00:00"  # end day included
     assert params.per_dag == 5
-    assert params.run_id(params.window_at(0)) == f"{params.backfill_id}__2024-01-01T00:00:00+00:00"
+    assert params.run_id(params.window_at(0, "a")) == f"{params.backfill_id}__2024-01-01T00:00:00+00:00"
     # The stored plan recomputes the same windows.
     again = type(params).from_json(params.to_json())
-    assert [again.window_at(i) for i in range(5)] == [params.window_at(i) for i in range(5)]
+    assert [again.window_at(i, "b") for i in range(5)] == [params.window_at(i, "b") for i in range(5)]
 
 
 def test_reverse_maps_sequence_to_newest_first():
     params = validate(req(reverse=True), max_windows=100)
-    assert [params.index_at(s) for s in range(5)] == [4, 3, 2, 1, 0]
-    assert params.window_at(0).start.isoformat() == "2024-01-29T00:00:00+00:00"
+    assert [params.index_at(s, "etl_orders") for s in range(5)] == [4, 3, 2, 1, 0]
+    assert params.window_at(0, "etl_orders").start.isoformat() == "2024-01-29T00:00:00+00:00"
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_resumed_plan_runs_only_its_windows_per_dag_in_the_original_order(reverse):
+    base = validate(
+        req(dags=["a", "b"], start="2024-01-01", end="2024-01-10", batch="daily", reverse=reverse), max_windows=100
+    )
+    params = replace(base, only={"a": [[1, 3], [6, 7]], "b": [[9, 10]]})
+    params = type(params).from_json(params.to_json())  # as the workers read it back
+    expected_a = [1, 2, 6][::-1] if reverse else [1, 2, 6]
+    assert params.count("a") == 3 and params.count("b") == 1 and params.total == 4
+    assert params.indices("a") == expected_a and params.indices("b") == [9]
+    assert [params.seq_of(i, "a") for i in expected_a] == [0, 1, 2]
+    assert base.count("a") == 10 and base.indices("b") == (list(range(9, -1, -1)) if reverse else list(range(10)))
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "2", True])
+def test_max_parallel_dags_must_be_a_whole_number(bad):
+    with pytest.raises(InputError, match=r"^max_parallel_dags: expected a whole number >= 0"):
+        validate(req(max_parallel_dags=bad), max_windows=100)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,145 @@
+"""Ending a DAG's part of a backfill, cancelling a backfill, and planning its resumption.
+
+Cancel is layered so that it holds however it is asked for:
+
+1. the record is flagged ``cancelled``; every worker checks the flag before each step, and a
+   window that triggered while the cancel ran fails its own run if asked to;
+2. every task stamped with the backfill id is revoked (``revoke_by_stamped_headers``), so
+   waiting windows and chain continuations are dropped by the workers that hold them;
+3. the remaining windows are recorded ``cancelled``, the backfill's DAG locks and throttle
+   slots are released and its DAGs closed, at once, without waiting for any worker;
+4. with ``fail_running``, the backfill's queued or running Airflow runs are marked failed.
+
+A revoke from the Celery CLI (``celery -A workers control revoke_by_stamped_headers
+backfill_id=ID``) does 1-3 too: the workers' ``task_revoked`` handler calls ``cancel_dag``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from backfill.context import Context
+from backfill.errors import InputError
+from backfill.planning import new_backfill_id
+from backfill.record import TERMINAL, BackfillParams
+
+log = logging.getLogger("backfill")
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def close_dag(ctx: Context, params: BackfillParams, dag_id: str, *, reason: str | None = None) -> dict[str, Any]:
+    """Record the end of ``dag_id``'s part (once) and, with the last DAG, of the backfill."""
+    counts = ctx.record.dag(params.backfill_id, dag_id)
+    if ctx.record.is_cancelled(params.backfill_id) or int(counts.get("cancelled", 0)):
+        state = "cancelled"
+    elif int(counts.get("failed", 0)) or int(counts.get("not_run", 0)):
+        state = "failed"
+    else:
+        state = "succeeded"
+    left = ctx.record.finish_dag(params, dag_id, state, reason=reason)
+    if left >= 0:
+        log.info(
+            "%s %s DAG %s: %s success, %s failed, %s skipped, %s not run, %s cancelled%s",
+            params.backfill_id, dag_id, state.upper(), counts.get("success", 0), counts.get("failed", 0),
+            counts.get("skipped", 0), counts.get("not_run", 0), counts.get("cancelled", 0),
+            f" ({reason})" if reason else "",
+        )  # fmt: skip
+    if left == 0:
+        meta = ctx.record.meta(params.backfill_id)
+        log.info("%s backfill %s", params.backfill_id, meta.get("state", "?").upper())
+    return {"dag": dag_id, "state": state}
+
+
+def cancel_dag(ctx: Context, params: BackfillParams, dag_id: str, *, reason: str, fail_running: bool = False) -> int:
+    """Record every unfinished window of the DAG as cancelled, free its lock and slots, close it.
+
+    Returns how many windows were cancelled. Safe to repeat and to race with a worker: final
+    states are final, so whichever of the two records a window first wins.
+    """
+    bf = params.backfill_id
+    done = ctx.record.windows(bf, dag_id)
+    n = 0
+    for idx in params.indices(dag_id):
+        rec = done.get(idx, {})
+        if rec.get("state") in TERMINAL:
+            continue
+        why = reason
+        if rec.get("run") and rec.get("state") in ("triggered", "running"):
+            fate = "marked failed" if fail_running else "left to finish in Airflow"
+            why = f"{reason}; run {rec['run']} {fate}"
+        n += ctx.record.transition(params, dag_id, idx, "cancelled", reason=why, run=rec.get("run"))
+    holder = ctx.locks.holder(dag_id)
+    if holder and holder.startswith(f"{bf}__"):
+        ctx.locks.release(dag_id, holder)
+    close_dag(ctx, params, dag_id, reason=reason)
+    return n
+
+
+def cancel(
+    ctx: Context, bf: str, *, fail_running: bool = False, revoke: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Cancel backfill ``bf`` (see the module docstring). Touches nothing of another backfill."""
+    params = ctx.record.params(bf)
+    state = ctx.record.meta(bf).get("state")
+    if state in ("succeeded", "failed"):
+        raise InputError(f"backfill {bf}: already {state}, nothing to cancel")
+    ctx.record.request_cancel(bf, fail_running=fail_running)
+    if revoke is not None:
+        revoke(bf)
+    reason = "backfill cancelled"
+    windows = sum(cancel_dag(ctx, params, dag, reason=reason, fail_running=fail_running) for dag in params.dags)
+    ctx.throttle.release_backfill(bf)
+    failed: list[str] = []
+    left: list[str] = []
+    for dag in params.dags:
+        for run in ctx.airflow.runs_by_prefix(dag, f"{bf}__"):
+            if not run.active:
+                continue
+            if fail_running:
+                ctx.airflow.fail_run(dag, run.run_id)
+                failed.append(f"{dag}/{run.run_id}")
+            else:
+                left.append(f"{dag}/{run.run_id}")
+    log.info("%s backfill CANCELLED: %d window(s), %d run(s) marked failed", bf, windows, len(failed))
+    return {"backfill_id": bf, "cancelled_windows": windows, "failed_runs": failed, "left_running": left}
+
+
+def resume_params(ctx: Context, bf: str) -> BackfillParams:
+    """A new backfill of the same DAGs and rules covering only ``bf``'s windows that did not
+    succeed (failed, cancelled, not run, or never reached). Runs ``bf`` left at those dates
+    are re-run (cleared) rather than skipped; ones that succeeded meanwhile are skipped."""
+    old = ctx.record.params(bf)
+    state = ctx.record.meta(bf).get("state")
+    if state not in FINISHED:
+        raise InputError(f"backfill {bf}: still {state}; wait for it or cancel it first (backfill cancel {bf})")
+    only: dict[str, list[list[int]]] = {}
+    for dag in old.dags:
+        recs = ctx.record.windows(bf, dag)
+        todo = sorted(i for i in old.indices(dag) if recs.get(i, {}).get("state") not in ("success", "skipped"))
+        if todo:
+            only[dag] = _ranges(todo)
+    if not only:
+        raise InputError(f"backfill {bf}: every window succeeded or was skipped; nothing to resume")
+    return replace(
+        old,
+        backfill_id=new_backfill_id(),
+        dags=[d for d in old.dags if d in only],
+        only=only,
+        lineage=[*old.lineage, bf],
+        created_at=time.time(),
+    )
+
+
+def _ranges(indices: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for i in indices:
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out

@@ -1,0 +1,208 @@
+"""The timeline of a backfill: what ran when, one lane per DAG and one bar per window.
+
+Times are Airflow's own (each run's start and end date, recorded when the window ended); a
+window that never had a run (skipped, not run, cancelled before it triggered) is a thin mark
+at the moment its outcome was recorded. The text view is for a terminal, the HTML view a
+self-contained page (inline CSS, no script, nothing fetched) to open anywhere or attach.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from backfill.record import Record
+
+COLOURS = {
+    "success": "#2e9d4f",
+    "failed": "#d64545",
+    "skipped": "#8c8c8c",
+    "not_run": "#c9a227",
+    "cancelled": "#7a5bc7",
+    "running": "#3b82f6",
+    "triggered": "#93c5fd",
+    "waiting": "#e0e0e0",
+}
+TEXT_MARKS = {"success": "#", "failed": "X", "skipped": "s", "not_run": "n", "cancelled": "c", "running": ">"}
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    dag: str
+    seq: int  # 1-based position in the DAG's run order
+    start: str  # window bounds
+    end: str
+    state: str
+    run_id: str | None
+    t0: float  # when it ran (epoch seconds)
+    t1: float
+    reason: str | None
+
+    @property
+    def ran(self) -> bool:
+        return self.t1 > self.t0
+
+
+def _ts(value: Any) -> float | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value).timestamp() if isinstance(value, str) else float(value)
+
+
+def collect(record: Record, bf: str) -> dict[str, Any]:
+    params = record.params(bf)
+    meta = record.meta(bf)
+    lanes: dict[str, list[Bar]] = {}
+    for dag in params.dags:
+        recs = record.windows(bf, dag)
+        bars = []
+        for seq, idx in enumerate(params.indices(dag)):
+            rec = recs.get(idx)
+            if not rec:
+                continue  # never reached (the backfill is still running)
+            window = params.spec.window(idx)
+            at = float(rec.get("at") or 0.0)
+            t0 = _ts(rec.get("started")) or _ts(rec.get("triggered_at")) or at
+            t1 = _ts(rec.get("ended")) or (at if rec.get("state") in ("running", "triggered") else t0)
+            if rec.get("state") in ("running", "triggered"):
+                t1 = max(t1, datetime.now(UTC).timestamp())
+            bars.append(
+                Bar(
+                    dag=dag, seq=seq + 1, start=window.start.isoformat(), end=window.end.isoformat(),
+                    state=rec.get("state", "planned"), run_id=rec.get("run"), t0=t0, t1=max(t0, t1),
+                    reason=rec.get("reason") or None,
+                )
+            )  # fmt: skip
+        lanes[dag] = bars
+    times = [t for bars in lanes.values() for b in bars for t in (b.t0, b.t1)]
+    return {
+        "backfill_id": bf,
+        "state": meta.get("state", "?"),
+        "batch": params.batch,
+        "range": [params.start, params.end],
+        "lanes": lanes,
+        "t0": min(times) if times else float(meta.get("created_at", 0)),
+        "t1": max(times) if times else float(meta.get("created_at", 0)),
+    }
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _span(seconds: float) -> str:
+    return (
+        f"{seconds:.1f} s"
+        if seconds < 120
+        else f"{seconds / 60:.1f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.1f} h"
+    )
+
+
+def text(data: dict[str, Any], *, width: int = 60, max_rows: int = 100) -> str:
+    t0, t1 = data["t0"], data["t1"]
+    total = max(t1 - t0, 1e-6)
+    lanes: dict[str, list[Bar]] = data["lanes"]
+    name_w = max([len(d) for d in lanes] + [3])
+    out = [
+        f"backfill {data['backfill_id']}  {data['state'].upper()}  ({data['batch']} windows over "
+        f"[{data['range'][0]}, {data['range'][1]}))",
+        f"timeline {_clock(t0)} .. {_clock(t1)} UTC ({_span(t1 - t0)}), one lane per DAG, one mark per window",
+        "",
+    ]
+    for dag, bars in lanes.items():
+        cells = [" "] * width
+        for b in bars:
+            a = min(width - 1, int((b.t0 - t0) / total * width))
+            z = max(a, min(width - 1, int((b.t1 - t0) / total * width - 1e-9)))
+            for i in range(a, z + 1):
+                cells[i] = TEXT_MARKS.get(b.state, "?")
+        counts = _counts(bars)
+        out.append(f"  {dag:<{name_w}} |{''.join(cells)}| {counts}")
+    out += ["", "  " + "  ".join(f"{m} {s.replace('_', ' ')}" for s, m in TEXT_MARKS.items()), ""]
+    rows = sorted((b for bars in lanes.values() for b in bars), key=lambda b: (b.t0, b.dag))
+    shown = rows if max_rows <= 0 else rows[:max_rows]
+    out.append(f"  {'ran (UTC)':<19}  {'took':>8}  {'DAG':<{name_w}}  window")
+    for b in shown:
+        took = _span(b.t1 - b.t0) if b.ran else "-"
+        run = f" run={b.run_id}" if b.run_id else ""
+        why = f" ({b.reason})" if b.reason and b.state != "success" else ""
+        out.append(f"  {_clock(b.t0)}  {took:>8}  {b.dag:<{name_w}}  #{b.seq} [{b.start}, {b.end}) {b.state}{run}{why}")
+    if len(rows) > len(shown):
+        out.append(f"  ... {len(rows) - len(shown)} more (--max-rows 0 shows all)")
+    return "\n".join(out)
+
+
+def _counts(bars: list[Bar]) -> str:
+    seen: dict[str, int] = {}
+    for b in bars:
+        seen[b.state] = seen.get(b.state, 0) + 1
+    return ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(seen.items()))
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
+h1{font-size:18px;margin:0 0 4px} .sub{color:#555;margin-bottom:16px}
+.chart{border:1px solid #ddd;padding:8px 12px 4px;border-radius:6px}
+.lane{display:flex;align-items:center;height:26px}
+.label{width:var(--label);flex:none;font-family:monospace;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.track{position:relative;flex:1;height:18px;background:#f6f6f6;border-radius:3px}
+.bar{position:absolute;top:1px;height:16px;min-width:2px;border-radius:2px;box-sizing:border-box;
+     border-right:1px solid #fff}
+.axis{display:flex;justify-content:space-between;margin-left:var(--label);color:#666;font-size:12px;padding-top:4px}
+.legend span{display:inline-block;margin-right:14px} .legend i{display:inline-block;width:12px;height:12px;
+     border-radius:2px;margin-right:4px;vertical-align:-1px}
+table{border-collapse:collapse;margin-top:16px;font-size:13px} td,th{padding:2px 10px;text-align:left;
+     border-bottom:1px solid #eee} th{color:#555;font-weight:600}
+"""
+
+
+def to_html(data: dict[str, Any]) -> str:
+    t0, t1 = data["t0"], data["t1"]
+    total = max(t1 - t0, 1e-6)
+    lanes: dict[str, list[Bar]] = data["lanes"]
+    e = html.escape
+    label_w = min(260, 12 + 8 * max([len(d) for d in lanes] + [4]))
+    rows = []
+    for dag, bars in lanes.items():
+        marks = []
+        for b in bars:
+            left = (b.t0 - t0) / total * 100
+            width = max((b.t1 - b.t0) / total * 100, 0.0)
+            tip = f"{dag} #{b.seq} [{b.start}, {b.end}) {b.state}"
+            tip += f"\nran {_clock(b.t0)} .. {_clock(b.t1)} UTC ({_span(b.t1 - b.t0)})" if b.ran else ""
+            tip += f"\nrun {b.run_id}" if b.run_id else ""
+            tip += f"\n{b.reason}" if b.reason else ""
+            marks.append(
+                f'<div class="bar" data-window="{e(b.start)}" data-state="{e(b.state)}" title="{e(tip)}" '
+                f'style="left:{left:.4f}%;width:{width:.4f}%;background:{COLOURS.get(b.state, "#444")}"></div>'
+            )
+        rows.append(
+            f'<div class="lane" data-dag="{e(dag)}"><div class="label" title="{e(dag)}">{e(dag)}</div>'
+            f'<div class="track">{"".join(marks)}</div></div>'
+        )
+    ticks = "".join(f"<span>{_clock(t0 + total * i / 4)[11:]}</span>" for i in range(5))
+    legend = "".join(f'<span><i style="background:{c}"></i>{s.replace("_", " ")}</span>' for s, c in COLOURS.items())
+    table = "".join(
+        f"<tr><td>{e(b.dag)}</td><td>#{b.seq}</td><td>{e(b.start)}</td><td>{e(b.state)}</td>"
+        f"<td>{_clock(b.t0) if b.t0 else ''}</td><td>{_span(b.t1 - b.t0) if b.ran else '-'}</td>"
+        f"<td>{e(b.run_id or '')}</td><td>{e(b.reason or '')}</td></tr>"
+        for b in sorted((b for bars in lanes.values() for b in bars), key=lambda b: (b.t0, b.dag))
+    )
+    windows = sum(len(b) for b in lanes.values())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>backfill {e(data["backfill_id"])}</title>
+<style>{_CSS}</style></head>
+<body style="--label:{label_w}px">
+<h1>backfill {e(data["backfill_id"])} &mdash; {e(data["state"])}</h1>
+<div class="sub">{e(data["batch"])} windows over [{e(data["range"][0])}, {e(data["range"][1])}) &middot;
+{len(lanes)} DAG(s), {windows} window(s) &middot; {_clock(t0)} .. {_clock(t1)} UTC ({_span(t1 - t0)})</div>
+<div class="chart" id="timeline">{"".join(rows)}<div class="axis">{ticks}</div></div>
+<p class="legend">{legend}</p>
+<table><tr><th>DAG</th><th>#</th><th>window</th><th>outcome</th><th>ran (UTC)</th><th>took</th><th>Airflow run</th>
+<th>reason</th></tr>{table}</table>
+</body></html>
+"""

@@ -1,0 +1,49 @@
+"""The throttle's fair semaphores against a real redis-server (database 1, emptied)."""
+
+from __future__ import annotations
+
+import time
+
+from backfill.throttle import Semaphore, Throttle
+
+
+def test_a_slot_goes_to_the_head_of_the_line_and_a_dag_queues_again_for_each_window(scratch_redis):
+    sem = Semaphore(scratch_redis, "t:s", ttl=60, stale=60)
+    assert sem.acquire("a1", 1).granted
+    first, second = sem.acquire("b1", 1), sem.acquire("c1", 1)
+    assert (first.granted, first.position, second.position) == (False, 1, 2)
+    assert sem.acquire("a1", 1).granted  # the holder keeps its slot on every look
+    sem.release("a1")
+    # a2 (the same DAG's next window) asks before b1 looks again, but b1 is ahead in line.
+    assert sem.acquire("a2", 1).position == 3
+    assert not sem.acquire("c1", 1).granted
+    assert sem.acquire("b1", 1).granted
+    sem.release("b1")
+    assert sem.acquire("c1", 1).granted
+    sem.release("c1")
+    assert sem.acquire("a2", 1).granted
+
+
+def test_limits_hold_expire_and_can_be_overridden_at_run_time(scratch_redis):
+    sem = Semaphore(scratch_redis, "t:s", ttl=0.5, stale=0.5)
+    assert [sem.acquire(m, 2).granted for m in ("a", "b", "c")] == [True, True, False]
+    assert sem.acquire("c", 2).in_use == 2
+    time.sleep(0.7)  # a and b died without releasing: their slots come back; c's place went stale too
+    assert sem.acquire("c", 2).granted
+    sem.set_limit(0)  # 0 = no limit, for every worker at once
+    assert all(sem.acquire(m, 2).granted for m in ("d", "e", "f"))
+    sem.set_limit(None)
+    assert sem.limit_override() is None and not sem.acquire("g", 2).granted
+
+
+def test_a_backfill_at_its_own_limit_does_not_hold_back_another_under_the_global_cap(scratch_redis):
+    th = Throttle(scratch_redis, prefix="t", ttl=60, stale=60, global_limit=2)
+    assert th.acquire("bf-a", "bf-a__1", max_parallel_dags=1) is None
+    why = th.acquire("bf-a", "bf-a__2", max_parallel_dags=1)
+    assert why and why.startswith("max_parallel_dags=1 reached")
+    assert th.acquire("bf-b", "bf-b__1", max_parallel_dags=0) is None  # bf-a's waiter is not in the global line
+    why = th.acquire("bf-b", "bf-b__2", max_parallel_dags=0)
+    assert why and why.startswith("global limit reached (2 runs in flight")
+    th.release_backfill("bf-a")
+    assert th.glob.members("bf-a") == [] and th.of_backfill("bf-a").members() == []
+    assert th.acquire("bf-b", "bf-b__2", max_parallel_dags=0) is None
