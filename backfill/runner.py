@@ -121,12 +121,12 @@ class WindowRunner:
             if not earlier and not _reprocess(params.reprocess, run.state):
                 reason = f"already {run.state} in run {run.run_id} (reprocess={params.reprocess})"
                 return self._finish(params, dag, idx, window, "skipped", reason=reason, run=run.run_id)
-            why = self._busy(dag, run_id) or self._slot(params, run_id)
+            why = self._busy(dag, run_id) or self._slot(params, dag, run_id)
             if why:
                 return self._wait(params, dag, idx, window, why, self.settings.busy_poll)
             return self._rerun(params, dag, idx, window, run, rec)
 
-        why = self._busy(dag, run_id) or self._slot(params, run_id)
+        why = self._busy(dag, run_id) or self._slot(params, dag, run_id)
         if why:
             return self._wait(params, dag, idx, window, why, self.settings.busy_poll)
         conf = {**params.conf, "window_start": window.start.isoformat(), "window_end": window.end.isoformat()}
@@ -142,8 +142,10 @@ class WindowRunner:
             return self._cancelled(params, dag, idx, window, run_id)
         return Step(done=False, delay=self._poll_delay(rec, 0.0))
 
-    def _slot(self, params: BackfillParams, run_id: str) -> str | None:
-        return self.throttle.acquire(params.backfill_id, run_id, max_parallel_dags=params.max_parallel_dags)
+    def _slot(self, params: BackfillParams, dag: str, run_id: str) -> str | None:
+        # Run ids repeat across the DAGs of a backfill: a slot is held by (run id, DAG).
+        member = slot_member(dag, run_id)
+        return self.throttle.acquire(params.backfill_id, member, max_parallel_dags=params.max_parallel_dags)
 
     def _cancelled(self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str) -> Step:
         if self.record.meta(params.backfill_id).get("fail_running") == "1":
@@ -177,7 +179,8 @@ class WindowRunner:
             return self._rerun(params, dag, idx, window, run, rec)
         elapsed = time.time() - float(rec.get("triggered_at") or time.time())
         if run.active:
-            self.throttle.renew(params.backfill_id, params.run_id(window), max_parallel_dags=params.max_parallel_dags)
+            member = slot_member(dag, params.run_id(window))
+            self.throttle.renew(params.backfill_id, member, max_parallel_dags=params.max_parallel_dags)
         if run.state == "queued":
             if rec["state"] not in ("triggered",):
                 self._set(params, dag, idx, window, "triggered", run=run.run_id, triggered_at=time.time())
@@ -218,7 +221,7 @@ class WindowRunner:
         self._set(params, dag, idx, window, state, reason=reason, **extra)
         # Our lock token is always our own run id, even when the window re-ran another run.
         self.locks.release(dag, params.run_id(window))
-        self.throttle.release(params.backfill_id, params.run_id(window))
+        self.throttle.release(params.backfill_id, slot_member(dag, params.run_id(window)))
         return Step(done=True, state=state, reason=reason)
 
     def _outage(
@@ -240,7 +243,9 @@ class WindowRunner:
         self.record.note(params, dag, idx, unavailable_since=since, outage_attempts=attempts)
         self.locks.acquire(dag, run_id)  # keep our lock alive through the outage
         if rec.get("run_id"):
-            self.throttle.renew(params.backfill_id, run_id, max_parallel_dags=params.max_parallel_dags)
+            self.throttle.renew(
+                params.backfill_id, slot_member(dag, run_id), max_parallel_dags=params.max_parallel_dags
+            )
         delay = min(self.settings.retry_max, self.settings.poll_min * 2**attempts)
         log.warning(
             "%s %s %s: %s (attempt %d, next in %.1f s)", params.backfill_id, dag, window.label(), exc, attempts, delay
@@ -287,6 +292,10 @@ class WindowRunner:
             return
         new = elapsed if old is None else 0.7 * old + 0.3 * elapsed
         self.record.set_dag(params.backfill_id, dag, avg_duration=round(new, 3))
+
+
+def slot_member(dag: str, run_id: str) -> str:
+    return f"{run_id}@{dag}"
 
 
 def _reprocess(rule: str, state: str) -> bool:

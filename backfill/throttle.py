@@ -12,7 +12,7 @@ by when it first asked; slots go to the head of the line, so no DAG starves, and
 queues again for every window, DAGs take turns. The global line only ever holds windows that
 have their backfill's slot, so a backfill at its own limit never blocks the others.
 
-A slot is held under the window's run id with an expiry that every poll renews, like the
+A slot is held under the window's run id and DAG (``<run id>@<dag>``) with an expiry that every poll renews, like the
 per-DAG lock: a dead holder's slot comes back after ``ttl``. A place in line is kept only
 while its window keeps asking (``stale`` seconds), so a cancelled or lost window leaves it.
 """

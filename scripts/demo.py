@@ -2,8 +2,9 @@
 
 Starts redis-server, ``airflow standalone`` with the example DAGs, a Celery worker and Flower
 (:5555), submits the backfill through the ``backfill.submit_backfill`` task, prints the order
-of execution as it happens (from the backfill's record), then the final status, and stops
-every process it started. ``--keep`` leaves the stack running until Ctrl-C.
+of execution as it happens (from the backfill's record), then the final status and the
+timeline (text, and an HTML page in .stack/demo/report.html), and stops every process it
+started. ``--keep`` leaves the stack running until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -68,11 +69,18 @@ def main() -> int:
             if record.meta(bf)["state"] != "running":
                 break
             time.sleep(0.5)
+        from backfill import report
         from backfill.status import render, status
 
         print()
         print(render(status(record, bf)))
-        print(f"\nsame view any time: backfill status {bf}   (with BACKFILL_REDIS_URL={stack.redis_url})")
+        timeline = report.collect(record, bf)
+        print("\n" + report.text(timeline, max_rows=0))
+        page = stack.root / "report.html"
+        page.write_text(report.to_html(timeline))
+        print(f"\ntimeline page: {page}")
+        print(f"same views any time: backfill status {bf} / backfill report {bf} [--html FILE]")
+        print(f"  (with BACKFILL_REDIS_URL={stack.redis_url})")
         if args.keep:
             print("\nstack left running; Ctrl-C stops it")
             while True:

@@ -41,6 +41,30 @@ def test_submit_then_status(orch):
     listing = CliRunner().invoke(cli, ["list"])
     assert re.search(rf"{bf}\s+succeeded\s+6/6\s+weekly\s+etl_users,etl_orders", listing.output)
 
+    again = CliRunner().invoke(cli, ["cancel", bf])
+    assert again.exit_code == 2 and f"backfill {bf}: already succeeded, nothing to cancel" in again.output
+
+
+def test_status_watch_refreshes_until_the_backfill_ends(orch):
+    bf = json.loads(
+        CliRunner()
+        .invoke(
+            cli,
+            ["submit", "etl_users", "--start", "2009-04-01", "--end", "2009-04-03", "--conf", '{"sleep": 1}', "--json"],
+        )
+        .output
+    )["backfill_id"]
+    watch = subprocess.run(
+        [BIN / "backfill", "status", bf, "--watch", "--interval", "0.5"],
+        capture_output=True, text=True, env=orch.stack.env(), timeout=180,
+    )  # fmt: skip
+    assert watch.returncode == 0, watch.stderr
+    views = watch.stdout.count(f"backfill {bf}  ")
+    assert views >= 3, watch.stdout  # refreshed while it ran
+    assert watch.stdout.rstrip().splitlines()[0].endswith("RUNNING")
+    last = watch.stdout[watch.stdout.rindex(f"backfill {bf}  ") :]
+    assert last.startswith(f"backfill {bf}  SUCCEEDED") and orch.record.meta(bf)["state"] == "succeeded"
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
@@ -54,6 +78,12 @@ def test_submit_then_status(orch):
             "batch: unknown",
         ),
         (["status", "bf-does-not-exist"], "backfill 'bf-does-not-exist': no such backfill"),
+        (["cancel", "bf-does-not-exist"], "backfill 'bf-does-not-exist': no such backfill"),
+        (["resume", "bf-does-not-exist"], "backfill 'bf-does-not-exist': no such backfill"),
+        (["report", "bf-does-not-exist"], "backfill 'bf-does-not-exist': no such backfill"),
+        (["plan", "etl_users", "--start", "2009-02-01", "--end", "later"], "end: cannot read 'later'"),
+        (["plan", "etl_users", "--start", "2009-02-01", "--end", "2009-02-02", "--max-parallel-dags", "-1"], "-1"),
+        (["throttle", "--global", "-3"], "--global: expected a whole number >= 0 or 'off'"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(orch, args, message):

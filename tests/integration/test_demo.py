@@ -28,3 +28,8 @@ def test_demo_backfills_three_dags_and_prints_the_order(tmp_path):
         assert [s for s, _, state in mine if state == "success"] == ["2024-01-01", "2024-01-08"]
     assert re.search(r"backfill bf-\S+\s+SUCCEEDED", out.stdout)
     assert "stopping the stack" in out.stdout
+    # The timeline: one lane per DAG with its two windows, and the page.
+    for dag in ("etl_orders", "etl_users", "etl_payments"):
+        assert re.search(rf"^  {dag}\s+\|[# ]+\| 2 success$", out.stdout, flags=re.M), dag
+    page = REPO / ".stack" / "demo" / "report.html"
+    assert page.exists() and page.read_text().count('class="bar"') == 6

@@ -32,6 +32,16 @@ ELSEWHERE = {
     "celery -A workers worker -l info -c 4": "backfill.devstack.Stack.start_worker (-c is its concurrency)",
     "celery -A workers flower --port=5555": "backfill.devstack.Stack.start_flower, used by the demo",
     "pip install .": "scripts/bootstrap.sh installs the project the same way (editable)",
+    # Commands that change a running backfill or the shared cap are run by the tests made for them.
+    "backfill cancel ID": "tests/integration/test_operate.py (cancel, then resume)",
+    "backfill cancel ID --fail-running": "tests/integration/test_operate.py::test_cancel_stops_only_its_backfill...",
+    "celery -A workers control revoke_by_stamped_headers backfill_id=ID": (
+        "tests/integration/test_operate.py::test_a_revoke_from_the_celery_cli_cancels_the_backfill_too"
+    ),
+    "backfill resume ID": "tests/integration/test_operate.py (two resume tests)",
+    "backfill report ID --html report.html": "tests/integration/test_operate.py::test_report_... (in Chromium)",
+    "backfill throttle --global 4": "tests/integration/test_operate.py::test_global_cap_... (with 1)",
+    "backfill throttle --global off": "tests/integration/test_operate.py::test_global_cap_...",
 }
 
 
