@@ -184,6 +184,15 @@ class WindowRunner:
         if run.state == "queued":
             if rec["state"] not in ("triggered",):
                 self._set(params, dag, idx, window, "triggered", run=run.run_id, triggered_at=time.time())
+            elif elapsed > max(5.0, 2 * self.settings.busy_poll):
+                # Queued for a while: the usual cause is a DAG paused after the submit. Say so
+                # (status shows it) and keep waiting: unpausing it lets the run go on.
+                paused = self.airflow.get_dag(dag).is_paused
+                reason = f"DAG {dag} is paused in Airflow: run {run.run_id} stays queued until it is unpaused"
+                if paused != (rec.get("reason") or "").startswith(f"DAG {dag} is paused"):
+                    self._set(params, dag, idx, window, "triggered", reason=reason if paused else None, run=run.run_id)
+                if paused:
+                    return Step(done=False, delay=self.settings.busy_poll, reason=reason)
             return Step(done=False, delay=self._poll_delay(rec, elapsed))
         if run.state == "running":
             if rec["state"] != "running":

@@ -97,7 +97,7 @@ def render(data: dict[str, Any]) -> str:
             line += f"\n  {'':<{width}}  now #{cur['seq']} [{cur['start']}, {cur['end']}) {cur['state']}"
             if cur["run_id"]:
                 line += f" run={cur['run_id']}"
-            if cur["reason"] and cur["state"] == "waiting":
+            if cur["reason"] and cur["state"] in ("waiting", "triggered", "running"):
                 line += f"\n  {'':<{width}}  waiting: {cur['reason']}"
         lines.append(line)
     failures = [(d["dag_id"], f) for d in data["dags"] for f in d["failures"]]

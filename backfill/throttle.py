@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import redis
 
 # KEYS: holders (member -> expiry ms), line (member -> ticket), seen (member -> last ask),
-#       limit override (string, optional)
+#       limit override (string, optional), ticket counter
 # ARGV: member, limit, now ms, ttl ms, stale ms
 _ACQUIRE = """
 local now = tonumber(ARGV[3])
@@ -46,7 +46,11 @@ if limit <= 0 then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
   return {1, 0, held + 1, limit}
 end
-redis.call('ZADD', KEYS[2], 'NX', now, ARGV[1])
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  -- A counter, not the clock: two windows asking in the same millisecond keep their order.
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[5]), ARGV[1])
+  redis.call('EXPIRE', KEYS[5], 604800)  -- dropped a week after the last ask
+end
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 local rank = redis.call('ZRANK', KEYS[2], ARGV[1])
 if rank < limit - held then
@@ -79,7 +83,7 @@ class Semaphore:
         self._acquire = client.register_script(_ACQUIRE)
 
     def _keys(self) -> list[str]:
-        return [self.key, f"{self.key}:line", f"{self.key}:seen", self.limit_key]
+        return [self.key, f"{self.key}:line", f"{self.key}:seen", self.limit_key, f"{self.key}:tickets"]
 
     def acquire(self, member: str, limit: int) -> Grant:
         """Take (or keep) a slot for ``member``; ``limit`` applies unless Redis holds an override."""

@@ -70,6 +70,22 @@ def _localize(naive: datetime, zone: tzinfo) -> datetime:
     return dttz.resolve_imaginary(naive.replace(tzinfo=zone))
 
 
+def _check_wall_time(naive: datetime, value: object, *, name: str, zone: tzinfo) -> None:
+    """A naive datetime must name one instant in ``zone``: not one skipped or repeated by DST."""
+    aware = naive.replace(tzinfo=zone)
+    where = (getattr(zone, "_filename", None) or "UTC").split("zoneinfo/")[-1]
+    if not dttz.datetime_exists(aware):
+        raise InputError(
+            f"{name}: {value!s} does not exist in {where} (the clocks jump forward over it); "
+            "give it with a UTC offset, e.g. 2024-03-31T03:30:00+02:00"
+        )
+    if dttz.datetime_ambiguous(aware):
+        raise InputError(
+            f"{name}: {value!s} happens twice in {where} (the clocks go back over it); "
+            "give it with a UTC offset to say which, e.g. 2024-10-27T02:30:00+01:00"
+        )
+
+
 def parse_bound(value: str | date | datetime, *, name: str, zone: tzinfo, is_end: bool) -> datetime:
     """Parse a range bound into an aware datetime.
 
@@ -91,6 +107,8 @@ def parse_bound(value: str | date | datetime, *, name: str, zone: tzinfo, is_end
     else:
         raise InputError(f"{name}: expected a date or an ISO 8601 string, got {type(value).__name__}")
     if moment.tzinfo is None:
+        if not whole_day:
+            _check_wall_time(moment, value, name=name, zone=zone)
         moment = _localize(moment, zone)
     if whole_day and is_end:
         moment = _localize(moment.replace(tzinfo=None) + relativedelta(days=1), zone)

@@ -128,3 +128,18 @@ def test_bad_input_is_refused_with_a_message_naming_it(args, kwargs, message):
     with pytest.raises(InputError) as err:
         window_spec(*args, **kwargs)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("start", "message"),
+    [
+        ("2024-03-31T02:30", r"^start: 2024-03-31T02:30 does not exist in Europe/Paris \(the clocks jump forward"),
+        ("2024-10-27T02:30", r"^start: 2024-10-27T02:30 happens twice in Europe/Paris \(the clocks go back"),
+    ],
+)
+def test_a_naive_datetime_must_name_one_instant_in_its_zone(start, message):
+    with pytest.raises(InputError, match=message):
+        window_spec(start, "2024-11-30", "hourly", tz="Europe/Paris")
+    # With an offset it is one instant, and accepted.
+    spec = window_spec("2024-10-27T02:30+01:00", "2024-10-28", "hourly", tz="Europe/Paris")
+    assert spec.start == datetime(2024, 10, 27, 1, 30, tzinfo=dttz.UTC)
