@@ -160,3 +160,17 @@ def test_the_airflow_password_is_in_no_log_task_or_record(orch):
         )
     for log in orch.stack.root.glob("worker-*.log"):
         assert password not in log.read_text(errors="replace"), log.name
+
+
+def test_a_dead_holders_lock_expires_and_the_dag_goes_on(orch):
+    """A lock left by a holder that died (it no longer renews): the window waits, naming it,
+    until the lock expires, then runs."""
+    dead = "bf-20000101-000000-dead00__2022-07-01T00:00:00+00:00"
+    orch.ctx.redis.set(orch.ctx.locks.key("etl_users"), dead, px=6000)
+    bf = submit(orch, dags=["etl_users"], start="2022-07-01", end="2022-07-02", conf={"sleep": 0.2})["backfill_id"]
+    why = wait_for(lambda: orch.record.dag(bf, "etl_users").get("reason"), timeout=30, what="the waiting reason")
+    assert why == "DAG locked by backfill bf-20000101-000000-dead00 (window starting 2022-07-01T00:00:00+00:00)"
+    assert runs(orch.airflow, "etl_users", bf) == []  # nothing ran while the lock was alive
+    assert wait_done(orch.record, bf)["state"] == "succeeded"
+    assert [r.state for r in runs(orch.airflow, "etl_users", bf)] == ["success", "success"]
+    assert orch.ctx.locks.holder("etl_users") is None
