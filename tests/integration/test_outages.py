@@ -39,8 +39,14 @@ def celery_submit(env: dict[str, str], **kwargs: object) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def the_backfill(record: Record) -> str:
-    return wait_for(lambda: (record.recent(1) or [None])[0], timeout=60, what="the backfill's record")
+def start_and_wait_for_a_first_window(
+    env: dict[str, str], record: Record, dags: list[str], start: str, end: str
+) -> str:
+    """Submit through the celery CLI; return the backfill id once a first window succeeded."""
+    celery_submit(env, dags=dags, start=start, end=end, conf={"sleep": 2})
+    bf = wait_for(lambda: (record.recent(1) or [None])[0], timeout=60, what="the backfill's record")
+    wait_for(lambda: any(record.dag(bf, d).get("success") for d in dags), 120, "a first window done")
+    return bf
 
 
 def assert_each_window_ran_once_serially(orch, bf: str, dags: list[str], start: str, end: str) -> None:
@@ -64,9 +70,7 @@ def test_redis_restarted_mid_backfill_loses_nothing(orch):
     record = Record(client, prefix="backfill", ttl=3600)
     dags = ["etl_orders", "etl_users"]
     try:
-        celery_submit(stack.env(**env), dags=dags, start="2022-04-01", end="2022-04-05", conf={"sleep": 2})
-        bf = the_backfill(record)
-        wait_for(lambda: any(record.dag(bf, d).get("success") for d in dags), 120, "a first window done")
+        bf = start_and_wait_for_a_first_window(stack.env(**env), record, dags, "2022-04-01", "2022-04-05")
         redis_proc = next(p for p in stack.procs if p.name == f"redis-{port}")
         redis_proc.signal(signal.SIGTERM)  # a restart: Redis writes its AOF and exits
         redis_proc.popen.wait(20)
@@ -171,9 +175,7 @@ def test_airflow_api_unreachable_for_30_s_windows_wait_then_complete(orch):
     record = Record(client, prefix="backfill", ttl=3600)
     dags = ["etl_orders", "etl_users"]
     try:
-        celery_submit(stack.env(**env), dags=dags, start="2022-05-01", end="2022-05-05", conf={"sleep": 2})
-        bf = the_backfill(record)
-        wait_for(lambda: any(record.dag(bf, d).get("success") for d in dags), 120, "a first window done")
+        bf = start_and_wait_for_a_first_window(stack.env(**env), record, dags, "2022-05-01", "2022-05-05")
         proxy.cut()
         cut_at = time.monotonic()
 
