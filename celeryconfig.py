@@ -54,6 +54,14 @@ accept_content = ["json"]
 result_expires = 7 * 86400
 result_extended = True
 
+# A broker restart must not drop a window: every publish (a poll's retry, a chain's next link,
+# a new segment) retries for about two minutes before giving up (the default is ~2 s), and
+# result writes retry too. run_window requeues rather than drops a retry it cannot publish.
+task_publish_retry_policy = {"max_retries": 40, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 3}
+result_backend_always_retry = True
+result_backend_max_retries = 40
+result_backend_max_sleep_between_retries_ms = 3000
+
 # A task whose worker dies is redelivered, not lost; every task is safe to repeat.
 task_acks_late = True
 task_reject_on_worker_lost = True

@@ -22,6 +22,7 @@ from typing import Any
 
 from celery import Task, chain, group, signals
 from celery.canvas import Signature
+from celery.exceptions import Reject
 from celery.utils.functional import maybe_list
 from celery.worker import state as worker_state
 
@@ -188,12 +189,12 @@ def run_window(
             delay = min(ctx.settings.retry_max, 2.0**errors)
             log.warning("%s %s %s: %r, retrying in %.0f s", backfill_id, dag_id, window, exc, delay)
             kwargs = {**self.request.kwargs, "errors": errors + 1}
-            raise self.retry(countdown=delay, kwargs=kwargs) from exc
+            raise _again(self, delay, kwargs) from exc
         log.exception("%s %s %s: giving up after %d unexpected errors", backfill_id, dag_id, window, errors)
         _give_up(ctx, backfill_id, dag_id, seq, f"orchestrator error: {exc!r}")
         raise
     if not step.done:
-        raise self.retry(countdown=step.delay, kwargs={**self.request.kwargs, "errors": 0} if errors else None)
+        raise _again(self, step.delay, {**self.request.kwargs, "errors": 0} if errors else None)
     result = {"dag": dag_id, "seq": seq, "window": window, "state": step.state, "reason": step.reason}
     if step.repeat and seq + 1 < params.count(dag_id):
         nxt = ctx.record.window(backfill_id, dag_id, params.index_at(seq + 1, dag_id))
@@ -211,6 +212,17 @@ def run_window(
 
 
 MAX_UNEXPECTED_ERRORS = 8
+
+
+def _again(task: Task, countdown: float, kwargs: dict[str, Any] | None) -> Exception:
+    """``task.retry``, except that a retry which cannot be published (the broker is down past
+    the publish retry policy) requeues this message instead of dropping it, as Celery would:
+    dropping it would lose the window and the rest of its chain. Every step is safe to repeat."""
+    try:
+        return task.retry(countdown=countdown, kwargs=kwargs)
+    except Reject as exc:
+        log.warning("%s: could not publish its next look (%s); requeueing", task.request.id, exc.reason)
+        return Reject(exc.reason, requeue=True)
 
 
 def stop_dag(ctx: Context, params: BackfillParams, dag_id: str, seq: int, window: str, why: str | None) -> None:

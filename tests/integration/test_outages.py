@@ -59,6 +59,10 @@ def assert_each_window_ran_once_serially(orch, bf: str, dags: list[str], start: 
 
 
 def test_redis_restarted_mid_backfill_loses_nothing(orch):
+    redis_restart(orch, "2022-04-01", "2022-04-05")
+
+
+def redis_restart(orch, start: str, end: str) -> None:
     stack = orch.stack
     session_url = stack.redis_url
     url = stack.start_redis(appendonly=True)  # as docker-compose.yaml runs it
@@ -70,7 +74,7 @@ def test_redis_restarted_mid_backfill_loses_nothing(orch):
     record = Record(client, prefix="backfill", ttl=3600)
     dags = ["etl_orders", "etl_users"]
     try:
-        bf = start_and_wait_for_a_first_window(stack.env(**env), record, dags, "2022-04-01", "2022-04-05")
+        bf = start_and_wait_for_a_first_window(stack.env(**env), record, dags, start, end)
         redis_proc = next(p for p in stack.procs if p.name == f"redis-{port}")
         redis_proc.signal(signal.SIGTERM)  # a restart: Redis writes its AOF and exits
         redis_proc.popen.wait(20)
@@ -94,9 +98,9 @@ def test_redis_restarted_mid_backfill_loses_nothing(orch):
         meta = wait_for(finished_or_supervised, timeout=300, what="the backfill to end after the restart")
         assert meta["state"] == "succeeded", meta
         print(f"worker restarts after the Redis restart: {restarts}")
-        assert_each_window_ran_once_serially(orch, bf, dags, "2022-04-01", "2022-04-05")
+        assert_each_window_ran_once_serially(orch, bf, dags, start, end)
         for dag in dags:
-            assert record.dag(bf, dag)["success"] == "5"
+            assert record.dag(bf, dag)["success"] == str(window_spec(start, end, "daily").count)
     finally:
         client.close()
         stack.stop(worker)
