@@ -137,6 +137,10 @@ class Proxy:
     def cut(self) -> None:
         server, self._server = self._server, None
         if server:
+            # shutdown() first: on Linux, close() alone leaves a thread blocked in accept()
+            # holding the listening socket open, and connections would still go through.
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
             server.close()
         for c in self._conns:
             with contextlib.suppress(OSError):
