@@ -13,6 +13,8 @@ waiting window can say who holds the DAG.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis
 
 _ACQUIRE = """
@@ -45,9 +47,20 @@ class DagLocks:
     def key(self, dag_id: str) -> str:
         return f"{self._prefix}:lock:{dag_id}"
 
-    def acquire(self, dag_id: str, token: str) -> str | None:
-        """Take or renew the DAG's lock. Returns None when ``token`` holds it, else the holder."""
-        holder = self._acquire(keys=[self.key(dag_id)], args=[token, self._ttl_ms])
+    def acquire(
+        self, dag_id: str, token: str, *, also: Callable[[redis.client.Pipeline], None] | None = None
+    ) -> str | None:
+        """Take or renew the DAG's lock. Returns None when ``token`` holds it, else the holder.
+
+        ``also`` may queue more writes on the same pipeline: they go in the same round trip.
+        """
+        if also is None:
+            holder = self._acquire(keys=[self.key(dag_id)], args=[token, self._ttl_ms])
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            self._acquire(keys=[self.key(dag_id)], args=[token, self._ttl_ms], client=pipe)
+            also(pipe)
+            holder = pipe.execute()[0]
         return None if holder is None else holder.decode() if isinstance(holder, bytes) else str(holder)
 
     def release(self, dag_id: str, token: str) -> bool:

@@ -100,11 +100,6 @@ class BackfillParams:
     def spec(self) -> WindowSpec:
         return window_spec(self.start, self.end, self.batch, tz=self.tz)
 
-    @property
-    def per_dag(self) -> int:
-        """Windows in the range (a DAG of a resumed backfill may run fewer: see ``count``)."""
-        return self.spec.count
-
     @cached_property
     def _offsets(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}

@@ -86,7 +86,7 @@ class WindowRunner:
     def _advance(
         self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str, rec: dict[str, Any]
     ) -> Step:
-        holder = self.locks.acquire(dag, run_id)
+        holder = self._hold(params, dag, run_id, rec)
         if holder is not None:
             return self._wait(params, dag, idx, window, f"DAG locked by {_describe(holder)}", self.settings.busy_poll)
         if rec.get("run_id"):
@@ -142,6 +142,19 @@ class WindowRunner:
             return self._cancelled(params, dag, idx, window, run_id)
         return Step(done=False, delay=self._poll_delay(rec, 0.0))
 
+    def _hold(self, params: BackfillParams, dag: str, run_id: str, rec: dict[str, Any]) -> str | None:
+        """Take or renew the DAG's lock; a window whose run is in flight renews its throttle
+        slots in the same round trip. Returns the lock's other holder, if any."""
+        if rec["state"] not in ("triggered", "running"):
+            return self.locks.acquire(dag, run_id)
+        member = slot_member(dag, run_id)
+        mpd = params.max_parallel_dags
+        return self.locks.acquire(
+            dag,
+            run_id,
+            also=lambda pipe: self.throttle.renew(params.backfill_id, member, max_parallel_dags=mpd, client=pipe),
+        )
+
     def _slot(self, params: BackfillParams, dag: str, run_id: str) -> str | None:
         # Run ids repeat across the DAGs of a backfill: a slot is held by (run id, DAG).
         member = slot_member(dag, run_id)
@@ -178,9 +191,6 @@ class WindowRunner:
             # Our clear never took effect (we died in between): clear again.
             return self._rerun(params, dag, idx, window, run, rec)
         elapsed = time.time() - float(rec.get("triggered_at") or time.time())
-        if run.active:
-            member = slot_member(dag, params.run_id(window))
-            self.throttle.renew(params.backfill_id, member, max_parallel_dags=params.max_parallel_dags)
         if run.state == "queued":
             if rec["state"] not in ("triggered",):
                 self._set(params, dag, idx, window, "triggered", run=run.run_id, triggered_at=time.time())
@@ -250,11 +260,7 @@ class WindowRunner:
             reason = f"Airflow unreachable for {now - since:.0f} s (BACKFILL_GIVE_UP_AFTER): {exc}"
             return self._finish(params, dag, idx, window, "failed", reason=reason)
         self.record.note(params, dag, idx, unavailable_since=since, outage_attempts=attempts)
-        self.locks.acquire(dag, run_id)  # keep our lock alive through the outage
-        if rec.get("run_id"):
-            self.throttle.renew(
-                params.backfill_id, slot_member(dag, run_id), max_parallel_dags=params.max_parallel_dags
-            )
+        self._hold(params, dag, run_id, rec)  # keep our lock (and slots) alive through the outage
         delay = min(self.settings.retry_max, self.settings.poll_min * 2**attempts)
         log.warning(
             "%s %s %s: %s (attempt %d, next in %.1f s)", params.backfill_id, dag, window.label(), exc, attempts, delay

@@ -12,8 +12,9 @@ by when it first asked; slots go to the head of the line, so no DAG starves, and
 queues again for every window, DAGs take turns. The global line only ever holds windows that
 have their backfill's slot, so a backfill at its own limit never blocks the others.
 
-A slot is held under the window's run id and DAG (``<run id>@<dag>``) with an expiry that every poll renews, like the
-per-DAG lock: a dead holder's slot comes back after ``ttl``. A place in line is kept only
+A slot is held under the window's run id and DAG (``<run id>@<dag>``) with an expiry that
+every poll renews together with the per-DAG lock (one round trip): a dead holder's slot comes
+back after ``ttl``. A place in line is kept only
 while its window keeps asking (``stale`` seconds), so a cancelled or lost window leaves it.
 """
 
@@ -91,10 +92,10 @@ class Semaphore:
         ok, pos, used, lim = self._acquire(keys=self._keys(), args=[member, limit, now, self._ttl_ms, self._stale_ms])
         return Grant(bool(ok), int(pos), int(used), int(lim))
 
-    def renew(self, member: str) -> None:
+    def renew(self, member: str, *, client: redis.Redis | redis.client.Pipeline | None = None) -> None:
         """Keep a slot held by a window whose run is in flight (taken back if it had expired:
-        the run is there whatever the limit says)."""
-        self._redis.zadd(self.key, {member: int(time.time() * 1000) + self._ttl_ms})
+        the run is there whatever the limit says). ``client``: a pipeline to queue it on."""
+        (client or self._redis).zadd(self.key, {member: int(time.time() * 1000) + self._ttl_ms})
 
     def release(self, *members: str) -> None:
         if not members:
@@ -157,10 +158,12 @@ class Throttle:
             )
         return None
 
-    def renew(self, bf: str, member: str, *, max_parallel_dags: int) -> None:
+    def renew(
+        self, bf: str, member: str, *, max_parallel_dags: int, client: redis.Redis | redis.client.Pipeline | None = None
+    ) -> None:
         if max_parallel_dags > 0:
-            self.of_backfill(bf).renew(member)
-        self.glob.renew(member)
+            self.of_backfill(bf).renew(member, client=client)
+        self.glob.renew(member, client=client)
 
     def release(self, bf: str, *members: str) -> None:
         self.of_backfill(bf).release(*members)

@@ -196,8 +196,3 @@ def window_spec(
             f"more than the cap of {max_windows} (BACKFILL_MAX_WINDOWS)"
         )
     return WindowSpec(lo, hi, batch, zone, anchor, n)
-
-
-def execution_order(count: int, *, reverse: bool) -> range:
-    """Chronological indexes in the order their windows run."""
-    return range(count - 1, -1, -1) if reverse else range(count)

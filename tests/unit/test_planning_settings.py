@@ -17,7 +17,7 @@ def test_a_valid_request_becomes_a_plan_with_exact_bounds():
     assert params.backfill_id.startswith("bf-")
     assert params.start == "2024-01-01T00:00:00+00:00"
     assert params.end == "2024-02-01T00:00:00+00:00"  # end day included
-    assert params.per_dag == 5
+    assert params.count("a") == params.count("b") == 5
     assert params.run_id(params.window_at(0, "a")) == f"{params.backfill_id}__2024-01-01T00:00:00+00:00"
     # The stored plan recomputes the same windows.
     again = type(params).from_json(params.to_json())

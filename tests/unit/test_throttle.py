@@ -47,3 +47,17 @@ def test_a_backfill_at_its_own_limit_does_not_hold_back_another_under_the_global
     th.release_backfill("bf-a")
     assert th.glob.members("bf-a") == [] and th.of_backfill("bf-a").members() == []
     assert th.acquire("bf-b", "bf-b__2", max_parallel_dags=0) is None
+
+
+def test_a_lock_renewal_carries_the_slot_renewal_in_the_same_round_trip(scratch_redis):
+    from backfill.locks import DagLocks
+
+    th = Throttle(scratch_redis, prefix="t", ttl=0.5, stale=60, global_limit=1)
+    locks = DagLocks(scratch_redis, prefix="t", ttl=60)
+    assert th.acquire("bf-a", "bf-a__1@d", max_parallel_dags=0) is None
+    for _ in range(4):  # a poll every 0.3 s keeps the slot past its 0.5 s TTL
+        time.sleep(0.3)
+        renew = lambda pipe: th.renew("bf-a", "bf-a__1@d", max_parallel_dags=0, client=pipe)  # noqa: E731
+        assert locks.acquire("d", "bf-a__1", also=renew) is None
+    assert th.acquire("bf-b", "bf-b__1@e", max_parallel_dags=0) is not None  # still held
+    assert locks.acquire("d", "bf-b__1", also=renew) == "bf-a__1"  # the lock's answer comes back as before

@@ -5,7 +5,7 @@ import pytest
 from dateutil import tz as dttz
 
 from backfill.errors import InputError
-from backfill.windows import execution_order, window_spec
+from backfill.windows import window_spec
 
 UTC = dttz.UTC
 
@@ -96,12 +96,6 @@ def test_monthly_in_a_tz_starts_at_local_midnight_of_the_first():
     ny = dttz.gettz("America/New_York")
     assert [(w.start.astimezone(ny).day, w.start.astimezone(ny).hour) for w in spec] == [(1, 0)] * 3
     assert spec.window(2).start == datetime(2024, 3, 1, 5, tzinfo=UTC)  # EST is UTC-5
-
-
-def test_reverse_order_runs_newest_first():
-    spec = window_spec("2024-01-01", "2024-01-04", "daily")
-    assert list(execution_order(spec.count, reverse=True)) == [3, 2, 1, 0]
-    assert list(execution_order(spec.count, reverse=False)) == [0, 1, 2, 3]
 
 
 def test_long_ranges_are_counted_without_walking_them():
