@@ -8,7 +8,8 @@ Cancel is layered so that it holds however it is asked for:
    waiting windows and chain continuations are dropped by the workers that hold them;
 3. the remaining windows are recorded ``cancelled``, the backfill's DAG locks and throttle
    slots are released and its DAGs closed, at once, without waiting for any worker;
-4. with ``fail_running``, the backfill's queued or running Airflow runs are marked failed.
+4. with ``fail_running``, the backfill's queued or running Airflow runs are marked failed,
+   looking again until a look finds none (a window triggering at that moment is caught).
 
 A revoke from the Celery CLI (``celery -A workers control revoke_by_stamped_headers
 backfill_id=ID``) does 1-3 too: the workers' ``task_revoked`` handler calls ``cancel_dag``.
@@ -30,6 +31,8 @@ from backfill.record import TERMINAL, BackfillParams
 log = logging.getLogger("backfill")
 
 FINISHED = ("succeeded", "failed", "cancelled")
+SWEEPS = 6  # --fail-running: at most this many looks for active runs, SWEEP_PAUSE apart
+SWEEP_PAUSE = 1.0
 
 
 def close_dag(ctx: Context, params: BackfillParams, dag_id: str, *, reason: str | None = None) -> dict[str, Any]:
@@ -96,15 +99,21 @@ def cancel(
     ctx.throttle.release_backfill(bf)
     failed: list[str] = []
     left: list[str] = []
-    for dag in params.dags:
-        for run in ctx.airflow.runs_by_prefix(dag, f"{bf}__"):
-            if not run.active:
-                continue
-            if fail_running:
+    # A worker may be between its last check of the flag and its trigger right now; it fails
+    # its own run when it sees the flag, but sweep again until a sweep finds nothing, so that
+    # when this returns no run of the backfill is left active.
+    for sweep in range(SWEEPS if fail_running else 1):
+        found = [(dag, run) for dag in params.dags for run in ctx.airflow.runs_by_prefix(dag, f"{bf}__") if run.active]
+        if fail_running:
+            for dag, run in found:
                 ctx.airflow.fail_run(dag, run.run_id)
-                failed.append(f"{dag}/{run.run_id}")
-            else:
-                left.append(f"{dag}/{run.run_id}")
+                if f"{dag}/{run.run_id}" not in failed:
+                    failed.append(f"{dag}/{run.run_id}")
+            if sweep and not found:
+                break
+            time.sleep(SWEEP_PAUSE)
+        else:
+            left = [f"{dag}/{run.run_id}" for dag, run in found]
     log.info("%s backfill CANCELLED: %d window(s), %d run(s) marked failed", bf, windows, len(failed))
     return {"backfill_id": bf, "cancelled_windows": windows, "failed_runs": failed, "left_running": left}
 
