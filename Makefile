@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up what they need.
-.PHONY: setup demo test lint format
+.PHONY: setup demo test bench lint format
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -11,6 +11,12 @@ test: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/python -m pytest -q
+
+# The benchmarks (bench/, about 20 minutes): exits non-zero when a target is missed and writes
+# the table into docs/performance.md.
+bench: setup
+	@bash scripts/bootstrap.sh --bench
+	.venv/bin/python -m bench --write-docs
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -14,8 +14,8 @@ AIRFLOW_TIMEOUT                10                           seconds per Airflow 
 BACKFILL_MAX_WINDOWS           100000                       cap on windows per backfill (all DAGs)
 BACKFILL_SEGMENT_SIZE          20                           windows per chain message
 BACKFILL_LOCK_TTL              120                          seconds a per-DAG lock outlives its holder
-BACKFILL_POLL_MIN              0.5                          shortest wait between looks at a run
-BACKFILL_POLL_MAX              15                           longest wait between looks at a run
+BACKFILL_POLL_MIN              0.05                         shortest wait between looks at a run
+BACKFILL_POLL_MAX              60                           longest wait between looks at a run
 BACKFILL_BUSY_POLL             3                            wait between looks at a busy/locked DAG
 BACKFILL_RETRY_MAX             60                           longest backoff after a transient error
 BACKFILL_GIVE_UP_AFTER         3600                         a window fails after an outage this long
@@ -68,9 +68,13 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 task_track_started = True
 
-# Events for Flower and `celery events`.
-worker_send_task_events = True
-task_send_sent_event = True
+# Task events (received, started, retried, succeeded, failed) are what Flower and `celery
+# events` show. Workers start with them off: with hundreds of windows in flight, publishing four
+# events per look at a run was a third of a worker's CPU (bench B4). Flower turns them on in every
+# worker when it starts (its --enable_events, on by default) and keeps them on while it runs;
+# `celery -A workers control enable_events` does it by hand. No "task-sent" events either.
+worker_send_task_events = False
+task_send_sent_event = False
 
 timezone = "UTC"
 enable_utc = True

@@ -7,14 +7,18 @@ in one place (``_Group.invoke``); no traceback for a user mistake.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
+import redis
 
 from backfill.errors import BackfillError
 from backfill.planning import check_conf
+from backfill.settings import DEFAULT_REDIS_URL
 from backfill.status import render, render_plan, status
 from backfill.windows import BATCHES
 
@@ -31,6 +35,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except BackfillError as exc:
             raise _UserError(str(exc), exc.exit_code) from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            where = urlsplit(os.environ.get("BACKFILL_REDIS_URL", DEFAULT_REDIS_URL))
+            message = (
+                f"Redis at {where.hostname}:{where.port or 6379} is unreachable ({exc}): "
+                "is it running? (BACKFILL_REDIS_URL)"
+            )
+            raise _UserError(message, 3) from None
 
 
 def _context() -> Any:

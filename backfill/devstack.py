@@ -117,11 +117,41 @@ class Stack:
         _wait_for(lambda: _tcp_open(port), 20, f"redis-server on :{port}")
         return self.redis_url
 
+    # -- postgresql -----------------------------------------------------------------------
+
+    def start_postgres(self, port: int | None = None) -> str:
+        """A private PostgreSQL (trust auth on 127.0.0.1) with an ``airflow`` database; returns
+        its SQLAlchemy URL. PostgreSQL refuses to run as root: as root it runs as ``postgres``."""
+        bindir = _postgres_bindir()
+        port = port or free_port()
+        data = self.root / f"postgres-{port}"
+        run_as: list[str] = []
+        if os.geteuid() == 0:
+            run_as = ["runuser", "-u", "postgres", "--"]
+            data.mkdir(exist_ok=True)
+            shutil.chown(data, "postgres", "postgres")
+            os.chmod(self.root, 0o755)  # postgres must reach its data directory
+        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        subprocess.run([*run_as, *initdb], check=True, capture_output=True)
+        cmd = [*run_as, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(data)]
+        self._spawn(f"postgres-{port}", cmd)
+        _wait_for(lambda: _tcp_open(port), 30, f"postgres on :{port}")
+        createdb = [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "airflow"]
+        _wait_for(lambda: subprocess.run(createdb, capture_output=True).returncode == 0, 30, "createdb airflow")
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/airflow"
+
     # -- airflow --------------------------------------------------------------------------
 
     def start_airflow(
-        self, port: int | None = None, *, dags_folder: Path = EXAMPLE_DAGS, expect_dags: int = 1, timeout: float = 240
+        self,
+        port: int | None = None,
+        *,
+        dags_folder: Path = EXAMPLE_DAGS,
+        expect_dags: int = 1,
+        timeout: float = 240,
+        database_url: str | None = None,
     ) -> str:
+        """``airflow standalone`` on SQLite (WAL), or on ``database_url`` (see ``start_postgres``)."""
         exe = airflow_bin()
         if not exe.exists():
             raise RuntimeError(f"{exe} not found: run scripts/bootstrap.sh (it installs apache-airflow==3.3.*)")
@@ -151,6 +181,8 @@ class Stack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(pwfile),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
         }
+        if database_url:
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = database_url
         env.pop("PYTHONPATH", None)
         self._spawn("airflow", [str(exe), "standalone"], env)
         self.airflow_url = f"http://127.0.0.1:{port}"
@@ -197,6 +229,10 @@ class Stack:
         cmd = [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}", "--address=127.0.0.1"]
         proc = self._spawn("flower", cmd, self.env(**env))
         _wait_for(lambda: _tcp_open(port) or not proc.alive(), 60, f"flower on :{port}")
+        # Workers send task events only when asked (celeryconfig.py); Flower asks every 5 s.
+        # Ask now, so that what runs from here on is seen.
+        control = [sys.executable, "-m", "celery", "-A", "workers", "control", "enable_events"]
+        subprocess.run(control, env=self.env(**env), cwd=REPO, capture_output=True, timeout=60)
         return proc
 
     def stop(self, proc: Proc) -> None:
@@ -208,6 +244,16 @@ class Stack:
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()
+
+
+def _postgres_bindir() -> Path:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "postgres").exists():
+            return candidate
+    found = shutil.which("postgres") or shutil.which("initdb")
+    if found is None:
+        raise RuntimeError("PostgreSQL not found: apt-get install -y postgresql")
+    return Path(found).resolve().parent
 
 
 def _tcp_open(port: int) -> bool:

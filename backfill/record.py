@@ -26,10 +26,12 @@ from typing import Any
 import redis
 
 from backfill.errors import BackfillNotFound
+from backfill.pacing import FIELDS as PACE_FIELDS
 from backfill.windows import Window, WindowSpec, window_spec
 
 WINDOW_STATES = ("planned", "waiting", "triggered", "running", "success", "failed", "skipped", "not_run", "cancelled")
 TERMINAL = frozenset({"success", "failed", "skipped", "not_run", "cancelled"})
+EVENT_FIELDS = frozenset({"run", "duration"})
 
 _TRANSITION = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -225,15 +227,15 @@ class Record:
         raw = self.redis.hget(self.k_windows(bf, dag), str(idx))
         return json.loads(raw) if raw else {"state": "planned"}
 
-    def snapshot(self, bf: str, dag: str, idx: int) -> tuple[dict[str, Any], bool, float | None]:
-        """What one poll needs, in one round trip: the window, the cancel flag, the DAG's
-        learnt run duration."""
+    def snapshot(self, bf: str, dag: str, idx: int) -> tuple[dict[str, Any], bool, list[Any]]:
+        """What one poll needs, in one round trip: the window, the cancel flag, the DAG's learnt
+        durations (``backfill.pacing.FIELDS``)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self.k_windows(bf, dag), str(idx))
         pipe.hget(self.k_meta(bf), "cancelled")
-        pipe.hget(self.k_dag(bf, dag), "avg_duration")
-        raw, cancelled, avg = pipe.execute()
-        return (json.loads(raw) if raw else {"state": "planned"}), cancelled == b"1", float(avg) if avg else None
+        pipe.hmget(self.k_dag(bf, dag), list(PACE_FIELDS))
+        raw, cancelled, pace = pipe.execute()
+        return (json.loads(raw) if raw else {"state": "planned"}), cancelled == b"1", pace
 
     def windows(self, bf: str, dag: str) -> dict[int, dict[str, Any]]:
         return {int(k): json.loads(v) for k, v in self.redis.hgetall(self.k_windows(bf, dag)).items()}
@@ -286,7 +288,9 @@ class Record:
             "end": window.end.isoformat(),
             "state": state,
             "reason": reason,
-            **extra,
+            # The window's hash keeps every fact; the event only what its readers show (status
+            # --events, report, demo): a 73,000-window record stays under 100 MB (bench B3).
+            **{k: v for k, v in extra.items() if k in EVENT_FIELDS},
         }
         bf = params.backfill_id
         keys = [self.k_windows(bf, dag), self.k_dag(bf, dag), self.k_events(bf)]
@@ -302,7 +306,9 @@ class Record:
         self.redis.hset(self.k_windows(params.backfill_id, dag), str(idx), json.dumps(current))
 
     def set_dag(self, bf: str, dag: str, **fields: Any) -> None:
-        self.redis.hset(self.k_dag(bf, dag), mapping={k: v for k, v in fields.items() if v is not None})
+        mapping = {k: v for k, v in fields.items() if v is not None}
+        if mapping:  # Redis refuses an empty HSET
+            self.redis.hset(self.k_dag(bf, dag), mapping=mapping)
 
     def finish_dag(self, params: BackfillParams, dag: str, state: str, *, reason: str | None = None) -> int:
         """Close a DAG (succeeded, failed, stopped or cancelled). Returns DAGs left, -1 if already closed."""

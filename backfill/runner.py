@@ -28,9 +28,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from backfill import pacing
 from backfill.airflow import AirflowClient, RunInfo
 from backfill.errors import AirflowConflict, AirflowError, AirflowNotFound, AirflowUnavailable
 from backfill.locks import DagLocks
+from backfill.pacing import Pace
 from backfill.record import TERMINAL, BackfillParams, Record
 from backfill.settings import Settings
 from backfill.throttle import Throttle
@@ -59,15 +61,19 @@ class WindowRunner:
         self.record = record
         self.locks = locks
         self.throttle = throttle
+        self._calls = (0, 0)  # (requests of earlier steps, client counter at this step's start)
 
     # -- the step -------------------------------------------------------------------------
 
-    def step(self, params: BackfillParams, dag: str, seq: int) -> Step:
+    def step(self, params: BackfillParams, dag: str, seq: int, *, calls: int = 0) -> Step:
+        """``calls``: Airflow requests this window made in its earlier steps; the total is
+        recorded with the window's outcome (``api_calls``), to measure the load on Airflow."""
+        self._calls = (calls, self.airflow.requests)
         idx = params.index_at(seq, dag)
         window = params.spec.window(idx)
         run_id = params.run_id(window)
-        rec, cancelled, expected = self.record.snapshot(params.backfill_id, dag, idx)
-        rec["expected"] = expected  # this step's view of the DAG's learnt run duration
+        rec, cancelled, pace = self.record.snapshot(params.backfill_id, dag, idx)
+        rec["pace"] = Pace.from_record(pace)  # this step's view of the DAG's learnt durations
         if rec["state"] in TERMINAL:
             return Step(done=True, state=rec["state"], reason=rec.get("reason"), repeat=True)
         if cancelled:
@@ -89,58 +95,70 @@ class WindowRunner:
         holder = self._hold(params, dag, run_id, rec)
         if holder is not None:
             return self._wait(params, dag, idx, window, f"DAG locked by {_describe(holder)}", self.settings.busy_poll)
-        if rec.get("run_id"):
+        # The run this window follows: one it re-ran (run_id), or the one it triggered (run).
+        followed = rec.get("run_id") or (rec.get("run") if rec["state"] in ("triggered", "running") else None)
+        if followed:
             try:
-                run = self.airflow.get_run(dag, rec["run_id"])
+                run = self.airflow.get_run(dag, followed)
             except AirflowNotFound:
                 # Deleted in Airflow behind our back: start this window over.
-                self.record.note(params, dag, idx, run_id=None, prev_end=None)
+                self.record.note(params, dag, idx, run_id=None, run=None, prev_end=None)
                 return Step(done=False, delay=self.settings.poll_min)
             return self._follow(params, dag, idx, window, run, rec)
-
-        held = self.airflow.runs_at(dag, window.start)
-        if held:
-            run = held[0]
-            if run.run_id == run_id:
-                return self._follow(params, dag, idx, window, run, rec)
-            if run.active:
-                reason = f"logical date {window.key} held by run {run.run_id} ({run.state})"
-                return self._wait(params, dag, idx, window, reason, self.settings.busy_poll)
-            if not run.covers(window):
-                reason = (
-                    f"logical date {window.key} is held by run {run.run_id} covering "
-                    f"[{_iso(run.data_interval_start)}, {_iso(run.data_interval_end)}), not this window; "
-                    "Airflow allows one run per logical date (use a batch matching the DAG's schedule, "
-                    "or delete that run)"
-                )
-                return self._finish(params, dag, idx, window, "failed", reason=reason, run=run.run_id)
-            earlier = run.run_id.partition("__")[0] in params.lineage
-            if earlier and run.state == "success":
-                reason = f"already succeeded in run {run.run_id} of an earlier attempt"
-                return self._finish(params, dag, idx, window, "skipped", reason=reason, run=run.run_id)
-            if not earlier and not _reprocess(params.reprocess, run.state):
-                reason = f"already {run.state} in run {run.run_id} (reprocess={params.reprocess})"
-                return self._finish(params, dag, idx, window, "skipped", reason=reason, run=run.run_id)
-            why = self._busy(dag, run_id) or self._slot(params, dag, run_id)
-            if why:
-                return self._wait(params, dag, idx, window, why, self.settings.busy_poll)
-            return self._rerun(params, dag, idx, window, run, rec)
 
         why = self._busy(dag, run_id) or self._slot(params, dag, run_id)
         if why:
             return self._wait(params, dag, idx, window, why, self.settings.busy_poll)
+        if rec["pace"].total is None and params.seq_of(idx, dag) == 0:
+            rec["pace"] = self._seed_pace(params, dag)
         conf = {**params.conf, "window_start": window.start.isoformat(), "window_end": window.end.isoformat()}
         conf["backfill_id"] = params.backfill_id
         try:
-            self.airflow.trigger(dag, run_id, window, conf=conf, note=f"backfill {params.backfill_id}")
+            run = self.airflow.trigger(dag, run_id, window, conf=conf, note=f"backfill {params.backfill_id}")
         except AirflowConflict:
-            # Someone took the logical date (or our earlier try went through): look again.
-            return Step(done=False, delay=self.settings.poll_min)
-        self._set(params, dag, idx, window, "triggered", run=run_id, triggered_at=time.time())
+            # The logical date is taken (by an earlier run, or our own earlier try). Triggering
+            # first and looking only on a conflict saves a request on every window.
+            return self._held(params, dag, idx, window, run_id, rec)
+        now = time.time()
+        # Our clock minus Airflow's (plus half a round trip): places Airflow's start date on ours.
+        skew = round(now - run.queued_at.timestamp(), 3) if run.queued_at else 0.0
+        self._set(params, dag, idx, window, "triggered", run=run_id, triggered_at=now, skew=skew)
         if self.record.is_cancelled(params.backfill_id):
             # Cancelled while we triggered: the cancel may have listed the runs before ours.
             return self._cancelled(params, dag, idx, window, run_id)
         return Step(done=False, delay=self._poll_delay(rec, 0.0))
+
+    def _held(
+        self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str, rec: dict[str, Any]
+    ) -> Step:
+        """The trigger found the window's logical date taken: follow, wait, skip, re-run or fail."""
+        held = self.airflow.runs_at(dag, window.start)
+        if not held:  # gone since (deleted): try again
+            return Step(done=False, delay=self.settings.poll_min)
+        run = held[0]
+        if run.run_id == run_id:
+            return self._follow(params, dag, idx, window, run, rec)
+        if run.active:
+            self.throttle.release(params.backfill_id, slot_member(dag, run_id))
+            reason = f"logical date {window.key} held by run {run.run_id} ({run.state})"
+            return self._wait(params, dag, idx, window, reason, self.settings.busy_poll)
+        if not run.covers(window):
+            reason = (
+                f"logical date {window.key} is held by run {run.run_id} covering "
+                f"[{_iso(run.data_interval_start)}, {_iso(run.data_interval_end)}), not this window; "
+                "Airflow allows one run per logical date (use a batch matching the DAG's schedule, "
+                "or delete that run)"
+            )
+            return self._finish(params, dag, idx, window, "failed", reason=reason, run=run.run_id)
+        earlier = run.run_id.partition("__")[0] in params.lineage
+        if earlier and run.state == "success":
+            reason = f"already succeeded in run {run.run_id} of an earlier attempt"
+            return self._finish(params, dag, idx, window, "skipped", reason=reason, run=run.run_id)
+        if not earlier and not _reprocess(params.reprocess, run.state):
+            reason = f"already {run.state} in run {run.run_id} (reprocess={params.reprocess})"
+            return self._finish(params, dag, idx, window, "skipped", reason=reason, run=run.run_id)
+        # The DAG was found free and our slot taken just before the trigger.
+        return self._rerun(params, dag, idx, window, run, rec)
 
     def _hold(self, params: BackfillParams, dag: str, run_id: str, rec: dict[str, Any]) -> str | None:
         """Take or renew the DAG's lock; a window whose run is in flight renews its throttle
@@ -203,14 +221,21 @@ class WindowRunner:
                     self._set(params, dag, idx, window, "triggered", reason=reason if paused else None, run=run.run_id)
                 if paused:
                     return Step(done=False, delay=self.settings.busy_poll, reason=reason)
+                # Not started for a while, yet not paused: Airflow is short of capacity. Look
+                # (and ask about the pause) no more often than at a busy DAG.
+                return Step(done=False, delay=max(self.settings.busy_poll, self._poll_delay(rec, elapsed)))
             return Step(done=False, delay=self._poll_delay(rec, elapsed))
         if run.state == "running":
             if rec["state"] != "running":
                 self._set(params, dag, idx, window, "running", run=run.run_id, started=_iso(run.start_date))
-            return Step(done=False, delay=self._poll_delay(rec, elapsed))
+            return Step(done=False, delay=self._poll_delay(rec, elapsed, run))
+        if rec["state"] != "running" and run.start_date is not None:
+            # Paced looks can miss the running phase of a short run: record it anyway, so the
+            # events show every window's start in order, live or afterwards.
+            self._set(params, dag, idx, window, "running", run=run.run_id, started=_iso(run.start_date))
         duration = (run.end_date - run.start_date).total_seconds() if run.end_date and run.start_date else None
         if run.state == "success":
-            self._learn_duration(params, dag, rec["expected"], elapsed)
+            self._learn(params, dag, rec, run)
             return self._finish(
                 params, dag, idx, window, "success", run=run.run_id,
                 started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
@@ -219,6 +244,11 @@ class WindowRunner:
             params, dag, idx, window, "failed", reason=f"Airflow run {run.run_id} failed",
             run=run.run_id, started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
         )  # fmt: skip
+
+    def calls(self) -> int:
+        """Airflow requests of the current window so far, this step's included."""
+        before, start = self._calls
+        return before + self.airflow.requests - start
 
     # -- outcomes -------------------------------------------------------------------------
 
@@ -237,7 +267,7 @@ class WindowRunner:
         reason: str | None = None,
         **extra: Any,
     ) -> Step:
-        self._set(params, dag, idx, window, state, reason=reason, **extra)
+        self._set(params, dag, idx, window, state, reason=reason, api_calls=self.calls(), **extra)
         # Our lock token is always our own run id, even when the window re-ran another run.
         self.locks.release(dag, params.run_id(window))
         self.throttle.release(params.backfill_id, slot_member(dag, params.run_id(window)))
@@ -290,23 +320,33 @@ class WindowRunner:
 
     # -- polling --------------------------------------------------------------------------
 
-    def _poll_delay(self, rec: dict[str, Any], elapsed: float) -> float:
-        """Wake up about when the run should end (learnt from this DAG's earlier windows);
-        past that, or with nothing learnt yet, look again after a quarter of the time already
-        waited (at least 1 s before the first look: Airflow does not start a run faster), so
-        a long run is not hammered and a short one is not slept through."""
-        expected = rec.get("expected")
-        if expected and elapsed < expected:
-            delay = expected - elapsed
-        else:
-            delay = max(elapsed * 0.25, 1.0 if elapsed < 1.0 else 0.0)
-        return min(self.settings.poll_max, max(self.settings.poll_min, delay))
+    def _poll_delay(self, rec: dict[str, Any], elapsed: float, run: RunInfo | None = None) -> float:
+        """When to look again at the window's run (``backfill.pacing``)."""
+        started = None
+        if run is not None and run.start_date is not None and rec.get("triggered_at"):
+            started = run.start_date.timestamp() + float(rec.get("skew") or 0.0) - float(rec["triggered_at"])
+        return pacing.next_look(
+            rec["pace"], elapsed, started=started, floor=self.settings.poll_min, ceiling=self.settings.poll_max
+        )
 
-    def _learn_duration(self, params: BackfillParams, dag: str, old: float | None, elapsed: float) -> None:
-        if elapsed <= 0:
-            return
-        new = elapsed if old is None else 0.7 * old + 0.3 * elapsed
-        self.record.set_dag(params.backfill_id, dag, avg_duration=round(new, 3))
+    def _seed_pace(self, params: BackfillParams, dag: str) -> Pace:
+        """A DAG's first window: learn from its recent successes in Airflow (one request)."""
+        runs = self.airflow.recent_successes(dag, limit=10)
+        pace = pacing.seed([(r.end_date - r.start_date).total_seconds() for r in runs if r.end_date and r.start_date])
+        if pace.total is not None:
+            self.record.set_dag(params.backfill_id, dag, **pace.to_record())
+        return pace
+
+    def _learn(self, params: BackfillParams, dag: str, rec: dict[str, Any], run: RunInfo) -> None:
+        run_time = (run.end_date - run.start_date).total_seconds() if run.end_date and run.start_date else None
+        pace = pacing.learn(rec["pace"], _trigger_to_end(run), run_time)
+        self.record.set_dag(params.backfill_id, dag, **pace.to_record())
+
+
+def _trigger_to_end(run: RunInfo) -> float | None:
+    if run.queued_at is None or run.end_date is None:
+        return None
+    return (run.end_date - run.queued_at).total_seconds()
 
 
 def slot_member(dag: str, run_id: str) -> str:

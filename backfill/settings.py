@@ -25,8 +25,8 @@ class Settings:
     max_windows: int = 100_000  # cap on windows per backfill, all DAGs together
     segment_size: int = 20  # windows per chain message; the chain continues in segments
     lock_ttl: float = 120.0  # seconds a per-DAG lock lives without renewal
-    poll_min: float = 0.5  # shortest wait between two looks at a running run
-    poll_max: float = 15.0  # longest wait between two looks at a running run
+    poll_min: float = 0.05  # shortest wait between two looks at a running run
+    poll_max: float = 60.0  # longest wait between two looks at a running run
     busy_poll: float = 3.0  # wait between two looks at a busy or locked DAG
     retry_max: float = 60.0  # longest backoff after a transient Airflow error
     give_up_after: float = 3600.0  # a window fails after Airflow is unreachable this long

@@ -12,6 +12,7 @@ AIRFLOW_SPEC=${AIRFLOW_SPEC:-apache-airflow==3.3.*}
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v dot >/dev/null 2>&1 || missing+=(graphviz)   # renders docs/architecture.svg (checked by a test)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -31,4 +32,19 @@ if [ ! -x .venv-airflow/bin/airflow ] || [ "$(cat .venv-airflow/.stamp 2>/dev/nu
   "$PY" -m venv .venv-airflow
   .venv-airflow/bin/pip install -q --disable-pip-version-check "$AIRFLOW_SPEC" 2> >(grep -v "is ignored: it is neither" >&2)
   echo "$AIRFLOW_SPEC" > .venv-airflow/.stamp
+fi
+
+# `scripts/bootstrap.sh --bench` (make bench): the benchmarks run Airflow on a private
+# PostgreSQL (Airflow refuses concurrent backfill work on SQLite), so they need its server and
+# Airflow's drivers for it.
+if [ "${1:-}" = "--bench" ]; then
+  if [ ! -d /usr/lib/postgresql ] && ! command -v initdb >/dev/null 2>&1; then
+    echo "bootstrap: installing postgresql (for the benchmarks)"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+  fi
+  if ! .venv-airflow/bin/python -c "import psycopg2, asyncpg" 2>/dev/null; then
+    echo "bootstrap: installing psycopg2-binary and asyncpg into .venv-airflow (for the benchmarks)"
+    .venv-airflow/bin/pip install -q --disable-pip-version-check psycopg2-binary asyncpg 2> >(grep -v "is ignored: it is neither" >&2)
+  fi
 fi

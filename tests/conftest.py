@@ -24,7 +24,7 @@ import redis
 from backfill.airflow import AirflowClient, AirflowConfig
 from backfill.devstack import Stack
 
-EXAMPLE_DAG_COUNT = 4 + 50  # etl_orders/users/payments/scheduled + fleet_00..49
+EXAMPLE_DAG_COUNT = 4 + 50 + 4  # etl_orders/users/payments/scheduled + fleet_00..49 + exp_* (experiments)
 
 # Small segments so that every multi-window test also crosses chain segments; short waits so
 # the suite is quick. The worker and this process read the same values.

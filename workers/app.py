@@ -9,9 +9,17 @@ app = Celery("backfill", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
 
 
+# Celery logs every task it receives and every task that ends: here, every look at a run, i.e.
+# hundreds of lines a minute that say nothing the orchestrator's own line per state change does
+# not (and formatting them was a tenth of a worker's CPU, bench B4). Errors still show.
+QUIET = ("celery.worker.strategy", "celery.app.trace")
+
+
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
 def _log_format(logger: logging.Logger | None = None, **_: Any) -> None:
+    for name in QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).getEffectiveLevel()))
     if app.conf.backfill_settings.log_format == "json":
         from backfill.logs import use_json
 

@@ -154,7 +154,7 @@ def segment(params: BackfillParams, dag: str, first_seq: int, *, size: int | Non
     return canvas
 
 
-@app.task(bind=True, name="backfill.continue_dag")
+@app.task(bind=True, name="backfill.continue_dag", ignore_result=True)
 def continue_dag(self: Task, *, backfill_id: str, dag_id: str, seq: int) -> dict[str, Any]:
     ctx = context()
     params = ctx.record.params(backfill_id)
@@ -171,15 +171,17 @@ def continue_dag(self: Task, *, backfill_id: str, dag_id: str, seq: int) -> dict
 # -- one window ---------------------------------------------------------------------------
 
 
-@app.task(bind=True, name="backfill.run_window", max_retries=None, throws=(WindowFailed,))
+# ignore_result: a window's outcome lives in the record, and Flower reads events, not results;
+# storing STARTED/RETRY/SUCCESS in Redis at every look was a quarter of a worker's CPU (bench B4).
+@app.task(bind=True, name="backfill.run_window", max_retries=None, throws=(WindowFailed,), ignore_result=True)
 def run_window(
-    self: Task, *, backfill_id: str, dag_id: str, seq: int, window: str = "", errors: int = 0
+    self: Task, *, backfill_id: str, dag_id: str, seq: int, window: str = "", errors: int = 0, calls: int = 0
 ) -> dict[str, Any]:
     """Advance one window; retried with a countdown until its Airflow run has ended."""
     ctx = context()
     try:
         params = ctx.record.params(backfill_id)
-        step = ctx.runner.step(params, dag_id, seq)
+        step = ctx.runner.step(params, dag_id, seq, calls=calls)
     except BackfillError:
         raise
     except Exception as exc:
@@ -188,13 +190,13 @@ def run_window(
         if errors < MAX_UNEXPECTED_ERRORS:
             delay = min(ctx.settings.retry_max, 2.0**errors)
             log.warning("%s %s %s: %r, retrying in %.0f s", backfill_id, dag_id, window, exc, delay)
-            kwargs = {**self.request.kwargs, "errors": errors + 1}
+            kwargs = {**self.request.kwargs, "errors": errors + 1, "calls": ctx.runner.calls()}
             raise _again(self, delay, kwargs) from exc
         log.exception("%s %s %s: giving up after %d unexpected errors", backfill_id, dag_id, window, errors)
         _give_up(ctx, backfill_id, dag_id, seq, f"orchestrator error: {exc!r}")
         raise
     if not step.done:
-        raise _again(self, step.delay, {**self.request.kwargs, "errors": 0} if errors else None)
+        raise _again(self, step.delay, {**self.request.kwargs, "errors": 0, "calls": ctx.runner.calls()})
     result = {"dag": dag_id, "seq": seq, "window": window, "state": step.state, "reason": step.reason}
     if step.repeat and seq + 1 < params.count(dag_id):
         nxt = ctx.record.window(backfill_id, dag_id, params.index_at(seq + 1, dag_id))

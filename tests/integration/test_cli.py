@@ -122,3 +122,13 @@ def test_console_script_and_celery_call(orch):
     assert bad.stderr.strip().splitlines() == [
         "Error: start: cannot read 'x' as a date (YYYY-MM-DD) or an ISO 8601 datetime"
     ]
+
+
+def test_redis_down_is_one_line_exit_3_without_the_password(orch):
+    env = orch.stack.env(BACKFILL_REDIS_URL="redis://:hunter2@127.0.0.1:9/0")
+    for args in (["list"], ["status", "bf-20240401-101500-1a2b3c"]):
+        out = subprocess.run([BIN / "backfill", *args], capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 3, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: Redis at 127.0.0.1:9 is unreachable"), out.stderr
+        assert "hunter2" not in out.stderr

@@ -42,6 +42,22 @@ ELSEWHERE = {
     "backfill report ID --html report.html": "tests/integration/test_operate.py::test_report_... (in Chromium)",
     "backfill throttle --global 4": "tests/integration/test_operate.py::test_global_cap_... (with 1)",
     "backfill throttle --global off": "tests/integration/test_operate.py::test_global_cap_...",
+    # Docker and Kubernetes do not run here: tests/unit/test_deploy.py validates what they would read.
+    "cp .env.example .env": "tests/unit/test_deploy.py checks .env.example holds every variable the compose file uses",
+    "docker compose up -d --scale worker=2": "tests/unit/test_deploy.py (Compose spec schema, files, secrets)",
+    (
+        "docker compose exec worker backfill submit etl_orders etl_users --start 2024-01-01 --end 2024-03-01 "
+        "--batch weekly"
+    ): "the same `backfill submit` runs against the stack in this file (README)",
+    "cp deploy/secret.env.example deploy/secret.env": "tests/unit/test_deploy.py: the example names real settings",
+    "kubectl apply -k deploy/": "tests/unit/test_deploy.py (kubernetes-validate --strict, kustomization references)",
+    "kubectl -n backfill scale deployment/backfill-worker --replicas=4": "tests/unit/test_deploy.py (the Deployment)",
+    "python -m experiments.airflow_features --out docs/experiments/airflow-features.md": (
+        "tests/integration/test_experiments.py runs the same experiments against the session's Airflow"
+    ),
+    "make bench": "by hand (about 20 minutes, bench/); test_bench_cli below runs its CLI, "
+    "tests/unit/test_bench_standin.py its stand-in server",
+    "python -m bench b1 b2 --rounds 5": "by hand, like make bench",
 }
 
 
@@ -110,3 +126,15 @@ def test_configuration_table_matches_the_code():
     for name, default in re.findall(r"^\| `BACKFILL_([A-Z_]+)` \| `([^`]+)` \|", table, re.M):
         value = getattr(defaults, name.lower())
         assert (float(default) == value) if isinstance(value, (int, float)) else (default == value), name
+
+
+def test_bench_cli():
+    out = subprocess.run([sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and "b1" in out.stdout and "--write-docs" in out.stdout, out.stderr
+    # The arguments `make bench` and docs/performance.md pass.
+    from bench.__main__ import parse_args
+
+    assert parse_args(["--write-docs"]).which == ["b1", "b2", "b3", "b4"]
+    assert (parse_args(["b1", "b2", "--rounds", "5"]).which, parse_args([]).rounds) == (["b1", "b2"], 5)
+    bad = subprocess.run([sys.executable, "-m", "bench", "b9"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "invalid choice: 'b9'" in bad.stderr

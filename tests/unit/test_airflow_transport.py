@@ -101,3 +101,16 @@ def test_a_4xx_is_not_retried_and_says_why():
 def test_jwt_expiry_is_read_without_verification():
     assert _jwt_expiry(jwt(1234.0)) == 1234.0
     assert _jwt_expiry("opaque-token") is None
+
+
+def test_a_run_read_from_json_equals_the_generated_model() -> None:
+    # get_run parses the body itself (the hot path); it must agree with the official model.
+    from pathlib import Path
+
+    from airflow_client.client.models.dag_run_response import DAGRunResponse
+
+    from backfill.airflow import RunInfo
+
+    body = json.loads((Path(__file__).resolve().parents[2] / "bench" / "standin_templates.json").read_text())["run"]
+    body = {**body, "start_date": "2026-11-21T15:05:30.235609Z", "end_date": "2026-11-21T15:05:33.370589Z"}
+    assert RunInfo.from_json(body) == RunInfo.from_api(DAGRunResponse.from_dict(body))

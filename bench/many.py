@@ -1,0 +1,100 @@
+"""B4: 200 DAGs with a window running at once, one worker with 2 processes, against the stand-in.
+
+One backfill of 200 DAGs x ``windows`` daily windows; every run takes ``duration`` s (+-10 %)
+once started. From the stand-in's own records: how many runs were active at once, and per DAG
+the gaps between a run's end and the next window's trigger (a starved DAG shows a long gap).
+From the record: every window succeeded. From ``/proc``: the CPU time of the worker's
+processes (main process and pool children) over the backfill, per window.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bench.common import Figure, bench_stack, process_cpu, wait_backfill
+from bench.standin import Standin, serve
+
+DAG_COUNT = 200
+# BACKFILL_* settings of this process go to the worker too (to compare settings side by side).
+ENV = {k: v for k, v in os.environ.items() if k.startswith("BACKFILL_")}
+
+
+def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
+    dags = [f"bench_{i:03d}" for i in range(DAG_COUNT)]
+    standin = Standin(set(dags), duration=duration, jitter=0.1, queued=0.5)
+    with bench_stack(root) as b:
+        from backfill.devstack import free_port
+
+        server = serve(standin, port := free_port())
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        b.stack.airflow_url = f"http://127.0.0.1:{port}"
+        b.stack.airflow_password = "standin"
+        b.stack.start_redis()
+        worker = b.stack.start_worker("bench", concurrency=2, **ENV)
+        tasks = b.orchestrator()
+        try:
+            cpu0 = process_cpu([worker.pid])
+            t0 = time.time()
+            sub = tasks.submit_backfill.delay(dags, "2010-01-01", f"2010-01-{windows:02d}", "daily").get(timeout=120)
+            meta = wait_backfill(tasks, sub["backfill_id"], 60 * (windows + 2) * duration)
+            wall = time.time() - t0
+            cpu = process_cpu([worker.pid]) - cpu0
+            record = tasks.context().record
+            states = [w["state"] for d in dags for w in record.windows(sub["backfill_id"], d).values()]
+            calls = [w.get("api_calls", 0) for d in dags for w in record.windows(sub["backfill_id"], d).values()]
+        finally:
+            server.shutdown()
+            tasks.app.close()
+    total = DAG_COUNT * windows
+    ok = sum(1 for s in states if s == "success")
+    gaps = _handoff_gaps(standin, dags)
+    first = sorted(t for t, _ in standin.triggers)[:DAG_COUNT]
+    print(
+        f"  B4: {meta['state']}, {ok}/{total} windows succeeded in {wall:.0f} s, max {standin.max_active} runs "
+        f"active at once, CPU {cpu:.1f} s ({1000 * cpu / total:.1f} ms per window), "
+        f"median {statistics.median(calls)} requests per window, end->next trigger gap median "
+        f"{statistics.median(gaps):.2f} s max {max(gaps):.2f} s",
+        flush=True,
+    )
+    return [
+        Figure(
+            "B4",
+            "runs active at once (stand-in's count)",
+            [standin.max_active],
+            DAG_COUNT,
+            "runs",
+            higher_is_worse=False,
+        ),
+        Figure("B4", "windows succeeded", [ok], total, "windows", higher_is_worse=False),
+        Figure("B4", "orchestrator CPU per window (worker, all processes)", [1000 * cpu / total], 20.0, "ms"),
+        Figure(
+            "B4",
+            "longest run end -> next trigger of its DAG",
+            [max(gaps)],
+            5.0,
+            "s",
+            note=f"a starved DAG would show a long gap; median over all handoffs {statistics.median(gaps):.2f} s",
+        ),
+        Figure("B4", "first window of all 200 DAGs triggered within", [first[-1] - first[0]], 10.0, "s"),
+    ]
+
+
+def _handoff_gaps(standin: Standin, dags: list[str]) -> list[float]:
+    """Per DAG, seconds from each run's end to the trigger of its next window."""
+    out: list[float] = []
+    by_dag: dict[str, list] = defaultdict(list)
+    for runs in standin.runs.values():
+        for r in runs.values():
+            by_dag[r.dag_id].append(r)
+    for runs in by_dag.values():
+        runs.sort(key=lambda r: r.queued_at)
+        for a, b in itertools.pairwise(runs):
+            end = a.queued_at + standin.queued + a.duration
+            out.append(b.queued_at - end)
+    return out
