@@ -63,9 +63,14 @@ class DagLocks:
             holder = pipe.execute()[0]
         return None if holder is None else holder.decode() if isinstance(holder, bytes) else str(holder)
 
-    def release(self, dag_id: str, token: str) -> bool:
-        """Drop the lock if ``token`` still holds it."""
-        return bool(self._release(keys=[self.key(dag_id)], args=[token]))
+    def release(self, dag_id: str, token: str, *, also: Callable[[redis.client.Pipeline], None] | None = None) -> bool:
+        """Drop the lock if ``token`` still holds it. ``also``: more writes, same round trip."""
+        if also is None:
+            return bool(self._release(keys=[self.key(dag_id)], args=[token]))
+        pipe = self._redis.pipeline(transaction=False)
+        self._release(keys=[self.key(dag_id)], args=[token], client=pipe)
+        also(pipe)
+        return bool(pipe.execute()[0])
 
     def holder(self, dag_id: str) -> str | None:
         value = self._redis.get(self.key(dag_id))

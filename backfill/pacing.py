@@ -9,9 +9,9 @@ Airflow's own run records (free of our polling delay and of clock skew):
   varies far less than ``total`` (the scheduler's pick-up time drops out);
 
 each with its usual deviation. The looks then cluster around the expected end: sleep until one
-deviation before it, then look every half deviation (but at least every 5 % of the run's length,
-so long runs stay cheap) until three deviations after it, then every quarter of the time waited
-so far (a run much longer than usual is not hammered). With nothing learnt: look at 1 s, then
+deviation before it, then look every half deviation (but at least every 7.5 % of the run's
+length, so long runs stay cheap) until three deviations after it, then back off by half of the
+time the run is late (a run much longer than usual is not hammered). With nothing learnt: look at 1 s, then
 every half of the time waited so far.
 """
 
@@ -22,6 +22,12 @@ from typing import Any
 
 SCHEDULER_START = 1.0  # seconds Airflow's scheduler typically takes to start a queued run
 MIN_DEV = 0.25  # a run's end is only known at a scheduler loop (about 1 s apart): never expect it closer
+# A run's length varies by at least this share of it whatever the last few runs showed (an
+# average of two deviations can be tiny), so a normal run is not mistaken for a late one.
+MIN_SPREAD = 0.05
+# Around the expected end, look at least this share of the run's length apart: a long run's end
+# seen a little late costs a few per cent of its length; looked at too often, it costs the looks.
+TICK = 0.075
 FIELDS = ("avg_duration", "dev_duration", "avg_run", "dev_run")  # in the DAG's record
 
 
@@ -52,13 +58,15 @@ def next_look(pace: Pace, elapsed: float, *, started: float | None = None, floor
     else:
         expected, dev, scale = pace.total, pace.total_dev, pace.total
     if expected and scale:
-        dev = min(0.5 * scale, max(0.02 * scale, MIN_DEV, dev if dev is not None else 0.1 * scale))
+        dev = min(0.5 * scale, max(MIN_SPREAD * scale, MIN_DEV, dev if dev is not None else 0.1 * scale))
+        tick = max(dev / 2, TICK * scale)
         if elapsed < expected - dev:
             delay = expected - dev - elapsed
         elif elapsed < expected + 3 * dev:
-            delay = max(dev / 2, 0.05 * scale)  # within 5 % of the run's length: cheap on long runs
+            delay = tick
         else:
-            delay = 0.25 * elapsed
+            # Later than usual: back off with the delay, at most half of it lost again.
+            delay = max(tick, 0.5 * (elapsed - expected))
     else:
         delay = max(0.5 * elapsed, 1.0)
     return min(ceiling, max(floor, delay))

@@ -227,15 +227,16 @@ class Record:
         raw = self.redis.hget(self.k_windows(bf, dag), str(idx))
         return json.loads(raw) if raw else {"state": "planned"}
 
-    def snapshot(self, bf: str, dag: str, idx: int) -> tuple[dict[str, Any], bool, list[Any]]:
+    def snapshot(self, bf: str, dag: str, idx: int) -> tuple[dict[str, Any], bool, list[Any], str]:
         """What one poll needs, in one round trip: the window, the cancel flag, the DAG's learnt
-        durations (``backfill.pacing.FIELDS``)."""
+        durations (``backfill.pacing.FIELDS``) and when its lock was last renewed (``held``)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self.k_windows(bf, dag), str(idx))
         pipe.hget(self.k_meta(bf), "cancelled")
-        pipe.hmget(self.k_dag(bf, dag), list(PACE_FIELDS))
-        raw, cancelled, pace = pipe.execute()
-        return (json.loads(raw) if raw else {"state": "planned"}), cancelled == b"1", pace
+        pipe.hmget(self.k_dag(bf, dag), [*PACE_FIELDS, "held"])
+        raw, cancelled, fields = pipe.execute()
+        rec = json.loads(raw) if raw else {"state": "planned"}
+        return rec, cancelled == b"1", fields[:-1], _s(fields[-1] or b"")
 
     def windows(self, bf: str, dag: str) -> dict[int, dict[str, Any]]:
         return {int(k): json.loads(v) for k, v in self.redis.hgetall(self.k_windows(bf, dag)).items()}
@@ -305,10 +306,11 @@ class Record:
         current.update(fields)
         self.redis.hset(self.k_windows(params.backfill_id, dag), str(idx), json.dumps(current))
 
-    def set_dag(self, bf: str, dag: str, **fields: Any) -> None:
+    def set_dag(self, bf: str, dag: str, *, client: redis.client.Pipeline | None = None, **fields: Any) -> None:
+        """Set fields of a DAG's record. ``client``: a pipeline to queue it on."""
         mapping = {k: v for k, v in fields.items() if v is not None}
         if mapping:  # Redis refuses an empty HSET
-            self.redis.hset(self.k_dag(bf, dag), mapping=mapping)
+            (client or self.redis).hset(self.k_dag(bf, dag), mapping=mapping)
 
     def finish_dag(self, params: BackfillParams, dag: str, state: str, *, reason: str | None = None) -> int:
         """Close a DAG (succeeded, failed, stopped or cancelled). Returns DAGs left, -1 if already closed."""

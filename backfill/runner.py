@@ -72,8 +72,9 @@ class WindowRunner:
         idx = params.index_at(seq, dag)
         window = params.spec.window(idx)
         run_id = params.run_id(window)
-        rec, cancelled, pace = self.record.snapshot(params.backfill_id, dag, idx)
+        rec, cancelled, pace, held = self.record.snapshot(params.backfill_id, dag, idx)
         rec["pace"] = Pace.from_record(pace)  # this step's view of the DAG's learnt durations
+        rec["held"] = held
         if rec["state"] in TERMINAL:
             return Step(done=True, state=rec["state"], reason=rec.get("reason"), repeat=True)
         if cancelled:
@@ -165,13 +166,20 @@ class WindowRunner:
         slots in the same round trip. Returns the lock's other holder, if any."""
         if rec["state"] not in ("triggered", "running"):
             return self.locks.acquire(dag, run_id)
+        now = time.time()
+        token, _, at = rec.get("held", "").partition(" ")
+        if token == run_id and now - float(at or 0) < self.settings.lock_ttl / 4:
+            # Renewed a moment ago (looks can be seconds apart; the lock lives lock_ttl): the
+            # lock and slots are ours for a while yet. Saves a round trip on most looks.
+            return None
         member = slot_member(dag, run_id)
         mpd = params.max_parallel_dags
-        return self.locks.acquire(
-            dag,
-            run_id,
-            also=lambda pipe: self.throttle.renew(params.backfill_id, member, max_parallel_dags=mpd, client=pipe),
-        )
+
+        def renew(pipe: Any) -> None:
+            self.throttle.renew(params.backfill_id, member, max_parallel_dags=mpd, client=pipe)
+            pipe.hset(self.record.k_dag(params.backfill_id, dag), "held", f"{run_id} {now:.3f}")
+
+        return self.locks.acquire(dag, run_id, also=renew)
 
     def _slot(self, params: BackfillParams, dag: str, run_id: str) -> str | None:
         # Run ids repeat across the DAGs of a backfill: a slot is held by (run id, DAG).
@@ -235,9 +243,8 @@ class WindowRunner:
             self._set(params, dag, idx, window, "running", run=run.run_id, started=_iso(run.start_date))
         duration = (run.end_date - run.start_date).total_seconds() if run.end_date and run.start_date else None
         if run.state == "success":
-            self._learn(params, dag, rec, run)
             return self._finish(
-                params, dag, idx, window, "success", run=run.run_id,
+                params, dag, idx, window, "success", run=run.run_id, learnt=self._learn(rec, run),
                 started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
             )  # fmt: skip
         return self._finish(
@@ -265,12 +272,20 @@ class WindowRunner:
         state: str,
         *,
         reason: str | None = None,
+        learnt: Pace | None = None,
         **extra: Any,
     ) -> Step:
         self._set(params, dag, idx, window, state, reason=reason, api_calls=self.calls(), **extra)
         # Our lock token is always our own run id, even when the window re-ran another run.
-        self.locks.release(dag, params.run_id(window))
-        self.throttle.release(params.backfill_id, slot_member(dag, params.run_id(window)))
+        token = params.run_id(window)
+        member = slot_member(dag, token)
+
+        def release(pipe: Any) -> None:  # the slots, and what the run taught, in the same round trip
+            self.throttle.release(params.backfill_id, member, client=pipe)
+            if learnt is not None:
+                self.record.set_dag(params.backfill_id, dag, client=pipe, **learnt.to_record())
+
+        self.locks.release(dag, token, also=release)
         return Step(done=True, state=state, reason=reason)
 
     def _outage(
@@ -337,10 +352,9 @@ class WindowRunner:
             self.record.set_dag(params.backfill_id, dag, **pace.to_record())
         return pace
 
-    def _learn(self, params: BackfillParams, dag: str, rec: dict[str, Any], run: RunInfo) -> None:
+    def _learn(self, rec: dict[str, Any], run: RunInfo) -> Pace:
         run_time = (run.end_date - run.start_date).total_seconds() if run.end_date and run.start_date else None
-        pace = pacing.learn(rec["pace"], _trigger_to_end(run), run_time)
-        self.record.set_dag(params.backfill_id, dag, **pace.to_record())
+        return pacing.learn(rec["pace"], _trigger_to_end(run), run_time)
 
 
 def _trigger_to_end(run: RunInfo) -> float | None:

@@ -97,13 +97,15 @@ class Semaphore:
         the run is there whatever the limit says). ``client``: a pipeline to queue it on."""
         (client or self._redis).zadd(self.key, {member: int(time.time() * 1000) + self._ttl_ms})
 
-    def release(self, *members: str) -> None:
+    def release(self, *members: str, client: redis.client.Pipeline | None = None) -> None:
+        """Give back slots and places in line. ``client``: a pipeline to queue it on."""
         if not members:
             return
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = client or self._redis.pipeline(transaction=False)
         for k in self._keys()[:3]:
             pipe.zrem(k, *members)
-        pipe.execute()
+        if client is None:
+            pipe.execute()
 
     def members(self, prefix: str = "") -> list[str]:
         """Holders and waiters whose member starts with ``prefix``."""
@@ -165,9 +167,12 @@ class Throttle:
             self.of_backfill(bf).renew(member, client=client)
         self.glob.renew(member, client=client)
 
-    def release(self, bf: str, *members: str) -> None:
-        self.of_backfill(bf).release(*members)
-        self.glob.release(*members)
+    def release(self, bf: str, *members: str, client: redis.client.Pipeline | None = None) -> None:
+        pipe = client or self._client.pipeline(transaction=False)
+        self.of_backfill(bf).release(*members, client=pipe)
+        self.glob.release(*members, client=pipe)
+        if client is None:
+            pipe.execute()
 
     def release_backfill(self, bf: str) -> None:
         """Give back every slot and place in line of a backfill (on cancel)."""

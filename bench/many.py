@@ -47,19 +47,27 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
             cpu = process_cpu([worker.pid]) - cpu0
             record = tasks.context().record
             states = [w["state"] for d in dags for w in record.windows(sub["backfill_id"], d).values()]
-            calls = [w.get("api_calls", 0) for d in dags for w in record.windows(sub["backfill_id"], d).values()]
+            recs = [(i, w) for d in dags for i, w in record.windows(sub["backfill_id"], d).items()]
+            calls = [w.get("api_calls", 0) for _, w in recs]
+            first_calls = [w.get("api_calls", 0) for i, w in recs if i == 0]
+            later_calls = [w.get("api_calls", 0) for i, w in recs if i > 0]
         finally:
             server.shutdown()
             tasks.app.close()
     total = DAG_COUNT * windows
     ok = sum(1 for s in states if s == "success")
-    gaps = _handoff_gaps(standin, dags)
+    handoffs = _handoff_gaps(standin, dags)
+    gaps = [g for _, g in handoffs]
+    after_first = [g for pos, g in handoffs if pos == 0] or [0.0]
+    later = [g for pos, g in handoffs if pos > 0] or [0.0]
     first = sorted(t for t, _ in standin.triggers)[:DAG_COUNT]
     print(
         f"  B4: {meta['state']}, {ok}/{total} windows succeeded in {wall:.0f} s, max {standin.max_active} runs "
         f"active at once, CPU {cpu:.1f} s ({1000 * cpu / total:.1f} ms per window), "
-        f"median {statistics.median(calls)} requests per window, end->next trigger gap median "
-        f"{statistics.median(gaps):.2f} s max {max(gaps):.2f} s",
+        f"median {statistics.median(calls)} requests per window (first {statistics.median(first_calls)}, "
+        f"later {statistics.median(later_calls) if later_calls else '-'}), end->next trigger gap median "
+        f"{statistics.median(gaps):.2f} s max {max(gaps):.2f} s "
+        f"(after a DAG's first window: max {max(after_first):.2f} s, later: max {max(later):.2f} s)",
         flush=True,
     )
     return [
@@ -85,16 +93,16 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
     ]
 
 
-def _handoff_gaps(standin: Standin, dags: list[str]) -> list[float]:
-    """Per DAG, seconds from each run's end to the trigger of its next window."""
-    out: list[float] = []
+def _handoff_gaps(standin: Standin, dags: list[str]) -> list[tuple[int, float]]:
+    """Per DAG, (position, seconds) from each run's end to the trigger of its next window."""
+    out: list[tuple[int, float]] = []
     by_dag: dict[str, list] = defaultdict(list)
     for runs in standin.runs.values():
         for r in runs.values():
             by_dag[r.dag_id].append(r)
     for runs in by_dag.values():
         runs.sort(key=lambda r: r.queued_at)
-        for a, b in itertools.pairwise(runs):
+        for pos, (a, b) in enumerate(itertools.pairwise(runs)):
             end = a.queued_at + standin.queued + a.duration
-            out.append(b.queued_at - end)
+            out.append((pos, b.queued_at - end))
     return out

@@ -5,6 +5,11 @@ from typing import Any
 
 from celery import Celery, signals
 
+from workers import lean_retry, transport
+
+lean_retry.install()  # a look at a run is a Celery retry: no traceback for it (see the module)
+transport.install()  # one Redis client per broker channel, not one per command (see the module)
+
 app = Celery("backfill", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import Task, chain, group, signals
 from celery.canvas import Signature
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from celery.utils.functional import maybe_list
 from celery.worker import state as worker_state
 
@@ -221,10 +221,13 @@ def _again(task: Task, countdown: float, kwargs: dict[str, Any] | None) -> Excep
     the publish retry policy) requeues this message instead of dropping it, as Celery would:
     dropping it would lose the window and the rest of its chain. Every step is safe to repeat."""
     try:
-        return task.retry(countdown=countdown, kwargs=kwargs)
+        task.retry(countdown=countdown, kwargs=kwargs, throw=False)
     except Reject as exc:
         log.warning("%s: could not publish its next look (%s); requeueing", task.request.id, exc.reason)
         return Reject(exc.reason, requeue=True)
+    # Published. The Retry that tells the tracer so need not carry the retried signature (and
+    # the rest of the chain) to the worker's main process, as Celery's own does.
+    return Retry(when=countdown)
 
 
 def stop_dag(ctx: Context, params: BackfillParams, dag_id: str, seq: int, window: str, why: str | None) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from backfill.pacing import MIN_DEV, Pace, learn, next_look, seed
+from backfill.pacing import MIN_DEV, TICK, Pace, learn, next_look, seed
 
 FLOOR, CEILING = 0.05, 60.0  # the default poll_min and poll_max
 
@@ -30,8 +30,8 @@ def looks(pace: Pace, *, end: float, start: float | None = None) -> tuple[int, f
 def test_a_learnt_run_costs_few_looks_and_its_end_is_seen_soon(end: float, total: float, dev: float) -> None:
     n, late = looks(Pace(total, dev), end=end)
     assert n <= 10, n
-    # Seen within one fine tick: half a deviation (at least MIN_DEV's), at least 5 % of the run.
-    assert late <= max(FLOOR, max(dev, MIN_DEV) / 2, 0.05 * total) + 1e-9, late
+    # Seen within one fine tick: half a deviation (at least MIN_DEV's), at least TICK of the run.
+    assert late <= max(FLOOR, max(dev, MIN_DEV) / 2, TICK * total) + 1e-9, late
 
 
 def test_a_run_ending_as_learnt_costs_three_looks() -> None:
@@ -43,7 +43,7 @@ def test_once_started_the_end_is_expected_from_the_start() -> None:
     pace = Pace(total=3.2, total_dev=0.5, run=2.2, run_dev=0.05)
     for start in (0.5, 1.0, 1.5):
         n, late = looks(pace, end=start + 2.2, start=start)
-        assert n <= 6 and late <= FLOOR + 1e-9, (start, n, late)
+        assert n <= 6 and late <= TICK * 2.2 + 1e-9, (start, n, late)  # one tick of the run, not of total
 
 
 @pytest.mark.parametrize("end", [2.0, 5.0, 60.0, 600.0])
