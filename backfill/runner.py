@@ -169,8 +169,9 @@ class WindowRunner:
         now = time.time()
         token, _, at = rec.get("held", "").partition(" ")
         if token == run_id and now - float(at or 0) < self.settings.lock_ttl / 4:
-            # Renewed a moment ago (looks can be seconds apart; the lock lives lock_ttl): the
-            # lock and slots are ours for a while yet. Saves a round trip on most looks.
+            # Renewed a moment ago: the lock and slots are ours for a while yet. Settings keep
+            # lock_ttl at least twice the longest wait, so the next renewal comes by 3/4 of it.
+            # Saves a round trip on most looks.
             return None
         member = slot_member(dag, run_id)
         mpd = params.max_parallel_dags
