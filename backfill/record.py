@@ -227,16 +227,20 @@ class Record:
         raw = self.redis.hget(self.k_windows(bf, dag), str(idx))
         return json.loads(raw) if raw else {"state": "planned"}
 
-    def snapshot(self, bf: str, dag: str, idx: int) -> tuple[dict[str, Any], bool, list[Any], str]:
+    def snapshot(
+        self, bf: str, dag: str, idx: int, *, lock_key: str
+    ) -> tuple[dict[str, Any], bool, list[Any], tuple[str, int]]:
         """What one poll needs, in one round trip: the window, the cancel flag, the DAG's learnt
-        durations (``backfill.pacing.FIELDS``) and when its lock was last renewed (``held``)."""
+        durations (``backfill.pacing.FIELDS``), and its lock's holder and milliseconds to live."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self.k_windows(bf, dag), str(idx))
         pipe.hget(self.k_meta(bf), "cancelled")
-        pipe.hmget(self.k_dag(bf, dag), [*PACE_FIELDS, "held"])
-        raw, cancelled, fields = pipe.execute()
+        pipe.hmget(self.k_dag(bf, dag), list(PACE_FIELDS))
+        pipe.get(lock_key)
+        pipe.pttl(lock_key)
+        raw, cancelled, pace, holder, pttl = pipe.execute()
         rec = json.loads(raw) if raw else {"state": "planned"}
-        return rec, cancelled == b"1", fields[:-1], _s(fields[-1] or b"")
+        return rec, cancelled == b"1", pace, (_s(holder or b""), int(pttl))
 
     def windows(self, bf: str, dag: str) -> dict[int, dict[str, Any]]:
         return {int(k): json.loads(v) for k, v in self.redis.hgetall(self.k_windows(bf, dag)).items()}

@@ -72,9 +72,9 @@ class WindowRunner:
         idx = params.index_at(seq, dag)
         window = params.spec.window(idx)
         run_id = params.run_id(window)
-        rec, cancelled, pace, held = self.record.snapshot(params.backfill_id, dag, idx)
+        rec, cancelled, pace, lock = self.record.snapshot(params.backfill_id, dag, idx, lock_key=self.locks.key(dag))
         rec["pace"] = Pace.from_record(pace)  # this step's view of the DAG's learnt durations
-        rec["held"] = held
+        rec["lock"] = lock  # (holder, ms to live)
         if rec["state"] in TERMINAL:
             return Step(done=True, state=rec["state"], reason=rec.get("reason"), repeat=True)
         if cancelled:
@@ -166,21 +166,19 @@ class WindowRunner:
         slots in the same round trip. Returns the lock's other holder, if any."""
         if rec["state"] not in ("triggered", "running"):
             return self.locks.acquire(dag, run_id)
-        now = time.time()
-        token, _, at = rec.get("held", "").partition(" ")
-        if token == run_id and now - float(at or 0) < self.settings.lock_ttl / 4:
-            # Renewed a moment ago: the lock and slots are ours for a while yet. Settings keep
-            # lock_ttl at least twice the longest wait, so the next renewal comes by 3/4 of it.
-            # Saves a round trip on most looks.
+        holder, ttl_ms = rec["lock"]
+        if holder == run_id and ttl_ms > 750 * self.settings.lock_ttl:
+            # Renewed less than a quarter of lock_ttl ago (the slots with it): ours for a while
+            # yet. Settings keep lock_ttl at least twice the longest wait, so the next renewal
+            # comes by 3/4 of it. Saves a round trip on most looks.
             return None
         member = slot_member(dag, run_id)
         mpd = params.max_parallel_dags
-
-        def renew(pipe: Any) -> None:
-            self.throttle.renew(params.backfill_id, member, max_parallel_dags=mpd, client=pipe)
-            pipe.hset(self.record.k_dag(params.backfill_id, dag), "held", f"{run_id} {now:.3f}")
-
-        return self.locks.acquire(dag, run_id, also=renew)
+        return self.locks.acquire(
+            dag,
+            run_id,
+            also=lambda pipe: self.throttle.renew(params.backfill_id, member, max_parallel_dags=mpd, client=pipe),
+        )
 
     def _slot(self, params: BackfillParams, dag: str, run_id: str) -> str | None:
         # Run ids repeat across the DAGs of a backfill: a slot is held by (run id, DAG).
