@@ -183,6 +183,14 @@ class Stack:
         }
         if database_url:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = database_url
+        else:
+            # Even with WAL, a write waits for the one before it, and SQLite gives up after 5 s
+            # by default: the scheduler then dies on "database is locked" (seen on a loaded
+            # 2-core machine). Let writers wait up to a minute. Airflow imports connect args by
+            # path, and puts $AIRFLOW_HOME/config on sys.path.
+            (home / "config").mkdir(exist_ok=True)
+            (home / "config" / "backfill_sqlite.py").write_text("connect_args = {'timeout': 60}\n")
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "backfill_sqlite.connect_args"
         env.pop("PYTHONPATH", None)
         self._spawn("airflow", [str(exe), "standalone"], env)
         self.airflow_url = f"http://127.0.0.1:{port}"
