@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_DAGS = REPO / "examples" / "dags"
@@ -86,6 +87,8 @@ class Stack:
     airflow_url: str = ""
     airflow_user: str = "admin"
     airflow_password: str = ""
+    _airflow: Proc | None = field(default=None, repr=False)
+    _airflow_args: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -183,19 +186,30 @@ class Stack:
         }
         if database_url:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = database_url
-        else:
-            # Even with WAL, a write waits for the one before it, and SQLite gives up after 5 s
-            # by default: the scheduler then dies on "database is locked" (seen on a loaded
-            # 2-core machine). Let writers wait up to a minute. Airflow imports connect args by
-            # path, and puts $AIRFLOW_HOME/config on sys.path.
-            (home / "config").mkdir(exist_ok=True)
-            (home / "config" / "backfill_sqlite.py").write_text("connect_args = {'timeout': 60}\n")
-            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "backfill_sqlite.connect_args"
         env.pop("PYTHONPATH", None)
-        self._spawn("airflow", [str(exe), "standalone"], env)
+        self._airflow_args = {"port": port, "dags_folder": dags_folder, "expect_dags": expect_dags,
+                              "timeout": timeout, "database_url": database_url}  # fmt: skip
+        self._airflow = self._spawn("airflow", [str(exe), "standalone"], env)
         self.airflow_url = f"http://127.0.0.1:{port}"
         _wait_for(lambda: self._airflow_dag_count() >= expect_dags, timeout, f"airflow standalone on :{port}")
         return self.airflow_url
+
+    def ensure_airflow(self) -> bool:
+        """Restart ``airflow standalone`` if its scheduler died. On SQLite, Airflow 3.3's
+        scheduler now and then exits on "database is locked" (a read upgraded to a write while
+        another write committed: SQLite refuses at once, whatever the busy timeout), and
+        ``standalone`` does not restart it. Its database and port are kept. True if restarted."""
+        proc = self._airflow
+        if proc is None:
+            return False
+        try:  # healthy, or only slow to answer
+            _wait_for(lambda: proc.alive() and self._airflow_dag_count() > 0, 15, "airflow scheduler")
+            return False
+        except TimeoutError:
+            pass
+        self.stop(proc)
+        self.start_airflow(**self._airflow_args)
+        return True
 
     def _airflow_dag_count(self) -> int:
         try:

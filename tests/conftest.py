@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -68,6 +69,16 @@ def airflow(stack: Stack, redis_url: str) -> AirflowClient:
     return AirflowClient(
         AirflowConfig(url=stack.airflow_url, username=stack.airflow_user, password=stack.airflow_password)
     )
+
+
+@pytest.fixture(autouse=True)
+def _airflow_scheduler_alive(request: pytest.FixtureRequest) -> None:
+    """A test that needs Airflow gets a live scheduler: restarted if it died (``Stack.ensure_airflow``)."""
+    if "airflow" in request.fixturenames:
+        request.getfixturevalue("airflow")
+        stack: Stack = request.getfixturevalue("stack")
+        if stack.ensure_airflow():
+            warnings.warn("Airflow's scheduler had died (see airflow.log): restarted", stacklevel=1)
 
 
 @pytest.fixture(scope="session")
