@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     # No argparse `choices` here: with nargs="*" it rejects an empty list (Python issue 9625).
     ap.add_argument("which", nargs="*", metavar="{b1,b2,b3,b4}", help="which benchmarks (default: all)")
-    ap.add_argument("--rounds", type=int, default=5, help="B1 rounds (native and ours alternate)")
+    ap.add_argument("--rounds", type=int, default=7, help="B1 rounds (native and ours alternate)")
     ap.add_argument("--write-docs", action="store_true", help="put the table in docs/performance.md")
     ap.add_argument("--group", choices=list(GROUPS), help=argparse.SUPPRESS)  # internal: one group, in-process
     ap.add_argument("--json", help=argparse.SUPPRESS)

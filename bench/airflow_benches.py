@@ -1,6 +1,7 @@
 """B1 and B2: against a real ``airflow standalone`` 3.3 with the DAGs in ``bench/dags``.
 
-Airflow runs on a private PostgreSQL (``BenchStack.start_airflow``).
+Airflow runs on a private PostgreSQL (``BenchStack.start_airflow``). Each B1 round also prints
+where its wall time went (``breakdown``).
 
 B1 (handoff speed): 3 daily DAGs (``max_active_runs=1``, a 1 s task), 10 daily windows each,
 backfilled by Airflow's native backfill (``POST /api/v2/backfills``, ``max_active_runs=1``) and
@@ -23,6 +24,7 @@ from airflow_client.client import BackfillApi, BackfillPostBody, MonitorApi
 
 from backfill.airflow import AirflowClient, RunInfo
 from backfill.errors import AirflowUnavailable
+from backfill.record import Record
 from bench.common import Figure, gaps, wait_backfill, wait_until
 
 B1_DAGS = ["bench_daily_1", "bench_daily_2", "bench_daily_3"]
@@ -72,7 +74,7 @@ def _settle(airflow: AirflowClient, dags: list[str]) -> None:
     wait_until(idle, 300, "bench DAGs idle", every=1)
 
 
-def native_round(airflow: AirflowClient, start: datetime) -> tuple[float, list[float]]:
+def native_round(airflow: AirflowClient, start: datetime) -> tuple[float, list[RunInfo]]:
     """One native backfill per DAG, created one after the other; the clock starts before the first."""
     api = BackfillApi(airflow.api_client)
     t0 = time.time()
@@ -91,7 +93,7 @@ def native_round(airflow: AirflowClient, start: datetime) -> tuple[float, list[f
                     raise
                 time.sleep(0.5)
     runs = _wait_runs(airflow, start)
-    return max(r.end_date.timestamp() for r in runs) - t0, gaps(runs)
+    return t0, runs
 
 
 def _has_backfill(airflow: AirflowClient, api: BackfillApi, dag: str, start: datetime) -> bool:
@@ -105,7 +107,7 @@ def scheduler_alive(airflow: AirflowClient) -> None:
         raise RuntimeError(f"Airflow's scheduler is {health.scheduler.status}: see .stack/bench/airflow/airflow.log")
 
 
-def ours_round(airflow: AirflowClient, tasks: ModuleType, start: datetime) -> tuple[float, list[float]]:
+def ours_round(airflow: AirflowClient, tasks: ModuleType, start: datetime) -> tuple[float, list[RunInfo]]:
     t0 = time.time()
     end = start + timedelta(days=B1_WINDOWS)
     bf = tasks.submit_backfill.delay(B1_DAGS, start.isoformat(), end.isoformat(), "daily").get(timeout=60)
@@ -113,7 +115,8 @@ def ours_round(airflow: AirflowClient, tasks: ModuleType, start: datetime) -> tu
     assert meta["state"] == "succeeded", meta
     runs = _wait_runs(airflow, start)
     assert all(r.run_id.startswith(bf["backfill_id"]) for r in runs)
-    return max(r.end_date.timestamp() for r in runs) - t0, gaps(runs)
+    print(f"    ours: {handoffs(tasks.context().record, bf['backfill_id'], runs)}", flush=True)
+    return t0, runs
 
 
 def _wait_runs(airflow: AirflowClient, start: datetime) -> list[RunInfo]:
@@ -122,10 +125,43 @@ def _wait_runs(airflow: AirflowClient, start: datetime) -> list[RunInfo]:
         finished = len(runs) == len(B1_DAGS) * B1_WINDOWS and all(r.state in ("success", "failed") for r in runs)
         return runs if finished else None
 
-    runs = wait_until(done, 600, "B1 runs", every=0.5)
+    # Wall times come from Airflow's own end dates, so looking every 2 s does not blur them; it
+    # keeps the benchmark's own requests (3 per look) from loading Airflow during native rounds
+    # (ours are waited for on Redis first).
+    runs = wait_until(done, 600, "B1 runs", every=2)
     bad = [r.run_id for r in runs if r.state != "success"]
     assert not bad, f"runs failed: {bad}"
     return runs
+
+
+def breakdown(runs: list[RunInfo], t0: float) -> str:
+    """Where a round's wall time went, for its slowest DAG: request → first start, the runs
+    themselves (start → end), and the gaps between them (end → next start), in seconds."""
+    by_dag: dict[str, list[RunInfo]] = {}
+    for r in runs:
+        by_dag.setdefault(r.dag_id, []).append(r)
+    slowest = max(by_dag.values(), key=lambda rs: max(r.end_date for r in rs))
+    first = min(r.start_date for r in slowest).timestamp() - t0
+    running = sum((r.end_date - r.start_date).total_seconds() for r in slowest)
+    g = gaps(slowest)
+    return f"slowest DAG: first start {first:.2f} + runs {running:.2f} + gaps {sum(g):.2f} (max {max(g):.2f})"
+
+
+def handoffs(record: Record, bf: str, runs: list[RunInfo]) -> str:
+    """Our own share of each gap, from our event stream against Airflow's records: a run's end
+    to the look that saw it, and that look to the next window's trigger (medians, seconds)."""
+    seen = {(e["dag"], e["idx"], e["state"]): e["ts"] for _, e in record.events(bf) if e.get("kind") == "window"}
+    to_seen, to_trigger = [], []
+    for r in runs:
+        idx = (r.logical_date - min(x.logical_date for x in runs if x.dag_id == r.dag_id)).days
+        saw, nxt = seen.get((r.dag_id, idx, "success")), seen.get((r.dag_id, idx + 1, "triggered"))
+        if saw and nxt:
+            to_seen.append(saw - r.end_date.timestamp())
+            to_trigger.append(nxt - saw)
+    return (
+        f"run end → seen {statistics.median(to_seen):.2f} s (max {max(to_seen):.2f}), "
+        f"seen → next trigger {statistics.median(to_trigger):.2f} s (max {max(to_trigger):.2f})"
+    )
 
 
 def b1(airflow: AirflowClient, tasks: ModuleType, *, rounds: int) -> list[Figure]:
@@ -138,16 +174,12 @@ def b1(airflow: AirflowClient, tasks: ModuleType, *, rounds: int) -> list[Figure
         walls: dict[str, float] = {}
         for who in order:
             start = dates.take(B1_WINDOWS)
-            if who == "native":
-                wall, g = native_round(airflow, start)
-                native_gap.append(statistics.median(g))
-            else:
-                wall, g = ours_round(airflow, tasks, start)
-                ours_gap.append(statistics.median(g))
+            t0, runs = native_round(airflow, start) if who == "native" else ours_round(airflow, tasks, start)
+            wall, g = max(r.end_date.timestamp() for r in runs) - t0, gaps(runs)
+            (native_gap if who == "native" else ours_gap).append(statistics.median(g))
             walls[who] = wall
-            print(
-                f"  B1 round {r + 1} {who:6}: wall {wall:6.1f} s, median gap {statistics.median(g):.2f} s", flush=True
-            )
+            print(f"  B1 round {r + 1} {who:6}: wall {wall:6.1f} s, median gap {statistics.median(g):.2f} s, "
+                  f"{breakdown(runs, t0)}", flush=True)  # fmt: skip
             _settle(airflow, B1_DAGS)
         native_wall.append(walls["native"])
         ours_wall.append(walls["ours"])
