@@ -25,7 +25,7 @@ from airflow_client.client import BackfillApi, BackfillPostBody, MonitorApi
 from backfill.airflow import AirflowClient, RunInfo
 from backfill.errors import AirflowUnavailable
 from backfill.record import Record
-from bench.common import Figure, gaps, wait_backfill, wait_until
+from bench.common import Figure, by_dag, gaps, wait_backfill, wait_until
 
 B1_DAGS = ["bench_daily_1", "bench_daily_2", "bench_daily_3"]
 B1_WINDOWS = 10
@@ -115,7 +115,6 @@ def ours_round(airflow: AirflowClient, tasks: ModuleType, start: datetime) -> tu
     assert meta["state"] == "succeeded", meta
     runs = _wait_runs(airflow, start)
     assert all(r.run_id.startswith(bf["backfill_id"]) for r in runs)
-    print(f"    ours: {handoffs(tasks.context().record, bf['backfill_id'], runs)}", flush=True)
     return t0, runs
 
 
@@ -137,27 +136,26 @@ def _wait_runs(airflow: AirflowClient, start: datetime) -> list[RunInfo]:
 def breakdown(runs: list[RunInfo], t0: float) -> str:
     """Where a round's wall time went, for its slowest DAG: request → first start, the runs
     themselves (start → end), and the gaps between them (end → next start), in seconds."""
-    by_dag: dict[str, list[RunInfo]] = {}
-    for r in runs:
-        by_dag.setdefault(r.dag_id, []).append(r)
-    slowest = max(by_dag.values(), key=lambda rs: max(r.end_date for r in rs))
-    first = min(r.start_date for r in slowest).timestamp() - t0
+    slowest = max(by_dag(runs).values(), key=lambda rs: rs[-1].end_date)
+    first = slowest[0].start_date.timestamp() - t0
     running = sum((r.end_date - r.start_date).total_seconds() for r in slowest)
     g = gaps(slowest)
     return f"slowest DAG: first start {first:.2f} + runs {running:.2f} + gaps {sum(g):.2f} (max {max(g):.2f})"
 
 
-def handoffs(record: Record, bf: str, runs: list[RunInfo]) -> str:
+def handoffs(record: Record, runs: list[RunInfo]) -> str:
     """Our own share of each gap, from our event stream against Airflow's records: a run's end
-    to the look that saw it, and that look to the next window's trigger (medians, seconds)."""
+    to the look that saw it, and that look to the next window's trigger (medians, seconds).
+    ``runs``: one backfill's (their run ids start with its id), one daily window each."""
+    bf = runs[0].run_id.partition("__")[0]
     seen = {(e["dag"], e["idx"], e["state"]): e["ts"] for _, e in record.events(bf) if e.get("kind") == "window"}
     to_seen, to_trigger = [], []
-    for r in runs:
-        idx = (r.logical_date - min(x.logical_date for x in runs if x.dag_id == r.dag_id)).days
-        saw, nxt = seen.get((r.dag_id, idx, "success")), seen.get((r.dag_id, idx + 1, "triggered"))
-        if saw and nxt:
-            to_seen.append(saw - r.end_date.timestamp())
-            to_trigger.append(nxt - saw)
+    for dag_runs in by_dag(runs).values():
+        for idx, r in enumerate(dag_runs):  # daily windows run in order: start order is window order
+            saw, nxt = seen.get((r.dag_id, idx, "success")), seen.get((r.dag_id, idx + 1, "triggered"))
+            if saw and nxt:
+                to_seen.append(saw - r.end_date.timestamp())
+                to_trigger.append(nxt - saw)
     return (
         f"run end → seen {statistics.median(to_seen):.2f} s (max {max(to_seen):.2f}), "
         f"seen → next trigger {statistics.median(to_trigger):.2f} s (max {max(to_trigger):.2f})"
@@ -180,6 +178,8 @@ def b1(airflow: AirflowClient, tasks: ModuleType, *, rounds: int) -> list[Figure
             walls[who] = wall
             print(f"  B1 round {r + 1} {who:6}: wall {wall:6.1f} s, median gap {statistics.median(g):.2f} s, "
                   f"{breakdown(runs, t0)}", flush=True)  # fmt: skip
+            if who == "ours":
+                print(f"    ours: {handoffs(tasks.context().record, runs)}", flush=True)
             _settle(airflow, B1_DAGS)
         native_wall.append(walls["native"])
         ours_wall.append(walls["ours"])

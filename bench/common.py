@@ -123,17 +123,21 @@ def wait_backfill(tasks: ModuleType, bf: str, timeout: float) -> dict[str, str]:
     )
 
 
+def by_dag(runs: list[RunInfo]) -> dict[str, list[RunInfo]]:
+    """The runs of each DAG, in start order."""
+    out: dict[str, list[RunInfo]] = {}
+    for r in sorted(runs, key=lambda r: r.start_date):
+        out.setdefault(r.dag_id, []).append(r)
+    return out
+
+
 def gaps(runs: list[RunInfo]) -> list[float]:
     """Seconds between one run's end and the next run's start, per DAG, in start order."""
-    out: list[float] = []
-    by_dag: dict[str, list[RunInfo]] = {}
-    for r in runs:
-        by_dag.setdefault(r.dag_id, []).append(r)
-    for dag_runs in by_dag.values():
-        ordered = sorted(dag_runs, key=lambda r: r.start_date)
-        for a, b in itertools.pairwise(ordered):
-            out.append((b.start_date - a.end_date).total_seconds())
-    return out
+    return [
+        (b.start_date - a.end_date).total_seconds()
+        for dag_runs in by_dag(runs).values()
+        for a, b in itertools.pairwise(dag_runs)
+    ]
 
 
 def process_cpu(pids: list[int]) -> float:
