@@ -15,7 +15,7 @@ test: setup
 # The benchmarks (bench/, about 20 minutes): exits non-zero when a target is missed and writes
 # the table into docs/performance.md.
 bench: setup
-	@bash scripts/bootstrap.sh --bench
+	@bash scripts/bootstrap.sh
 	.venv/bin/python -m bench --write-docs
 
 lint: setup

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,8 +29,6 @@ from typing import Any, TypeVar
 
 import urllib3
 from airflow_client import client as af
-from airflow_client.client.api.dag_api import DAGApi
-from airflow_client.client.api.dag_run_api import DagRunApi
 from airflow_client.client.exceptions import ApiException
 
 from backfill.errors import (
@@ -39,6 +38,7 @@ from backfill.errors import (
     AirflowNotFound,
     AirflowRejected,
     AirflowUnavailable,
+    InputError,
 )
 from backfill.windows import Window
 
@@ -48,16 +48,47 @@ ACTIVE_STATES = ("queued", "running")
 
 @dataclass(frozen=True, kw_only=True)
 class AirflowConfig:
-    """Where Airflow is and how to talk to it."""
+    """Where Airflow is and how to talk to it.
+
+    Credentials, one of: ``username``/``password`` (a token from ``POST /auth/token``, renewed
+    before it expires and on a refusal); ``token`` (a static bearer token, as managed services
+    hand out); ``token_file`` (a bearer token in a file, re-read when the file changes and on
+    a refusal: a sidecar or cron job can rotate it); or none (an open or proxied Airflow).
+    ``verify``: check the server's TLS certificate; ``ca_bundle``: a PEM file of CAs to trust
+    instead of the system's. ``headers``: sent with every request (a gateway's API key).
+    """
 
     url: str = "http://localhost:8080"
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
+    verify: bool = True
+    ca_bundle: str | None = None
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
     timeout: float = 10.0  # seconds, per request
     read_attempts: int = 3  # in-call tries of an idempotent read on a transient error
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", self.url.rstrip("/"))
+        given = [n for n in ("username", "token", "token_file") if getattr(self, n)]
+        if len(given) > 1:
+            raise InputError(
+                f"Airflow credentials: set only one of username/password, token and token file (got {', '.join(given)})"
+            )
+        if self.ca_bundle and not os.path.isfile(self.ca_bundle):
+            raise InputError(f"Airflow CA bundle: {self.ca_bundle!r} is not a file")
+        if self.token_file and not os.path.isfile(self.token_file):
+            raise InputError(f"Airflow token file: {self.token_file!r} is not a file")
+        if not isinstance(self.headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
+        ):
+            raise InputError('Airflow extra headers: expected a JSON object of strings, e.g. {"X-Api-Key": "..."}')
+
+    @property
+    def refreshable(self) -> bool:
+        """Whether a refused token can be replaced by a new one (and the call tried again)."""
+        return bool(self.username or self.token_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +96,8 @@ class DagInfo:
     dag_id: str
     is_paused: bool
     max_active_runs: int | None
+    schedule: str | None = None  # Airflow's timetable_summary: "@daily", "0 6 * * *", "1 day, 0:00:00", None
+    timezone: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,28 +125,12 @@ class RunInfo:
 
     @classmethod
     def from_json(cls, run: dict[str, Any]) -> RunInfo:
-        """From the API's JSON body of a run (same fields as ``from_api``)."""
+        """From the API's JSON body of a run."""
         when = {k: _when(run.get(k)) for k in _DATES}
         return cls(
             dag_id=run["dag_id"], run_id=run["dag_run_id"], state=run["state"], run_type=run["run_type"],
             conf=dict(run.get("conf") or {}), **when,
         )  # fmt: skip
-
-    @classmethod
-    def from_api(cls, run: Any) -> RunInfo:
-        return cls(
-            dag_id=run.dag_id,
-            run_id=run.dag_run_id,
-            state=str(getattr(run.state, "value", run.state)),
-            run_type=str(getattr(run.run_type, "value", run.run_type)),
-            logical_date=run.logical_date,
-            data_interval_start=run.data_interval_start,
-            data_interval_end=run.data_interval_end,
-            start_date=run.start_date,
-            end_date=run.end_date,
-            queued_at=run.queued_at,
-            conf=dict(run.conf or {}),
-        )
 
 
 _DATES = ("logical_date", "data_interval_start", "data_interval_end", "start_date", "end_date", "queued_at")
@@ -134,7 +151,8 @@ def _jwt_expiry(token: str) -> float | None:
 
 
 AUTH_SETTINGS = ["OAuth2PasswordBearer", "HTTPBearer"]  # as in the generated DagRunApi
-MULTI = {"state": "multi", "order_by": "multi"}  # list query parameters: ?state=a&state=b
+MULTI = {"state": "multi", "order_by": "multi", "update_mask": "multi"}
+PAGE = 100  # Airflow's default maximum_page_limit  # list query parameters: ?state=a&state=b
 
 
 class AirflowClient:
@@ -146,18 +164,22 @@ class AirflowClient:
         self._lock = threading.Lock()
         self._token: str | None = None
         self._token_expiry: float | None = None
-        conf = af.Configuration(host=config.url)
+        self._token_mtime: float | None = None
+        conf = af.Configuration(host=config.url, ssl_ca_cert=config.ca_bundle, access_token=config.token)
+        conf.verify_ssl = config.verify
         conf.retries = False  # we decide what is retried and how
         self._api = af.ApiClient(conf)
-        self._http = pool_manager or urllib3.PoolManager()
+        self._api.default_headers.update(config.headers)
         if pool_manager is not None:
             self._api.rest_client.pool_manager = pool_manager
-        self._dags = DAGApi(self._api)
-        self._runs = DagRunApi(self._api)
+        self._http = self._api.rest_client.pool_manager  # the token request shares its TLS settings
 
     # -- auth ---------------------------------------------------------------------------
 
     def _ensure_token(self, *, force: bool = False) -> None:
+        if self.config.token_file:
+            self._read_token_file(force=force)
+            return
         if self.config.username is None:
             return
         with self._lock:
@@ -168,6 +190,20 @@ class AirflowClient:
             self._token_expiry = _jwt_expiry(self._token)
             self._api.configuration.access_token = self._token
 
+    def _read_token_file(self, *, force: bool) -> None:
+        path = self.config.token_file or ""
+        try:
+            mtime = os.stat(path).st_mtime
+            if force or mtime != self._token_mtime:
+                with open(path, encoding="utf-8") as fh:
+                    token = fh.read().strip()
+                if not token:
+                    raise AirflowAuthError(f"Airflow token file {path!r} is empty")
+                self._api.configuration.access_token = token
+                self._token_mtime = mtime
+        except OSError as exc:
+            raise AirflowAuthError(f"Airflow token file {path!r} cannot be read: {exc.strerror}") from None
+
     def _fetch_token(self) -> str:
         url = f"{self.config.url}/auth/token"
         body = {"username": self.config.username, "password": self.config.password or ""}
@@ -177,7 +213,7 @@ class AirflowClient:
                 "POST",
                 url,
                 body=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"},
+                headers={**self.config.headers, "Content-Type": "application/json"},
                 timeout=self.config.timeout,
                 retries=False,
             )
@@ -217,7 +253,7 @@ class AirflowClient:
                 return fn(*args, _request_timeout=self.config.timeout, **kwargs)
             except ApiException as exc:
                 error = self._map(what, exc)
-                if exc.status in (401, 403) and not retried_auth and self.config.username is not None:
+                if exc.status in (401, 403) and not retried_auth and self.config.refreshable:
                     # Airflow 3 answers 403 "Invalid JWT token" to an expired or revoked
                     # token: renew it once; a second refusal is a real permission error.
                     retried_auth = True
@@ -261,7 +297,11 @@ class AirflowClient:
         status = exc.status or 0
         detail = _detail(exc)
         if status in (401, 403):
-            who = f"user {self.config.username!r}" if self.config.username else "anonymous access"
+            who = (
+                f"user {self.config.username!r}" if self.config.username
+                else f"the token in {self.config.token_file!r}" if self.config.token_file
+                else "the token (AIRFLOW_TOKEN)" if self.config.token else "anonymous access"
+            )  # fmt: skip
             error: AirflowError = AirflowAuthError(f"{what}: Airflow refused {who} (HTTP {status}): {detail}")
         elif status == 404:
             error = AirflowNotFound(f"{what}: not found in Airflow ({detail})")
@@ -277,13 +317,19 @@ class AirflowClient:
     # -- DAGs -----------------------------------------------------------------------------
 
     def get_dag(self, dag_id: str) -> DagInfo:
-        dag = self._call(f"DAG {dag_id!r}", self._dags.get_dag, dag_id)
-        return DagInfo(dag_id=dag.dag_id, is_paused=bool(dag.is_paused), max_active_runs=dag.max_active_runs)
+        """The DAG's details (raw JSON: the fields differ between Airflow 3.0 and 3.3)."""
+        dag = self._call(f"DAG {dag_id!r}", self._json, "GET", "/api/v2/dags/{dag_id}/details",
+                         path_params={"dag_id": dag_id})  # fmt: skip
+        summary = dag.get("timetable_summary")
+        return DagInfo(
+            dag_id=dag["dag_id"], is_paused=bool(dag.get("is_paused")), max_active_runs=dag.get("max_active_runs"),
+            schedule=None if summary in (None, "None") else str(summary), timezone=dag.get("timezone"),
+        )  # fmt: skip
 
     def set_paused(self, dag_id: str, paused: bool) -> None:
-        body = af.DAGPatchBody(is_paused=paused)
         what = f"{'pause' if paused else 'unpause'} DAG {dag_id!r}"
-        self._call(what, self._dags.patch_dag, dag_id, body, update_mask=["is_paused"])
+        self._call(what, self._json, "PATCH", "/api/v2/dags/{dag_id}", path_params={"dag_id": dag_id},
+                   query=[("update_mask", ["is_paused"])], body={"is_paused": paused})  # fmt: skip
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -294,95 +340,78 @@ class AirflowClient:
                           path_params={"dag_id": dag_id, "dag_run_id": run_id})  # fmt: skip
         return RunInfo.from_json(body)
 
+    def _list(self, what: str, dag_id: str, query: list[tuple[str, Any]], *, limit: int | None = None) -> list[RunInfo]:
+        """Runs of the DAG matching ``query``: every page, or the first ``limit`` runs."""
+        out: list[RunInfo] = []
+        while True:
+            size = PAGE if limit is None else min(PAGE, limit - len(out))
+            page = self._call(what, self._json, "GET", "/api/v2/dags/{dag_id}/dagRuns", path_params={"dag_id": dag_id},
+                              query=[*query, ("limit", size), ("offset", len(out))])  # fmt: skip
+            out += [RunInfo.from_json(r) for r in page["dag_runs"]]
+            full = limit is not None and len(out) >= limit
+            total = page.get("total_entries")  # may be null on 3.2+ (cursor pages)
+            if full or len(page["dag_runs"]) < size or (isinstance(total, int) and len(out) >= total):
+                return out
+
     def runs_at(self, dag_id: str, logical_date: datetime) -> list[RunInfo]:
         """The run holding ``logical_date`` on the DAG, if any (Airflow keeps at most one)."""
-        page = self._call(
-            f"runs of DAG {dag_id!r} at {logical_date.isoformat()}",
-            self._runs.get_dag_runs,
-            dag_id,
-            logical_date_gte=logical_date,
-            logical_date_lte=logical_date,
-        )
-        return [RunInfo.from_api(r) for r in page.dag_runs]
+        return self.runs_between(dag_id, logical_date, logical_date)
+
+    def runs_between(self, dag_id: str, first: datetime, last: datetime) -> list[RunInfo]:
+        """Every run of the DAG whose logical date is in [first, last], oldest first."""
+        query = [("logical_date_gte", first.isoformat()), ("logical_date_lte", last.isoformat()),
+                 ("order_by", ["logical_date"])]  # fmt: skip
+        return self._list(f"runs of DAG {dag_id!r} in [{first.isoformat()}, {last.isoformat()}]", dag_id, query)
+
+    def runs_active_between(self, dag_id: str, first: datetime, last: datetime) -> list[RunInfo]:
+        """Every run of the DAG that was queued, running or ended in [first, last] (by its
+        dates in Airflow): the runs that may have overlapped a backfill's."""
+        query = [("end_date_gte", first.isoformat()), ("start_date_lte", last.isoformat()), ("order_by", ["id"])]
+        ended = self._list(f"runs of DAG {dag_id!r} ended after {first.isoformat()}", dag_id, query)
+        return ended + [r for r in self.active_runs(dag_id) if r.run_id not in {e.run_id for e in ended}]
 
     def active_runs(self, dag_id: str) -> list[RunInfo]:
         """Queued and running runs of the DAG, whoever started them."""
-        page = self._call(
-            f"active runs of DAG {dag_id!r}",
-            self._json,
-            "GET",
-            "/api/v2/dags/{dag_id}/dagRuns",
-            path_params={"dag_id": dag_id},
-            query=[("state", list(ACTIVE_STATES)), ("order_by", ["logical_date"]), ("limit", 20)],
-        )
-        return [RunInfo.from_json(r) for r in page["dag_runs"]]
+        query = [("state", list(ACTIVE_STATES)), ("order_by", ["logical_date"])]
+        return self._list(f"active runs of DAG {dag_id!r}", dag_id, query, limit=20)
 
     def recent_successes(self, dag_id: str, limit: int = 20) -> list[RunInfo]:
         """The DAG's latest successful runs, newest first (for duration estimates)."""
-        page = self._call(
-            f"recent runs of DAG {dag_id!r}",
-            self._runs.get_dag_runs,
-            dag_id,
-            state=["success"],
-            order_by=["-end_date"],
-            limit=limit,
-        )
-        return [RunInfo.from_api(r) for r in page.dag_runs]
+        query = [("state", ["success"]), ("order_by", ["-end_date"])]
+        return self._list(f"recent runs of DAG {dag_id!r}", dag_id, query, limit=limit)
 
     def runs_by_prefix(self, dag_id: str, prefix: str) -> list[RunInfo]:
         """Every run of the DAG whose run id starts with ``prefix`` (e.g. a backfill id)."""
-        out: list[RunInfo] = []
-        while True:
-            page = self._call(
-                f"runs {prefix}* of DAG {dag_id!r}",
-                self._runs.get_dag_runs,
-                dag_id,
-                run_id_prefix_pattern=prefix,
-                order_by=["logical_date"],
-                limit=100,
-                offset=len(out),
-            )
-            out += [RunInfo.from_api(r) for r in page.dag_runs]
-            if len(page.dag_runs) < 100:
-                return out
+        # run_id_pattern (a substring match, in every Airflow 3) rather than 3.3's prefix match.
+        query = [("run_id_pattern", prefix), ("order_by", ["logical_date"])]
+        runs = self._list(f"runs {prefix}* of DAG {dag_id!r}", dag_id, query)
+        # A LIKE pattern: '_' matches any character, so check the prefix here.
+        return [r for r in runs if r.run_id.startswith(prefix)]
 
     def trigger(
         self, dag_id: str, run_id: str, window: Window, *, conf: dict[str, Any], note: str | None = None
     ) -> RunInfo:
-        body = af.TriggerDAGRunPostBody(
-            dag_run_id=run_id,
-            logical_date=window.start,
-            data_interval_start=window.start,
-            data_interval_end=window.end,
-            conf=conf,
-            note=note,
-        )
+        body = {
+            "dag_run_id": run_id, "logical_date": window.start.isoformat(),
+            "data_interval_start": window.start.isoformat(), "data_interval_end": window.end.isoformat(),
+            "conf": conf, "note": note,
+        }  # fmt: skip
         run = self._call(
-            f"trigger run {run_id!r} of DAG {dag_id!r}",
-            self._json,
-            "POST",
-            "/api/v2/dags/{dag_id}/dagRuns",
-            path_params={"dag_id": dag_id},
-            body=body,
-            idempotent=False,
-        )
+            f"trigger run {run_id!r} of DAG {dag_id!r}", self._json, "POST", "/api/v2/dags/{dag_id}/dagRuns",
+            path_params={"dag_id": dag_id}, body=body, idempotent=False,
+        )  # fmt: skip
         return RunInfo.from_json(run)
 
     def clear(self, dag_id: str, run_id: str) -> None:
         """Re-queue an existing run (with its original data interval)."""
-        body = af.DAGRunClearBody(dry_run=False)
-        self._call(f"clear run {run_id!r} of DAG {dag_id!r}", self._runs.clear_dag_run, dag_id, run_id, body)
+        self._call(f"clear run {run_id!r} of DAG {dag_id!r}", self._json, "POST",
+                   "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/clear",
+                   path_params={"dag_id": dag_id, "dag_run_id": run_id}, body={"dry_run": False})  # fmt: skip
 
     def fail_run(self, dag_id: str, run_id: str) -> None:
-        body = af.DAGRunPatchBody(state=af.DagRunMutableStates.FAILED)
-        self._call(
-            f"fail run {run_id!r} of DAG {dag_id!r}",
-            self._runs.patch_dag_run,
-            dag_id,
-            run_id,
-            body,
-            update_mask=["state"],
-        )
+        self._call(f"fail run {run_id!r} of DAG {dag_id!r}", self._json, "PATCH",
+                   "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}", path_params={"dag_id": dag_id, "dag_run_id": run_id},
+                   query=[("update_mask", ["state"])], body={"state": "failed"})  # fmt: skip
 
 
 def _detail(exc: ApiException) -> str:

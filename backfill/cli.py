@@ -70,6 +70,14 @@ def _request_options(fn: Any) -> Any:
         click.option(
             "--reprocess", type=click.Choice(["none", "failed", "completed"]), default="none", show_default=True
         ),
+        click.option(
+            "--on-conflict",
+            type=click.Choice(["refuse", "skip"]),
+            default="refuse",
+            show_default=True,
+            help="A window whose logical date is held by a run covering something else: refuse the backfill, "
+            "or skip such windows.",
+        ),
         click.option("--unpause", is_flag=True, help="Unpause paused DAGs instead of refusing them."),
         click.option(
             "--max-parallel-dags",
@@ -89,6 +97,7 @@ def _request(opts: dict[str, Any]) -> dict[str, Any]:
         dags=list(opts["dags"]), start=opts["start"], end=opts["end"], batch=opts["batch"], tz=opts["tz"],
         reverse=opts["reverse"], conf=check_conf(conf, name="--conf") if conf is not None else None,
         on_failure=opts["on_failure"], reprocess=opts["reprocess"], unpause=opts["unpause"],
+        on_conflict=opts["on_conflict"],
         max_parallel_dags=opts["max_parallel_dags"],
     )  # fmt: skip
 
@@ -123,6 +132,8 @@ def _print_submitted(summary: dict[str, Any], as_json: bool) -> None:
     )
     for dag, n in summary["batches"].items():
         click.echo(f"  {dag}: {n} windows")
+    for warning in summary.get("warnings", []):
+        click.echo(f"warning: {warning}")
     click.echo(f"watch it:   backfill status {bf} --watch")
     click.echo(f"cancel it:  backfill cancel {bf}")
 
@@ -200,11 +211,13 @@ def cancel(backfill_id: str, fail_running: bool, as_json: bool) -> None:
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), help="Write an HTML page here.")
 @click.option("--width", default=60, show_default=True, help="Columns of the text timeline.")
 @click.option("--max-rows", default=100, show_default=True, help="Windows listed under the timeline (0: all).")
-def report(backfill_id: str, html_file: str | None, width: int, max_rows: int) -> None:
+@click.option("--no-verify", is_flag=True, help="Do not check Airflow's records for overlapping runs.")
+def report(backfill_id: str, html_file: str | None, width: int, max_rows: int, no_verify: bool) -> None:
     """The timeline of BACKFILL_ID: one lane per DAG, one bar per window, by outcome."""
     from backfill import report as rep
 
-    data = rep.collect(_context().record, backfill_id)
+    ctx = _context()
+    data = rep.collect(ctx.record, backfill_id, airflow=None if no_verify else ctx.airflow)
     if html_file:
         with open(html_file, "w", encoding="utf-8") as fh:
             fh.write(rep.to_html(data))
@@ -239,11 +252,16 @@ def throttle(global_: str | None) -> None:
 @click.option("--events", is_flag=True, help="Also print the ordered event log.")
 @click.option("--watch", is_flag=True, help="Refresh until the backfill ends.")
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes with --watch.")
-def status_cmd(backfill_id: str, as_json: bool, events: bool, watch: bool, interval: float) -> None:
-    """Show a backfill: progress per DAG, the current window, why a DAG waits, failures."""
-    record = _context().record
+@click.option("--no-verify", is_flag=True, help="Do not check Airflow's records for overlapping runs.")
+def status_cmd(backfill_id: str, as_json: bool, events: bool, watch: bool, interval: float, no_verify: bool) -> None:
+    """Show a backfill: progress per DAG, the current window, why a DAG waits, failures, and
+    whether each DAG's runs were serial, checked from Airflow's records."""
+    ctx = _context()
     while True:
-        data = status(record, backfill_id, events=events)
+        # --watch checks Airflow's records once, at the end, not at every refresh.
+        data = status(ctx.record, backfill_id, events=events, airflow=None if no_verify or watch else ctx.airflow)
+        if watch and not no_verify and data["state"] not in ("running", "cancelling"):
+            data = status(ctx.record, backfill_id, events=events, airflow=ctx.airflow)
         if as_json:
             click.echo(json.dumps(data, indent=2))
         else:

@@ -18,6 +18,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -83,6 +84,7 @@ class Proc:
 class Stack:
     root: Path
     procs: list[Proc] = field(default_factory=list)
+    scratch: list[Path] = field(default_factory=list)  # folders outside root, removed by stop_all
     redis_url: str = ""
     airflow_url: str = ""
     airflow_user: str = "admin"
@@ -131,9 +133,14 @@ class Stack:
         run_as: list[str] = []
         if os.geteuid() == 0:
             run_as = ["runuser", "-u", "postgres", "--"]
-            data.mkdir(exist_ok=True)
+            # The postgres user must reach its data directory: pytest's temporary folders are
+            # private to root, so it lives in a folder of its own, removed by stop_all.
+            data = Path(tempfile.mkdtemp(prefix=f"backfill-postgres-{port}-"))
+            self.scratch.append(data)
+            os.chmod(data, 0o755)
+            data = data / "data"
+            data.mkdir()
             shutil.chown(data, "postgres", "postgres")
-            os.chmod(self.root, 0o755)  # postgres must reach its data directory
         initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
         subprocess.run([*run_as, *initdb], check=True, capture_output=True)
         cmd = [*run_as, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(data)]
@@ -194,23 +201,6 @@ class Stack:
         _wait_for(lambda: self._airflow_dag_count() >= expect_dags, timeout, f"airflow standalone on :{port}")
         return self.airflow_url
 
-    def ensure_airflow(self) -> bool:
-        """Restart ``airflow standalone`` if its scheduler died. On SQLite, Airflow 3.3's
-        scheduler now and then exits on "database is locked" (a read upgraded to a write while
-        another write committed: SQLite refuses at once, whatever the busy timeout), and
-        ``standalone`` does not restart it. Its database and port are kept. True if restarted."""
-        proc = self._airflow
-        if proc is None:
-            return False
-        try:  # healthy, or only slow to answer
-            _wait_for(lambda: proc.alive() and self._airflow_dag_count() > 0, 15, "airflow scheduler")
-            return False
-        except TimeoutError:
-            pass
-        self.stop(proc)
-        self.start_airflow(**self._airflow_args)
-        return True
-
     def _airflow_dag_count(self) -> int:
         try:
             token = _post_json(
@@ -266,6 +256,9 @@ class Stack:
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()
+        for folder in self.scratch:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.scratch.clear()
 
 
 def _postgres_bindir() -> Path:

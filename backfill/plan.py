@@ -1,5 +1,7 @@
-"""What a backfill will do, before it does it: its windows per DAG in run order, what Airflow
-says of each DAG, and an estimated duration. Nothing is triggered or recorded."""
+"""What a backfill will do, before it does it: its windows per DAG in run order, what each
+window does about the runs its DAG already has (new run, skip, re-run, wait or conflict:
+``backfill.history``), what Airflow says of each DAG, and an estimated duration. Nothing is
+triggered or recorded."""
 
 from __future__ import annotations
 
@@ -7,21 +9,23 @@ import statistics
 from typing import Any
 
 from backfill.airflow import AirflowClient
-from backfill.errors import AirflowNotFound
+from backfill.history import Verdict, survey
+from backfill.planning import concurrency_warnings, look_up, schedule_of, with_schedules
 from backfill.record import BackfillParams
 
 
 def plan(
     airflow: AirflowClient, params: BackfillParams, *, unpause: bool = False, global_limit: int = 0
 ) -> dict[str, Any]:
-    """The plan of ``params``; ``problems`` lists what would make the submit refuse it."""
+    """The plan of ``params``; ``problems`` lists what would make the submit refuse it,
+    ``warnings`` what the user should know (a DAG that lets others run beside ours)."""
+    infos, unknown = look_up(airflow, params.dags)
+    params = with_schedules(params, infos)
     dags: list[dict[str, Any]] = []
-    problems: list[str] = []
+    problems = [f"{dag}: unknown to Airflow at {airflow.config.url}" for dag in unknown]
     for dag in params.dags:
-        try:
-            info = airflow.get_dag(dag)
-        except AirflowNotFound:
-            problems.append(f"{dag}: unknown to Airflow at {airflow.config.url}")
+        info = infos.get(dag)
+        if info is None:
             dags.append({"dag_id": dag, "airflow": "unknown", **_windows(params, dag), **_no_estimate()})
             continue
         status = "ok"
@@ -29,7 +33,18 @@ def plan(
             status = "paused (will be unpaused)" if unpause else "paused"
             if not unpause:
                 problems.append(f"{dag}: paused in Airflow (submit with --unpause / unpause=True to unpause it)")
-        dags.append({"dag_id": dag, "airflow": status, **_windows(params, dag), **_estimate(airflow, params, dag)})
+        schedule = schedule_of(params, dag)
+        verdicts = survey(airflow, params, dag, schedule)
+        conflicts = sum(v.action == "conflict" for v in verdicts)
+        if conflicts and params.on_conflict == "refuse":
+            problems.append(
+                f"{dag}: {conflicts} window(s) conflict with existing runs (use a batch matching the DAG's "
+                "schedule, or --on-conflict skip / on_conflict='skip')"
+            )
+        dags.append({
+            "dag_id": dag, "airflow": status, "schedule": schedule.describe(), "max_active_runs": info.max_active_runs,
+            **_windows(params, dag), **_history(params, dag, verdicts), **_estimate(airflow, params, dag),
+        })  # fmt: skip
     return {
         "dry_run": True,
         "dags": dags,
@@ -37,10 +52,31 @@ def plan(
         "batch": params.batch,
         "range": [params.start, params.end],
         "order": "newest first" if params.reverse else "oldest first",
+        "reprocess": params.reprocess,
+        "on_conflict": params.on_conflict,
         "max_parallel_dags": params.max_parallel_dags,
         "estimated_seconds": _overall(dags, params.max_parallel_dags, global_limit),
         "problems": problems,
+        "warnings": concurrency_warnings(infos),
     }
+
+
+def _history(params: BackfillParams, dag: str, verdicts: list[Verdict]) -> dict[str, Any]:
+    """Per window in run order, what exists at its logical date and what the window will do
+    (``new`` for a window no run stands in the way of), with counts per action."""
+    actions = []
+    counts = dict.fromkeys(("new", "skip", "rerun", "wait", "conflict"), 0)
+    for verdict in verdicts:
+        action = verdict.action
+        if action == "conflict" and params.on_conflict == "skip":
+            action = "skip"
+        counts[action if action in counts else "new"] += 1
+        run = verdict.run
+        actions.append({
+            "action": action, "reason": verdict.reason or None, "run_id": run.run_id if run else None,
+            "run_state": run.state if run else None, "run_type": run.run_type if run else None,
+        })  # fmt: skip
+    return {"actions": actions, "counts": counts}
 
 
 def _windows(params: BackfillParams, dag: str) -> dict[str, Any]:

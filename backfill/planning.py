@@ -7,13 +7,15 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
-from backfill.airflow import AirflowClient
+from backfill.airflow import AirflowClient, DagInfo
 from backfill.errors import AirflowNotFound, InputError
+from backfill.history import ON_CONFLICT, Verdict, survey
 from backfill.record import BackfillParams
+from backfill.schedule import Schedule
 from backfill.windows import window_spec
 
 ON_FAILURE = ("stop", "continue")
@@ -38,6 +40,7 @@ class Request:
     reprocess: str = "none"
     unpause: bool = False
     max_parallel_dags: int = 0
+    on_conflict: str = "refuse"
 
 
 def new_backfill_id() -> str:
@@ -89,6 +92,8 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         raise InputError(f"on_failure: {request.on_failure!r} is not one of {', '.join(ON_FAILURE)}")
     if request.reprocess not in REPROCESS:
         raise InputError(f"reprocess: {request.reprocess!r} is not one of {', '.join(REPROCESS)}")
+    if request.on_conflict not in ON_CONFLICT:
+        raise InputError(f"on_conflict: {request.on_conflict!r} is not one of {', '.join(ON_CONFLICT)}")
     if not isinstance(request.reverse, bool):
         raise InputError(f"reverse: expected true or false, got {request.reverse!r}")
     mpd = request.max_parallel_dags
@@ -115,29 +120,73 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         reprocess=request.reprocess,
         created_at=time.time(),
         max_parallel_dags=mpd,
+        on_conflict=request.on_conflict,
     )
 
 
-def check_in_airflow(airflow: AirflowClient, dags: Sequence[str], *, unpause: bool) -> list[str]:
-    """Every DAG must exist; a paused one is refused unless ``unpause``. Returns DAGs to unpause.
-
-    Reports every unknown or paused DAG at once, not only the first.
-    """
+def look_up(airflow: AirflowClient, dags: Sequence[str]) -> tuple[dict[str, DagInfo], list[str]]:
+    """What Airflow says of each DAG, and the DAGs it does not know."""
+    infos: dict[str, DagInfo] = {}
     unknown: list[str] = []
-    paused: list[str] = []
     for dag_id in dags:
         try:
-            info = airflow.get_dag(dag_id)
+            infos[dag_id] = airflow.get_dag(dag_id)
         except AirflowNotFound:
             unknown.append(dag_id)
-            continue
-        if info.is_paused:
-            paused.append(dag_id)
+    return infos, unknown
+
+
+def check_in_airflow(airflow: AirflowClient, dags: Sequence[str], *, unpause: bool) -> dict[str, DagInfo]:
+    """Every DAG must exist; a paused one is refused unless ``unpause``. Reports every unknown or
+    paused DAG at once, not only the first."""
+    infos, unknown = look_up(airflow, dags)
     if unknown:
         raise InputError(f"dags: unknown to Airflow at {airflow.config.url}: {', '.join(unknown)}")
+    paused = [d for d, info in infos.items() if info.is_paused]
     if paused and not unpause:
         raise InputError(
             f"dags: paused in Airflow: {', '.join(paused)} (runs of a paused DAG never start; "
             "unpause it or submit with unpause=True / --unpause)"
         )
-    return paused
+    return infos
+
+
+def with_schedules(params: BackfillParams, infos: dict[str, DagInfo]) -> BackfillParams:
+    """``params`` knowing each DAG's schedule, which decides whether a run without a data
+    interval is a window's run (``backfill.history``)."""
+    return replace(params, schedules={d: [i.schedule, i.timezone] for d, i in infos.items()})
+
+
+def schedule_of(params: BackfillParams, dag: str) -> Schedule:
+    summary, zone = (params.schedules.get(dag) or [None, None])[:2]
+    return Schedule(summary, zone)
+
+
+def concurrency_warnings(infos: dict[str, DagInfo]) -> list[str]:
+    """One warning per DAG that lets others start runs while one of ours runs."""
+    return [
+        f"{dag}: max_active_runs={info.max_active_runs} in Airflow: the orchestrator waits for runs it did not "
+        "start, but while one of its runs is running the scheduler or a person can start another run of this DAG. "
+        "Set max_active_runs=1 on the DAG to make every run of it serial (backfill status checks for overlaps)"
+        for dag, info in infos.items()
+        if (info.max_active_runs or 0) > 1
+    ]
+
+
+def check_history(airflow: AirflowClient, params: BackfillParams) -> dict[str, list[Verdict]]:
+    """Each window's verdict against the runs its DAG already has. Refuses (``InputError``,
+    nothing triggered) a backfill with conflicts unless ``on_conflict="skip"``, naming each."""
+    verdicts = {dag: survey(airflow, params, dag, schedule_of(params, dag)) for dag in params.dags}
+    conflicts = [(dag, v) for dag, vs in verdicts.items() for v in vs if v.action == "conflict"]
+    if conflicts and params.on_conflict == "refuse":
+        shown = [f"{dag}: {v.reason.split('; Airflow allows')[0]}" for dag, v in conflicts[:MAX_LISTED]]
+        more = f"; and {len(conflicts) - MAX_LISTED} more" if len(conflicts) > MAX_LISTED else ""
+        raise InputError(
+            f"conflicts: {len(conflicts)} window(s) have their logical date held by a run covering something else "
+            f"(Airflow allows one run per logical date): {'; '.join(shown)}{more}. Use a batch matching the DAG's "
+            "schedule, or on_conflict='skip' (--on-conflict skip) to skip these windows; see backfill plan"
+        )
+    return verdicts
+
+
+MAX_LISTED = 5

@@ -97,6 +97,11 @@ class BackfillParams:
     only: dict[str, list[list[int]]] | None = None
     # Backfills this one resumes (oldest first): their runs at our windows' dates are ours to re-run.
     lineage: list[str] = field(default_factory=list)
+    # A window whose logical date is held by a run covering something else: "refuse" (refused at
+    # submit; one appearing later fails its window) or "skip" (backfill.history).
+    on_conflict: str = "refuse"
+    # Per DAG, its schedule as Airflow states it: [timetable_summary, timezone] (backfill.schedule).
+    schedules: dict[str, list[str | None]] = field(default_factory=dict)
 
     @cached_property
     def spec(self) -> WindowSpec:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from backfill.airflow import AirflowClient
 from backfill.record import Record
+from backfill.verify import describe, serial_check
 
 COLOURS = {
     "success": "#2e9d4f",
@@ -51,7 +53,8 @@ def _ts(value: Any) -> float | None:
     return datetime.fromisoformat(value).timestamp() if isinstance(value, str) else float(value)
 
 
-def collect(record: Record, bf: str) -> dict[str, Any]:
+def collect(record: Record, bf: str, *, airflow: AirflowClient | None = None) -> dict[str, Any]:
+    """``airflow``: also check each DAG's runs were serial, from Airflow's records (``backfill.verify``)."""
     params = record.params(bf)
     meta = record.meta(bf)
     lanes: dict[str, list[Bar]] = {}
@@ -83,6 +86,7 @@ def collect(record: Record, bf: str) -> dict[str, Any]:
         "batch": params.batch,
         "range": [params.start, params.end],
         "lanes": lanes,
+        "serial": serial_check(airflow, record, bf) if airflow is not None else {},
         "t0": min(times) if times else float(meta.get("created_at", 0)),
         "t1": max(times) if times else float(meta.get("created_at", 0)),
     }
@@ -123,6 +127,10 @@ def text(data: dict[str, Any], *, width: int = 60, max_rows: int = 100) -> str:
         counts = _counts(bars)
         out.append(f"  {dag:<{name_w}} |{''.join(cells)}| {counts}")
     out += ["", "  " + "  ".join(f"{m} {s.replace('_', ' ')}" for s, m in TEXT_MARKS.items()), ""]
+    for dag, check in data.get("serial", {}).items():
+        out += [f"  {dag}: {line}" for line in describe(check)]
+    if data.get("serial"):
+        out.append("")
     rows = sorted((b for bars in lanes.values() for b in bars), key=lambda b: (b.t0, b.dag))
     shown = rows if max_rows <= 0 else rows[:max_rows]
     out.append(f"  {'ran (UTC)':<19}  {'took':>8}  {'DAG':<{name_w}}  window")
@@ -147,6 +155,8 @@ _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
 h1{font-size:18px;margin:0 0 4px} .sub{color:#555;margin-bottom:16px}
 .chart{border:1px solid #ddd;padding:8px 12px 4px;border-radius:6px}
+.serial-check{list-style:none;padding:0} .serial-check .serial{color:#1a7f37}
+.serial-check .overlap{color:#b42318;font-weight:600}
 .lane{display:flex;align-items:center;height:26px}
 .label{width:var(--label);flex:none;font-family:monospace;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .track{position:relative;flex:1;height:18px;background:#f6f6f6;border-radius:3px}
@@ -158,6 +168,16 @@ h1{font-size:18px;margin:0 0 4px} .sub{color:#555;margin-bottom:16px}
 table{border-collapse:collapse;margin-top:16px;font-size:13px} td,th{padding:2px 10px;text-align:left;
      border-bottom:1px solid #eee} th{color:#555;font-weight:600}
 """
+
+
+def _serial_html(checks: dict[str, Any]) -> str:
+    items = "".join(
+        f'<li class="{"overlap" if check["overlaps"] else "serial"}" data-dag="{html.escape(dag)}">'
+        f"{html.escape(dag)}: {html.escape(line)}</li>"
+        for dag, check in checks.items()
+        for line in describe(check)
+    )
+    return f'<ul class="serial-check">{items}</ul>' if items else ""
 
 
 def to_html(data: dict[str, Any]) -> str:
@@ -202,6 +222,7 @@ def to_html(data: dict[str, Any]) -> str:
 {len(lanes)} DAG(s), {windows} window(s) &middot; {_clock(t0)} .. {_clock(t1)} UTC ({_span(t1 - t0)})</div>
 <div class="chart" id="timeline">{"".join(rows)}<div class="axis">{ticks}</div></div>
 <p class="legend">{legend}</p>
+{_serial_html(data.get("serial", {}))}
 <table><tr><th>DAG</th><th>#</th><th>window</th><th>outcome</th><th>ran (UTC)</th><th>took</th><th>Airflow run</th>
 <th>reason</th></tr>{table}</table>
 </body></html>

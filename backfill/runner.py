@@ -9,16 +9,10 @@ Every step is safe to repeat: a redelivered task finds its run by its determinis
 (or by the logical date) and follows it instead of triggering a second one.
 
 The logical-date rule (Airflow keeps one run per DAG and logical date; a window's logical
-date is its start):
-
-- the run holding it is ours (same run id): follow it;
-- it is queued or running: wait until it ends (the DAG is busy anyway);
-- it ended and covers exactly this window: ``reprocess`` decides — ``none`` skips the window,
-  ``failed`` re-runs it (clear) if it failed and skips it if it succeeded, ``completed``
-  re-runs it whatever its outcome;
-- it ended and covers another interval: the window fails with a reason naming that run,
-  since re-running it would process a different interval than asked, and a second run at
-  that date is impossible.
+date is its start) is ``backfill.history``'s: on a 409 the window follows its own run, waits
+for an active one, skips or re-runs (clears) an ended run that is this window's run, as
+``reprocess`` says, and fails (or, with ``on_conflict="skip"``, skips) on a run covering
+something else.
 """
 
 from __future__ import annotations
@@ -31,8 +25,10 @@ from typing import Any
 from backfill import pacing
 from backfill.airflow import AirflowClient, RunInfo
 from backfill.errors import AirflowConflict, AirflowError, AirflowNotFound, AirflowUnavailable
+from backfill.history import decide
 from backfill.locks import DagLocks
 from backfill.pacing import Pace
+from backfill.planning import schedule_of
 from backfill.record import TERMINAL, BackfillParams, Record
 from backfill.settings import Settings
 from backfill.throttle import Throttle
@@ -132,32 +128,25 @@ class WindowRunner:
     def _held(
         self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str, rec: dict[str, Any]
     ) -> Step:
-        """The trigger found the window's logical date taken: follow, wait, skip, re-run or fail."""
+        """The trigger found the window's logical date taken: what the run holding it means for
+        this window is ``backfill.history``'s rule, the same one ``plan`` and ``submit`` apply."""
         held = self.airflow.runs_at(dag, window.start)
         if not held:  # gone since (deleted): try again
             return Step(done=False, delay=self.settings.poll_min)
+        verdict = decide(held[0], window, own_run_id=run_id, schedule=schedule_of(params, dag),
+                         reprocess=params.reprocess, lineage=params.lineage)  # fmt: skip
         run = held[0]
-        if run.run_id == run_id:
+        if verdict.action == "follow":
             return self._follow(params, dag, idx, window, run, rec)
-        if run.active:
+        if verdict.action == "wait":
             self.throttle.release(params.backfill_id, slot_member(dag, run_id))
-            reason = f"logical date {window.key} held by run {run.run_id} ({run.state})"
-            return self._wait(params, dag, idx, window, reason, self.settings.busy_poll)
-        if not run.covers(window):
-            reason = (
-                f"logical date {window.key} is held by run {run.run_id} covering "
-                f"[{_iso(run.data_interval_start)}, {_iso(run.data_interval_end)}), not this window; "
-                "Airflow allows one run per logical date (use a batch matching the DAG's schedule, "
-                "or delete that run)"
-            )
-            return self._finish(params, dag, idx, window, "failed", reason=reason, run=run.run_id)
-        earlier = run.run_id.partition("__")[0] in params.lineage
-        if earlier and run.state == "success":
-            reason = f"already succeeded in run {run.run_id} of an earlier attempt"
-            return self._finish(params, dag, idx, window, "skipped", reason=reason, run=run.run_id)
-        if not earlier and not _reprocess(params.reprocess, run.state):
-            reason = f"already {run.state} in run {run.run_id} (reprocess={params.reprocess})"
-            return self._finish(params, dag, idx, window, "skipped", reason=reason, run=run.run_id)
+            return self._wait(params, dag, idx, window, verdict.reason, self.settings.busy_poll)
+        if verdict.action == "conflict":
+            # Appeared after the submit (the submit refuses or skips those it finds).
+            state = "skipped" if params.on_conflict == "skip" else "failed"
+            return self._finish(params, dag, idx, window, state, reason=verdict.reason, run=run.run_id)
+        if verdict.action == "skip":
+            return self._finish(params, dag, idx, window, "skipped", reason=verdict.reason, run=run.run_id)
         # The DAG was found free and our slot taken just before the trigger.
         return self._rerun(params, dag, idx, window, run, rec)
 
@@ -205,7 +194,7 @@ class WindowRunner:
         # "cleared and finished again" from "crashed before the clear went through".
         self.record.note(params, dag, idx, run_id=run.run_id, prev_end=_iso(run.end_date))
         self.airflow.clear(dag, run.run_id)
-        reason = f"re-running existing run {run.run_id} (was {run.state}, reprocess={params.reprocess})"
+        reason = f"re-running existing run {run.run_id} ({run.run_type}, was {run.state}, reprocess={params.reprocess})"
         self._set(params, dag, idx, window, "triggered", reason=reason, run=run.run_id, triggered_at=time.time())
         return Step(done=False, delay=self._poll_delay(rec, 0.0))
 
@@ -364,11 +353,6 @@ def _trigger_to_end(run: RunInfo) -> float | None:
 
 def slot_member(dag: str, run_id: str) -> str:
     return f"{run_id}@{dag}"
-
-
-def _reprocess(rule: str, state: str) -> bool:
-    """Whether a finished run covering the window is run again under ``rule``."""
-    return rule == "completed" or (rule == "failed" and state == "failed")
 
 
 def _describe(token: str) -> str:

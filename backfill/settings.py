@@ -6,6 +6,7 @@ itself never reads the environment, so tests and embedders pass a ``Settings`` o
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -73,6 +74,11 @@ class Settings:
             url=env.get("AIRFLOW_API_URL", DEFAULT_AIRFLOW_URL),
             username=env.get("AIRFLOW_USERNAME") or None,
             password=password,
+            token=env.get("AIRFLOW_TOKEN") or None,
+            token_file=env.get("AIRFLOW_TOKEN_FILE") or None,
+            verify=_flag(env, "AIRFLOW_VERIFY_SSL", True),
+            ca_bundle=env.get("AIRFLOW_CA_BUNDLE") or None,
+            headers=_headers(env.get("AIRFLOW_EXTRA_HEADERS")),
             timeout=_number(env, "AIRFLOW_TIMEOUT", 10.0),
         )
         values: dict[str, object] = {"redis_url": env.get("BACKFILL_REDIS_URL", DEFAULT_REDIS_URL), "airflow": airflow}
@@ -92,3 +98,27 @@ def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool 
         return int(env[name]) if integer else float(env[name])
     except ValueError:
         raise InputError(f"{name}: expected a number, got {env[name]!r}") from None
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise InputError(f"{name}: expected true or false, got {env[name]!r}")
+
+
+def _headers(text: str | None) -> dict[str, str]:
+    """AIRFLOW_EXTRA_HEADERS: a JSON object of header names to values (values never shown)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise InputError('AIRFLOW_EXTRA_HEADERS: not valid JSON (expected {"Header-Name": "value"})') from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise InputError('AIRFLOW_EXTRA_HEADERS: expected a JSON object of strings, e.g. {"X-Api-Key": "..."}')
+    return value

@@ -5,11 +5,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from backfill.airflow import AirflowClient
 from backfill.record import TERMINAL, Record
+from backfill.verify import describe, serial_check
 
 
-def status(record: Record, bf: str, *, events: bool = False) -> dict[str, Any]:
+def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowClient | None = None) -> dict[str, Any]:
+    """``airflow``: also check from Airflow's run records that each DAG's runs were serial
+    (``backfill.verify``): per DAG, ``serial`` is ``{"checked": n, "overlaps": [...]}``."""
     params = record.params(bf)
+    checks = serial_check(airflow, record, bf) if airflow is not None else {}
     meta = record.meta(bf)
     dags = []
     for dag in params.dags:
@@ -42,6 +47,7 @@ def status(record: Record, bf: str, *, events: bool = False) -> dict[str, Any]:
                 "counts": counts,
                 "current": current,
                 "failures": failures,
+                "serial": checks.get(dag),
             }
         )
     out: dict[str, Any] = {
@@ -99,6 +105,8 @@ def render(data: dict[str, Any]) -> str:
                 line += f" run={cur['run_id']}"
             if cur["reason"] and cur["state"] in ("waiting", "triggered", "running"):
                 line += f"\n  {'':<{width}}  waiting: {cur['reason']}"
+        if d.get("serial") is not None:
+            line += "".join(f"\n  {'':<{width}}  {text}" for text in describe(d["serial"]))
         lines.append(line)
     failures = [(d["dag_id"], f) for d in data["dags"] for f in d["failures"]]
     if failures:
@@ -144,11 +152,27 @@ def render_plan(data: dict[str, Any], *, max_rows: int = 10) -> str:
         if d["median_run_seconds"] is not None:
             est = f", ~{_duration(d['estimated_seconds'])} "
             est += f"({d['median_run_seconds']} s/run over {d['recent_runs']} recent runs)"
-        lines.append(f"  {d['dag_id']}: {d['count']} window(s), Airflow: {d['airflow']}{est}")
-        shown = d["windows"] if max_rows <= 0 else d["windows"][:max_rows]
-        lines += [f"    {i:>5}. [{w[0]}, {w[1]})" for i, w in enumerate(shown, 1)]
+        sched = f", schedule {d['schedule']}" if d.get("schedule") else ""
+        lines.append(f"  {d['dag_id']}: {d['count']} window(s), Airflow: {d['airflow']}{sched}{est}")
+        counts = d.get("counts")
+        if counts:
+            lines.append("    " + ", ".join(f"{n} {_COUNT_WORDS[a]}" for a, n in counts.items() if n))
+        actions = d.get("actions") or [{"action": "new"}] * len(d["windows"])
+        shown = list(zip(d["windows"], actions, strict=True))
+        shown = shown if max_rows <= 0 else shown[:max_rows]
+        for i, (w, act) in enumerate(shown, 1):
+            what = _ACTION_WORDS[act["action"]]
+            detail = f": {act['reason']}" if act.get("reason") else ""
+            lines.append(f"    {i:>5}. [{w[0]}, {w[1]})  {what}{detail}")
         if len(d["windows"]) > len(shown):
             lines.append(f"    ... {len(d['windows']) - len(shown)} more (--max-rows 0 lists all)")
+    if data.get("warnings"):
+        lines += ["", "warnings:"] + [f"  {w}" for w in data["warnings"]]
     if data["problems"]:
         lines += ["", "problems:"] + [f"  {p}" for p in data["problems"]]
     return "\n".join(lines)
+
+
+_ACTION_WORDS = {"new": "new run", "skip": "skip", "rerun": "re-run", "wait": "wait", "conflict": "CONFLICT"}
+_COUNT_WORDS = {"new": "new", "skip": "skipped", "rerun": "re-run", "wait": "wait for a run in flight",
+                "conflict": "conflict(s)"}  # fmt: skip

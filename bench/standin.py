@@ -153,6 +153,7 @@ def make_handler(st: Standin) -> type[BaseHTTPRequestHandler]:
                 return 201, {"access_token": "standin.eyJleHAiOjQxMDI0NDQ4MDB9.x"}
             if path == "/bench/stats":
                 return 200, st.stats()
+            path = path.removesuffix("/details")  # the DAG's details: the same fields, and more
             m = re.fullmatch(r"/api/v2/dags/([^/]+)(/dagRuns(?:/([^/]+)(/clear)?)?)?", path)
             if not m or m.group(1) not in st.dags:
                 return 404, {"detail": f"not found: {path}"}
@@ -199,8 +200,8 @@ def make_handler(st: Standin) -> type[BaseHTTPRequestHandler]:
             if "logical_date_lte" in q:
                 hi = _parse(q["logical_date_lte"][0])
                 items = [r for r in items if _parse(r["logical_date"]) <= hi]
-            if "run_id_prefix_pattern" in q:
-                items = [r for r in items if r["dag_run_id"].startswith(q["run_id_prefix_pattern"][0])]
+            if "run_id_pattern" in q:
+                items = [r for r in items if q["run_id_pattern"][0] in r["dag_run_id"]]
             order = (q.get("order_by") or ["logical_date"])[0]
             key = order.lstrip("-")
             items.sort(key=lambda r: r.get(key) or "", reverse=order.startswith("-"))

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything this repo needs on a fresh machine; safe to run again (it skips what is done).
-# - redis-server and chromium (headless, for the HTML report's browser test) from the
-#   system's packages if they are missing;
+# - redis-server, postgresql (the tests' Airflow database), chromium (headless, for the HTML
+#   report's browser test) and graphviz from the system's packages if they are missing;
 # - .venv: the orchestrator with its dev tools (pytest, ruff);
-# - .venv-airflow: apache-airflow 3.3 for the local stack only (not an orchestrator dependency).
+# - .venv-airflow: apache-airflow 3.3 (and its PostgreSQL drivers) for the local stack only
+#   (not an orchestrator dependency).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,6 +14,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v dot >/dev/null 2>&1 || missing+=(graphviz)   # renders docs/architecture.svg (checked by a test)
+# The tests' and the benchmarks' Airflow runs on a private PostgreSQL, as production runs it.
+{ [ -d /usr/lib/postgresql ] || command -v initdb >/dev/null 2>&1; } || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -34,17 +37,8 @@ if [ ! -x .venv-airflow/bin/airflow ] || [ "$(cat .venv-airflow/.stamp 2>/dev/nu
   echo "$AIRFLOW_SPEC" > .venv-airflow/.stamp
 fi
 
-# `scripts/bootstrap.sh --bench` (make bench): the benchmarks run Airflow on a private
-# PostgreSQL (Airflow refuses concurrent backfill work on SQLite), so they need its server and
-# Airflow's drivers for it.
-if [ "${1:-}" = "--bench" ]; then
-  if [ ! -d /usr/lib/postgresql ] && ! command -v initdb >/dev/null 2>&1; then
-    echo "bootstrap: installing postgresql (for the benchmarks)"
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
-  fi
-  if ! .venv-airflow/bin/python -c "import psycopg2, asyncpg" 2>/dev/null; then
-    echo "bootstrap: installing psycopg2-binary and asyncpg into .venv-airflow (for the benchmarks)"
-    .venv-airflow/bin/pip install -q --disable-pip-version-check psycopg2-binary asyncpg 2> >(grep -v "is ignored: it is neither" >&2)
-  fi
+# Airflow's drivers for PostgreSQL (the tests' and the benchmarks' Airflow database).
+if ! .venv-airflow/bin/python -c "import psycopg2, asyncpg" 2>/dev/null; then
+  echo "bootstrap: installing psycopg2-binary and asyncpg into .venv-airflow"
+  .venv-airflow/bin/pip install -q --disable-pip-version-check psycopg2-binary asyncpg 2> >(grep -v "is ignored: it is neither" >&2)
 fi

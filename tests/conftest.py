@@ -2,7 +2,9 @@
 
 - ``redis_url``: a redis-server of our own on a free port (unit tests of locks and records use
   database 1, the orchestrator database 0);
-- ``airflow``: a real ``airflow standalone`` 3.3 (SQLite) with the project's example DAGs;
+- ``airflow``: a real ``airflow standalone`` 3.3 on a private PostgreSQL (as production runs it)
+  with the project's example DAGs (``BACKFILL_AIRFLOW_BIN`` picks another Airflow 3.x, see
+  scripts/compat.py);
 - ``orch``: a real ``celery -A workers worker`` subprocess (2 processes) against both, and the
   orchestrator's modules imported in this process with the same configuration.
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 import gc
 import importlib
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +26,7 @@ import redis
 from backfill.airflow import AirflowClient, AirflowConfig
 from backfill.devstack import Stack
 
-EXAMPLE_DAG_COUNT = 4 + 50 + 4  # etl_orders/users/payments/scheduled + fleet_00..49 + exp_* (experiments)
+EXAMPLE_DAG_COUNT = 4 + 50 + 4 + 7  # etl_* + fleet_00..49 + exp_* (experiments) + user_* (user_schedules.py)
 
 # Small segments so that every multi-window test also crosses chain segments; short waits so
 # the suite is quick. The worker and this process read the same values.
@@ -65,20 +66,10 @@ def scratch_redis(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def airflow(stack: Stack, redis_url: str) -> AirflowClient:
-    stack.start_airflow(expect_dags=EXAMPLE_DAG_COUNT)
+    stack.start_airflow(expect_dags=EXAMPLE_DAG_COUNT, database_url=stack.start_postgres())
     return AirflowClient(
         AirflowConfig(url=stack.airflow_url, username=stack.airflow_user, password=stack.airflow_password)
     )
-
-
-@pytest.fixture(autouse=True)
-def _airflow_scheduler_alive(request: pytest.FixtureRequest) -> None:
-    """A test that needs Airflow gets a live scheduler: restarted if it died (``Stack.ensure_airflow``)."""
-    if "airflow" in request.fixturenames:
-        request.getfixturevalue("airflow")
-        stack: Stack = request.getfixturevalue("stack")
-        if stack.ensure_airflow():
-            warnings.warn("Airflow's scheduler had died (see airflow.log): restarted", stacklevel=1)
 
 
 @pytest.fixture(scope="session")

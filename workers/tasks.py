@@ -30,7 +30,15 @@ from backfill.context import Context
 from backfill.control import cancel_dag, close_dag, resume_params
 from backfill.errors import BackfillError, WindowFailed
 from backfill.plan import plan
-from backfill.planning import Request, check_in_airflow, new_backfill_id, validate
+from backfill.planning import (
+    Request,
+    check_history,
+    check_in_airflow,
+    concurrency_warnings,
+    new_backfill_id,
+    validate,
+    with_schedules,
+)
 from backfill.record import BackfillParams
 from workers.app import app
 
@@ -67,13 +75,17 @@ def submit_backfill(
     reprocess: str = "none",
     unpause: bool = False,
     max_parallel_dags: int | None = None,
+    on_conflict: str = "refuse",
     dry_run: bool = False,
     resume: str | None = None,
 ) -> dict[str, Any]:
     """Plan a backfill of ``dags`` over [start, end] in ``batch`` windows and start it.
 
-    ``dry_run=True`` returns the plan (windows per DAG in run order, Airflow's view of each
-    DAG, an estimate) and starts nothing. ``resume=ID`` starts a new backfill of the windows
+    ``dry_run=True`` returns the plan (windows per DAG in run order, what each does about the
+    runs the DAG already has, Airflow's view of each DAG, an estimate) and starts nothing.
+    ``on_conflict``: what becomes of a window whose logical date is held by a run covering
+    something else: ``"refuse"`` the backfill (the default) or ``"skip"`` those windows.
+    ``resume=ID`` starts a new backfill of the windows
     of backfill ``ID`` that did not succeed, with its rules; the other arguments are ignored.
     Raises ``InputError`` (nothing triggered) for bad input, unknown or paused DAGs.
     """
@@ -83,14 +95,18 @@ def submit_backfill(
     else:
         request = Request(
             dags=dags or [], start=start, end=end, batch=batch, tz=tz, reverse=reverse, conf=conf,
-            on_failure=on_failure, reprocess=reprocess, unpause=unpause,
+            on_failure=on_failure, reprocess=reprocess, unpause=unpause, on_conflict=on_conflict,
             max_parallel_dags=ctx.settings.max_parallel_dags if max_parallel_dags is None else max_parallel_dags,
         )  # fmt: skip
         params = validate(request, max_windows=ctx.settings.max_windows)
     if dry_run:
         return plan(ctx.airflow, params, unpause=unpause, global_limit=ctx.settings.global_max_runs)
     params = replace(params, backfill_id=_backfill_id_for(ctx, self.request.id))
-    for dag in check_in_airflow(ctx.airflow, params.dags, unpause=unpause):
+    infos = check_in_airflow(ctx.airflow, params.dags, unpause=unpause)
+    params = with_schedules(params, infos)
+    check_history(ctx.airflow, params)  # conflicts refused before anything is triggered
+    warnings = concurrency_warnings(infos)
+    for dag in (d for d, info in infos.items() if info.is_paused):
         ctx.airflow.set_paused(dag, False)
         log.info("%s unpaused DAG %s (unpause=True)", params.backfill_id, dag)
     ctx.record.create(params)
@@ -106,7 +122,9 @@ def submit_backfill(
             f", max_parallel_dags={params.max_parallel_dags}" if params.max_parallel_dags else "",
             f", resuming {params.lineage[-1]}" if params.lineage else "",
         )  # fmt: skip
-    return summary(params)
+        for warning in warnings:
+            log.warning("%s %s", params.backfill_id, warning)
+    return {**summary(params), "warnings": warnings}
 
 
 def _backfill_id_for(ctx: Context, task_id: str | None) -> str:
@@ -128,6 +146,7 @@ def summary(params: BackfillParams) -> dict[str, Any]:
         "order": "newest first" if params.reverse else "oldest first",
         "on_failure": params.on_failure,
         "reprocess": params.reprocess,
+        "on_conflict": params.on_conflict,
         "max_parallel_dags": params.max_parallel_dags,
         "resumes": params.lineage[-1] if params.lineage else None,
         "status": f"backfill status {params.backfill_id}",

@@ -15,17 +15,27 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from typing import Any
 
 from airflow.sdk import dag, get_current_context, task
 
 
-def make_etl_dag(dag_id: str, *, default_sleep: float, schedule: str | None = None, pool: str | None = None) -> object:
+def make_etl_dag(
+    dag_id: str,
+    *,
+    default_sleep: float,
+    schedule: Any = None,
+    pool: str | None = None,
+    start_date: datetime = datetime(2000, 1, 1),  # windows before a start_date get no tasks
+    catchup: bool = False,
+    max_active_runs: int = 1,
+) -> object:
     @dag(
         dag_id=dag_id,
         schedule=schedule,
-        start_date=datetime(2000, 1, 1),  # windows before a start_date get no tasks
-        catchup=False,
-        max_active_runs=1,
+        start_date=start_date,
+        catchup=catchup,
+        max_active_runs=max_active_runs,
         tags=["backfill-example"],
     )
     def etl() -> None:

@@ -46,3 +46,47 @@ def test_one_run_per_logical_date_is_a_conflict(orch):
     with pytest.raises(AirflowConflict):
         orch.airflow.trigger("etl_users", "manual__ld_probe_b", w, conf={})
     assert [r.run_id for r in orch.airflow.runs_at("etl_users", w.start)] == ["manual__ld_probe_a"]
+
+
+def _token(stack) -> str:
+    import json
+    import urllib.request
+
+    body = json.dumps({"username": stack.airflow_user, "password": stack.airflow_password}).encode()
+    req = urllib.request.Request(f"{stack.airflow_url}/auth/token", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())["access_token"]
+
+
+def test_a_token_fetched_once_is_the_only_credential_the_cli_needs(orch):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    token = _token(orch.stack)
+    env = {k: v for k, v in orch.stack.env().items() if k not in ("AIRFLOW_USERNAME", "AIRFLOW_PASSWORD")}
+    env["AIRFLOW_TOKEN"] = token
+    cmd = [str(Path(sys.executable).parent / "backfill"), "plan", "etl_users", "--start", "2016-07-01",
+           "--end", "2016-07-02", "--json"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["dags"][0]["airflow"] == "ok"
+    env["AIRFLOW_TOKEN"] = "not-a-valid-token"
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "AIRFLOW_TOKEN" in refused.stderr and "not-a-valid" not in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_token_file_is_read_again_when_it_changes(airflow, stack, tmp_path):
+    import os
+
+    path = tmp_path / "token"
+    path.write_text("expired-token\n")
+    client = AirflowClient(AirflowConfig(url=stack.airflow_url, token_file=str(path)))
+    with pytest.raises(AirflowAuthError) as refused:
+        client.get_dag("etl_users")
+    assert str(path) in str(refused.value) and "expired-token" not in str(refused.value)
+    path.write_text(_token(stack) + "\n")  # a sidecar rotates it
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 1))
+    assert client.get_dag("etl_users").dag_id == "etl_users"

@@ -23,7 +23,7 @@ from celery import group
 from backfill.errors import InputError
 from backfill.planning import Request, validate
 from backfill.settings import Settings
-from backfill.windows import window_spec
+from backfill.windows import Window, window_spec
 from tests.integration.helpers import (
     assert_serial,
     by_trigger_time,
@@ -203,12 +203,21 @@ def test_logical_date_rule_and_reprocess(orch):
     assert orch.airflow.get_run(dag, r1.run_id).queued_at > again1.end_date
     assert_serial([orch.airflow.get_run(dag, r1.run_id), orch.airflow.get_run(dag, r2.run_id)])
 
-    # A held logical date covering ANOTHER interval: never silently re-run, fail with the reason.
-    weekly = submit(orch, dags=[dag], start="2005-01-01", end="2005-01-02", batch="weekly")["backfill_id"]
-    assert wait_done(orch.record, weekly)["state"] == "failed"
-    w = orch.record.windows(weekly, dag)[0]
-    assert w["state"] == "failed" and r1.run_id in w["reason"] and "one run per logical date" in w["reason"]
-    assert runs(orch.airflow, dag, weekly) == []
+    # A held logical date covering ANOTHER interval: never silently re-run; refused at submit,
+    # naming the run, nothing triggered.
+    with pytest.raises(InputError, match=re.escape(r1.run_id)):
+        submit(orch, dags=[dag], start="2005-01-01", end="2005-01-02", batch="weekly")
+    assert lock_keys(orch) == []
+
+    # One that appears after the submit fails only its window, with the reason.
+    late = submit(orch, dags=["etl_payments", dag], start="2005-01-03", end="2005-01-04", batch="daily",
+                  conf={"sleep": 3})["backfill_id"]  # fmt: skip
+    w = window_spec("2005-01-04", "2005-01-04", "daily").window(0)
+    orch.airflow.trigger(dag, "manual__late_conflict", Window(w.start, w.start + (w.end - w.start) * 2), conf={})
+    assert wait_done(orch.record, late)["state"] == "failed"
+    ws = orch.record.windows(late, dag)
+    assert ws[1]["state"] == "failed" and "manual__late_conflict" in ws[1]["reason"]
+    assert orch.record.dag(late, "etl_payments")["state"] == "succeeded"
     assert lock_keys(orch) == []
 
 
