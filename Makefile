@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up what they need.
-.PHONY: setup demo test bench lint format
+.PHONY: setup demo test bench compat lint format
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -23,3 +23,8 @@ lint: setup
 
 format: setup
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+# The core integration tests against Airflow 3.0, 3.1, 3.2 and 3.3 (about 5 minutes each);
+# writes docs/compatibility.md.
+compat: setup
+	.venv/bin/python scripts/compat.py

@@ -37,6 +37,7 @@ from backfill.errors import (
     AirflowError,
     AirflowNotFound,
     AirflowRejected,
+    AirflowTLSError,
     AirflowUnavailable,
     InputError,
 )
@@ -217,6 +218,8 @@ class AirflowClient:
                 timeout=self.config.timeout,
                 retries=False,
             )
+        except urllib3.exceptions.SSLError as exc:
+            raise AirflowTLSError(_tls_message(self.config.url, str(exc))) from None
         except urllib3.exceptions.HTTPError as exc:
             raise AirflowUnavailable(f"Airflow at {self.config.url} is unreachable: {exc}") from None
         if resp.status in (401, 403):
@@ -224,7 +227,7 @@ class AirflowClient:
                 f"Airflow at {self.config.url} refused the credentials of user "
                 f"{self.config.username!r} (HTTP {resp.status}): check AIRFLOW_USERNAME/AIRFLOW_PASSWORD"
             )
-        if resp.status >= 500:
+        if resp.status >= 500 or resp.status in (408, 429):
             raise AirflowUnavailable(f"Airflow at {self.config.url} answered HTTP {resp.status} to /auth/token")
         if resp.status not in (200, 201):
             raise AirflowRejected(f"Airflow at {self.config.url} answered HTTP {resp.status} to /auth/token")
@@ -307,7 +310,9 @@ class AirflowClient:
             error = AirflowNotFound(f"{what}: not found in Airflow ({detail})")
         elif status == 409:
             error = AirflowConflict(f"{what}: conflict in Airflow ({detail})")
-        elif status >= 500 or status == 0:
+        elif status == 0 and str(exc.reason or "").startswith("SSLError"):
+            error = AirflowTLSError(_tls_message(self.config.url, str(exc.reason)))
+        elif status >= 500 or status in (0, 408, 429):  # 408/429: a gateway asks us to come back later
             error = AirflowUnavailable(f"{what}: Airflow answered HTTP {status} ({detail})")
         else:
             error = AirflowRejected(f"{what}: Airflow rejected the request (HTTP {status}): {detail}")
@@ -341,16 +346,21 @@ class AirflowClient:
         return RunInfo.from_json(body)
 
     def _list(self, what: str, dag_id: str, query: list[tuple[str, Any]], *, limit: int | None = None) -> list[RunInfo]:
-        """Runs of the DAG matching ``query``: every page, or the first ``limit`` runs."""
+        """Runs of the DAG matching ``query``: every page, or the first ``limit`` runs. Airflow
+        may cap a page below what we ask (``[api] maximum_page_limit``), so paging goes on until
+        an empty page, the total, or a page of runs already seen (a server ignoring offsets)."""
         out: list[RunInfo] = []
+        seen: set[str] = set()
         while True:
             size = PAGE if limit is None else min(PAGE, limit - len(out))
             page = self._call(what, self._json, "GET", "/api/v2/dags/{dag_id}/dagRuns", path_params={"dag_id": dag_id},
                               query=[*query, ("limit", size), ("offset", len(out))])  # fmt: skip
-            out += [RunInfo.from_json(r) for r in page["dag_runs"]]
-            full = limit is not None and len(out) >= limit
+            new = [RunInfo.from_json(r) for r in page["dag_runs"]]
+            new = [r for r in new if r.run_id not in seen]
+            out += new
+            seen.update(r.run_id for r in new)
             total = page.get("total_entries")  # may be null on 3.2+ (cursor pages)
-            if full or len(page["dag_runs"]) < size or (isinstance(total, int) and len(out) >= total):
+            if not new or (limit is not None and len(out) >= limit) or (isinstance(total, int) and len(out) >= total):
                 return out
 
     def runs_at(self, dag_id: str, logical_date: datetime) -> list[RunInfo]:
@@ -362,6 +372,12 @@ class AirflowClient:
         query = [("logical_date_gte", first.isoformat()), ("logical_date_lte", last.isoformat()),
                  ("order_by", ["logical_date"])]  # fmt: skip
         return self._list(f"runs of DAG {dag_id!r} in [{first.isoformat()}, {last.isoformat()}]", dag_id, query)
+
+    def latest_run(self, dag_id: str, *, until: datetime) -> RunInfo | None:
+        """The run with the latest logical date at or before ``until``, if any."""
+        query = [("logical_date_lte", until.isoformat()), ("order_by", ["-logical_date"])]
+        found = self._list(f"latest run of DAG {dag_id!r}", dag_id, query, limit=1)
+        return found[0] if found else None
 
     def runs_active_between(self, dag_id: str, first: datetime, last: datetime) -> list[RunInfo]:
         """Every run of the DAG that was queued, running or ended in [first, last] (by its
@@ -380,10 +396,13 @@ class AirflowClient:
         query = [("state", ["success"]), ("order_by", ["-end_date"])]
         return self._list(f"recent runs of DAG {dag_id!r}", dag_id, query, limit=limit)
 
-    def runs_by_prefix(self, dag_id: str, prefix: str) -> list[RunInfo]:
-        """Every run of the DAG whose run id starts with ``prefix`` (e.g. a backfill id)."""
-        # run_id_pattern (a substring match, in every Airflow 3) rather than 3.3's prefix match.
+    def runs_by_prefix(self, dag_id: str, prefix: str, *, active: bool = False) -> list[RunInfo]:
+        """Every run of the DAG whose run id starts with ``prefix`` (e.g. a backfill id); only
+        queued or running ones if ``active``."""
+        # run_id_pattern (a substring match, 3.1+; 3.0 ignores it: the check below still holds).
         query = [("run_id_pattern", prefix), ("order_by", ["logical_date"])]
+        if active:
+            query.append(("state", list(ACTIVE_STATES)))
         runs = self._list(f"runs {prefix}* of DAG {dag_id!r}", dag_id, query)
         # A LIKE pattern: '_' matches any character, so check the prefix here.
         return [r for r in runs if r.run_id.startswith(prefix)]
@@ -412,6 +431,14 @@ class AirflowClient:
         self._call(f"fail run {run_id!r} of DAG {dag_id!r}", self._json, "PATCH",
                    "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}", path_params={"dag_id": dag_id, "dag_run_id": run_id},
                    query=[("update_mask", ["state"])], body={"state": "failed"})  # fmt: skip
+
+
+def _tls_message(url: str, detail: str) -> str:
+    reason = detail.replace("SSLError\n", "").strip()
+    return (
+        f"TLS with Airflow at {url} failed ({reason[:300]}): if its certificate is signed by a private CA, "
+        "set AIRFLOW_CA_BUNDLE to that CA's PEM file (AIRFLOW_VERIFY_SSL=false turns the check off, for tests only)"
+    )
 
 
 def _detail(exc: ApiException) -> str:

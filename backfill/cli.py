@@ -177,9 +177,14 @@ def submit(timeout: float, as_json: bool, **opts: Any) -> None:
 @click.argument("backfill_id")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for a worker to accept.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def resume(backfill_id: str, timeout: float, as_json: bool) -> None:
+@click.option("--on-conflict", type=click.Choice(["refuse", "skip"]), default=None,
+              help="Change the rule for windows whose logical date is held by another interval's run.")  # fmt: skip
+def resume(backfill_id: str, timeout: float, as_json: bool, on_conflict: str | None) -> None:
     """Start a new backfill of the windows of BACKFILL_ID that did not succeed, with its rules."""
-    _print_submitted(_call_worker({"resume": backfill_id}, timeout), as_json)
+    ask: dict[str, Any] = {"resume": backfill_id}
+    if on_conflict is not None:
+        ask["on_conflict"] = on_conflict
+    _print_submitted(_call_worker(ask, timeout), as_json)
 
 
 @cli.command()

@@ -103,7 +103,10 @@ def cancel(
     # its own run when it sees the flag, but sweep again until a sweep finds nothing, so that
     # when this returns no run of the backfill is left active.
     for sweep in range(SWEEPS if fail_running else 1):
-        found = [(dag, run) for dag in params.dags for run in ctx.airflow.runs_by_prefix(dag, f"{bf}__") if run.active]
+        found = [
+            (dag, run) for dag in params.dags for run in ctx.airflow.runs_by_prefix(dag, f"{bf}__", active=True)
+            if run.active
+        ]  # fmt: skip
         if fail_running:
             for dag, run in found:
                 ctx.airflow.fail_run(dag, run.run_id)

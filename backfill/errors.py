@@ -5,8 +5,9 @@
     BackfillError
     ├── InputError               bad input: refused before anything is triggered
     ├── AirflowError             talking to Airflow's REST API
-    │   ├── AirflowUnavailable   transient: connection refused, timeout, 5xx (retried)
+    │   ├── AirflowUnavailable   transient: connection refused, timeout, 5xx, 408, 429 (retried)
     │   ├── AirflowAuthError     401/403: wrong credentials or missing permission
+    │   ├── AirflowTLSError      the TLS handshake or certificate check failed
     │   ├── AirflowNotFound      404: unknown DAG or run
     │   ├── AirflowConflict      409: the run id or the logical date is taken
     │   └── AirflowRejected      any other 4xx that cannot succeed by retrying
@@ -56,6 +57,11 @@ class AirflowUnavailable(AirflowError):
 
 class AirflowAuthError(AirflowError):
     """401 or 403: the credentials are wrong or lack a permission."""
+
+
+class AirflowTLSError(AirflowError):
+    """The TLS handshake with Airflow failed (an untrusted certificate, a wrong host name):
+    retrying will not help; AIRFLOW_CA_BUNDLE or AIRFLOW_VERIFY_SSL will."""
 
 
 class AirflowNotFound(AirflowError):

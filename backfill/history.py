@@ -5,11 +5,11 @@ at most one existing run can stand in a window's way; ``decide`` says what the w
 
 - ``new``: no run holds the date: trigger the window's own run;
 - ``follow``: the run is ours (same run id): follow it;
-- ``wait``: it is queued or running: wait until it ends;
+- ``wait``: it is this window's run, queued or running: wait until it ends;
 - ``skip`` / ``rerun``: it ended and is this window's run: ``reprocess`` decides, as in
   Airflow's native backfill (``none`` skips, ``failed`` re-runs a failed one, ``completed``
   re-runs every ended one); a re-run clears the existing run;
-- ``conflict``: it ended but covers something else than the window (weekly windows over a
+- ``conflict``: it covers something else than the window (weekly windows over a
   daily DAG's history): re-running it would process another interval, and a second run at
   that date is impossible. Refused at submit (``on_conflict="refuse"``) or skipped
   (``on_conflict="skip"``); one that appears after the submit fails its window.
@@ -45,8 +45,7 @@ class Verdict:
 def is_windows_run(run: RunInfo, window: Window, schedule: Schedule) -> bool:
     if run.covers(window):
         return True
-    no_interval = run.data_interval_start is None or run.data_interval_start == run.data_interval_end
-    return no_interval and run.logical_date == window.start and schedule.is_period(window.start, window.end)
+    return _no_interval(run) and run.logical_date == window.start and schedule.is_period(window.start, window.end)
 
 
 def decide(
@@ -62,10 +61,10 @@ def decide(
         return Verdict("new")
     if run.run_id == own_run_id:
         return Verdict("follow", run)
+    if not is_windows_run(run, window, schedule):  # in flight or not, it will never be this window's
+        return Verdict("conflict", run, conflict_reason(run, window, schedule))
     if run.active:
         return Verdict("wait", run, f"logical date {window.key} held by run {run.run_id} ({run.state})")
-    if not is_windows_run(run, window, schedule):
-        return Verdict("conflict", run, conflict_reason(run, window, schedule))
     earlier = run.run_id.partition("__")[0] in set(lineage)
     if earlier and run.state == "success":
         return Verdict("skip", run, f"already succeeded in run {run.run_id} of an earlier attempt")
@@ -75,7 +74,7 @@ def decide(
 
 
 def conflict_reason(run: RunInfo, window: Window, schedule: Schedule) -> str:
-    if run.data_interval_start is None or run.data_interval_start == run.data_interval_end:
+    if _no_interval(run):
         covers = f"only its logical date (the DAG's schedule: {schedule.describe()})"
     else:
         covers = f"[{_iso(run.data_interval_start)}, {_iso(run.data_interval_end)})"
@@ -105,6 +104,11 @@ def survey(airflow: AirflowClient, params: BackfillParams, dag: str, schedule: S
         )
         for w in windows
     ]
+
+
+def _no_interval(run: RunInfo) -> bool:
+    start, end = run.data_interval_start, run.data_interval_end
+    return start is None or end is None or start == end
 
 
 def _iso(value: object) -> str:

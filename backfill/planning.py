@@ -85,6 +85,12 @@ def check_conf(conf: Any, *, name: str = "conf") -> dict[str, Any]:
     return conf
 
 
+def check_on_conflict(value: Any) -> str:
+    if value not in ON_CONFLICT:
+        raise InputError(f"on_conflict: {value!r} is not one of {', '.join(ON_CONFLICT)}")
+    return str(value)
+
+
 def validate(request: Request, *, max_windows: int) -> BackfillParams:
     """Check everything that needs no Airflow; returns the plan with a fresh backfill id."""
     dags = _check_dags(request.dags)
@@ -92,8 +98,7 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         raise InputError(f"on_failure: {request.on_failure!r} is not one of {', '.join(ON_FAILURE)}")
     if request.reprocess not in REPROCESS:
         raise InputError(f"reprocess: {request.reprocess!r} is not one of {', '.join(REPROCESS)}")
-    if request.on_conflict not in ON_CONFLICT:
-        raise InputError(f"on_conflict: {request.on_conflict!r} is not one of {', '.join(ON_CONFLICT)}")
+    check_on_conflict(request.on_conflict)
     if not isinstance(request.reverse, bool):
         raise InputError(f"reverse: expected true or false, got {request.reverse!r}")
     mpd = request.max_parallel_dags

@@ -147,6 +147,8 @@ class WindowRunner:
             return self._finish(params, dag, idx, window, state, reason=verdict.reason, run=run.run_id)
         if verdict.action == "skip":
             return self._finish(params, dag, idx, window, "skipped", reason=verdict.reason, run=run.run_id)
+        if verdict.action != "rerun":  # no other verdict for a held date: a bug, never a clear
+            raise AssertionError(f"unexpected verdict {verdict.action!r} for run {run.run_id}")
         # The DAG was found free and our slot taken just before the trigger.
         return self._rerun(params, dag, idx, window, run, rec)
 

@@ -37,6 +37,7 @@ PRESETS = {
 _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 _DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 _NAMES = {3: {m: i for i, m in enumerate(_MONTHS, 1)}, 4: {d: i for i, d in enumerate(_DAYS)}}
+_MAX_DAYS = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
 _BOUNDS = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
 _DELTA = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{2}):(\d{2})$")
 # dateutil's weekdays are Monday=0; cron's are Sunday=0 (and 7).
@@ -51,8 +52,9 @@ class Schedule:
     timezone: str | None = None
 
     @property
-    def zone(self) -> tzinfo:
-        return (dttz.gettz(self.timezone) if self.timezone else None) or dttz.UTC
+    def zone(self) -> tzinfo | None:
+        """The DAG's time zone; None if Airflow named one we cannot read (then no periods)."""
+        return _zone(self.timezone)
 
     @property
     def kind(self) -> str:
@@ -66,7 +68,10 @@ class Schedule:
         delta = self._delta()
         if delta is not None:
             return end - start == delta
-        local = start.astimezone(self.zone).replace(tzinfo=None)
+        zone = self.zone
+        if zone is None:
+            return False
+        local = start.astimezone(zone).replace(tzinfo=None)
         rule = _cron_rule(self.summary or "", local)  # iterates from ``local`` on
         if rule is None:
             return False
@@ -74,10 +79,16 @@ class Schedule:
         if next(ticks, None) != local:
             return False
         nxt = next(ticks, None)
-        return nxt is not None and _localize(nxt, self.zone) == end
+        if nxt is None:
+            return False
+        if _every_hour(self.summary or ""):
+            # As Airflow's cron timetables: a schedule that fires every hour steps in elapsed
+            # time, so no hour is skipped or doubled when the clocks change.
+            return end - start == nxt - local
+        return _localize(nxt, zone) == end
 
     def describe(self) -> str:
-        zone = f" in {self.timezone}" if self.timezone and self.timezone.upper() != "UTC" else ""
+        zone = f" in {self.timezone}" if self.timezone and self.zone is not dttz.UTC else ""
         return f"{self.summary}{zone}" if self.summary else "no schedule"
 
     # -- parsing --------------------------------------------------------------------------
@@ -95,7 +106,29 @@ class Schedule:
 
 
 def _localize(naive: datetime, zone: tzinfo) -> datetime:
-    return dttz.resolve_imaginary(naive.replace(tzinfo=zone)).astimezone(dttz.UTC)
+    # A wall time the clocks repeat: the second one (fold=1), as Airflow's make_aware does.
+    return dttz.resolve_imaginary(naive.replace(tzinfo=zone, fold=1)).astimezone(dttz.UTC)
+
+
+_FIXED = re.compile(r'^(?:FixedTimezone\((-?\d+)(?:, name="[^"]*")?\)|([+-])(\d{2}):?(\d{2}))$')
+
+
+def _zone(name: str | None) -> tzinfo | None:
+    """A zone as Airflow names it: an IANA name, "UTC", "+01:00" or pendulum's
+    ``FixedTimezone(3600, name="+01:00")``."""
+    if not name or name.strip().upper() in ("UTC", "Z", "ETC/UTC"):
+        return dttz.UTC
+    m = _FIXED.match(name.strip())
+    if m:
+        seconds, sign, hh, mm = m.groups()
+        offset = int(seconds) if seconds is not None else (1 if sign == "+" else -1) * (int(hh) * 3600 + int(mm) * 60)
+        return dttz.tzoffset(None, offset)
+    return dttz.gettz(name.strip())
+
+
+def _every_hour(summary: str) -> bool:
+    parts = PRESETS.get(summary.strip().lower(), summary.strip()).split()
+    return len(parts) == 5 and parts[1] == "*"
 
 
 def _field(text: str, pos: int) -> list[int] | None:
@@ -132,7 +165,15 @@ def _cron_rule(summary: str, dtstart: datetime) -> rrule.rrulebase | None:
         minute, hour, dom, month, dow = (_field(p, i) for i, p in enumerate(parts))
     except (ValueError, TypeError):
         return None
+    if dom is not None and not any(d <= _MAX_DAYS[m - 1] for m in month or range(1, 13) for d in dom):
+        # A day of the month that never comes (February 30th): dateutil would search for it
+        # minute by minute. Without a day of the week, the cron never fires.
+        if dow is None:
+            return None
+        dom = None
     common = {
+        # Bounded: a cron that never fires (Feb 30) would otherwise be searched to year 9999.
+        "until": dtstart + timedelta(days=9 * 366),
         "dtstart": dtstart.replace(second=0, microsecond=0) + (timedelta(minutes=1) if dtstart.second else timedelta()),
         "bysecond": [0],
         "byminute": minute if minute is not None else list(range(60)),

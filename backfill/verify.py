@@ -10,7 +10,6 @@ any pair of runs, one of them ours, whose running times overlap.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from itertools import combinations
 from typing import Any
 
 from backfill.airflow import AirflowClient, RunInfo
@@ -27,17 +26,27 @@ def serial_check(airflow: AirflowClient, record: Record, bf: str) -> dict[str, d
     until = datetime.fromtimestamp(float(meta["finished_at"]), UTC) if meta.get("finished_at") else now
     out: dict[str, dict[str, Any]] = {}
     for dag in params.dags:
-        ours_ids = {str(w["run"]) for w in record.windows(bf, dag).values() if w.get("run")}
-        ran = [r for r in airflow.runs_active_between(dag, since, until) if r.start_date is not None]
-        ours = [r for r in ran if r.run_id in ours_ids]
-        overlaps = [
-            _overlap(a, b, ours_ids, now)
-            for a, b in combinations(sorted(ran, key=lambda r: r.start_date or now), 2)
-            if (a.run_id in ours_ids or b.run_id in ours_ids) and _span(a, now)[0] < _span(b, now)[1]
-            and _span(b, now)[0] < _span(a, now)[1]
-        ]  # fmt: skip
-        out[dag] = {"checked": len(ours), "overlaps": overlaps}
+        # Runs a window triggered or re-ran (not the runs a skipped or conflicting window names).
+        ours_ids = {str(w["run"]) for w in record.windows(bf, dag).values() if w.get("run") and w.get("triggered_at")}
+        ran = sorted(
+            (r for r in airflow.runs_active_between(dag, since, until) if r.start_date is not None),
+            key=lambda r: _span(r, now),
+        )
+        out[dag] = {"checked": sum(r.run_id in ours_ids for r in ran), "overlaps": _overlaps(ran, ours_ids, now)}
     return out
+
+
+def _overlaps(ran: list[RunInfo], ours_ids: set[str], now: datetime) -> list[dict[str, Any]]:
+    """Pairs (one of them ours) whose running times overlap; ``ran`` sorted by start. One sweep:
+    each run meets only the runs still running when it starts."""
+    found: list[dict[str, Any]] = []
+    running: list[RunInfo] = []
+    for run in ran:
+        start = _span(run, now)[0]
+        running = [r for r in running if _span(r, now)[1] > start]
+        found += [_overlap(r, run, ours_ids, now) for r in running if ours_ids & {r.run_id, run.run_id}]
+        running.append(run)
+    return found
 
 
 def _span(run: RunInfo, now: datetime) -> tuple[datetime, datetime]:

@@ -37,13 +37,9 @@ class DateAllocator:
     def __init__(self, airflow: AirflowClient, dags: list[str]) -> None:
         latest = datetime(2001, 1, 1, tzinfo=UTC)
         for dag in dags:
-            page = airflow._call(
-                "latest run", airflow._runs.get_dag_runs, dag, order_by=["-logical_date"], limit=1,
-                logical_date_lte=datetime(2020, 1, 1, tzinfo=UTC),
-            )  # fmt: skip
-            for run in page.dag_runs:
-                if run.logical_date and run.logical_date >= latest:
-                    latest = run.logical_date + timedelta(days=1)
+            run = airflow.latest_run(dag, until=datetime(2020, 1, 1, tzinfo=UTC))
+            if run and run.logical_date and run.logical_date >= latest:
+                latest = run.logical_date + timedelta(days=1)
         self.next = latest
 
     def take(self, days: int) -> datetime:
@@ -53,11 +49,7 @@ class DateAllocator:
 
 
 def _runs_between(airflow: AirflowClient, dag: str, start: datetime, days: int) -> list[RunInfo]:
-    page = airflow._call(
-        "runs", airflow._runs.get_dag_runs, dag, logical_date_gte=start,
-        logical_date_lte=start + timedelta(days=days - 1), limit=100,
-    )  # fmt: skip
-    return [RunInfo.from_api(r) for r in page.dag_runs]
+    return airflow.runs_between(dag, start, start + timedelta(days=days - 1))
 
 
 def _settle(airflow: AirflowClient, dags: list[str]) -> None:

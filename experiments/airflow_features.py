@@ -58,9 +58,8 @@ class Experiment:
 
 def _fresh_day(airflow: AirflowClient, dag: str, *, month_start: bool = False) -> datetime:
     """A logical date after every run the DAG holds (experiments can be run again)."""
-    page = airflow._call("latest", airflow._runs.get_dag_runs, dag, order_by=["-logical_date"], limit=1,
-                         logical_date_lte=datetime(2020, 1, 1, tzinfo=UTC))  # fmt: skip
-    latest = max([r.logical_date for r in page.dag_runs if r.logical_date] + [datetime(2001, 1, 1, tzinfo=UTC)])
+    last = airflow.latest_run(dag, until=datetime(2020, 1, 1, tzinfo=UTC))
+    latest = max([last.logical_date] if last and last.logical_date else [datetime(2001, 1, 1, tzinfo=UTC)])
     day = (latest + timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
     if month_start:
         day = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
@@ -269,9 +268,7 @@ def _create(airflow: AirflowClient, api: BackfillApi, dag: str, first: datetime,
 
 
 def _runs_between(airflow: AirflowClient, dag: str, first: datetime, last: datetime) -> list[RunInfo]:
-    page = airflow._call("runs", airflow._runs.get_dag_runs, dag, logical_date_gte=first, logical_date_lte=last,
-                         limit=100)  # fmt: skip
-    return [RunInfo.from_api(r) for r in page.dag_runs]
+    return airflow.runs_between(dag, first, last)
 
 
 EXPERIMENTS = (max_active_runs, pools, sensors, native_backfill)

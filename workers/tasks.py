@@ -34,6 +34,7 @@ from backfill.planning import (
     Request,
     check_history,
     check_in_airflow,
+    check_on_conflict,
     concurrency_warnings,
     new_backfill_id,
     validate,
@@ -75,7 +76,7 @@ def submit_backfill(
     reprocess: str = "none",
     unpause: bool = False,
     max_parallel_dags: int | None = None,
-    on_conflict: str = "refuse",
+    on_conflict: str | None = None,
     dry_run: bool = False,
     resume: str | None = None,
 ) -> dict[str, Any]:
@@ -85,32 +86,40 @@ def submit_backfill(
     runs the DAG already has, Airflow's view of each DAG, an estimate) and starts nothing.
     ``on_conflict``: what becomes of a window whose logical date is held by a run covering
     something else: ``"refuse"`` the backfill (the default) or ``"skip"`` those windows.
-    ``resume=ID`` starts a new backfill of the windows
-    of backfill ``ID`` that did not succeed, with its rules; the other arguments are ignored.
+    ``resume=ID`` starts a new backfill of the windows of backfill ``ID`` that did not
+    succeed, with its rules (``on_conflict`` may be given anew); the other arguments are ignored.
     Raises ``InputError`` (nothing triggered) for bad input, unknown or paused DAGs.
     """
     ctx = context()
     if resume is not None:
         params = resume_params(ctx, resume)
+        if on_conflict is not None:
+            params = replace(params, on_conflict=check_on_conflict(on_conflict))
     else:
         request = Request(
             dags=dags or [], start=start, end=end, batch=batch, tz=tz, reverse=reverse, conf=conf,
-            on_failure=on_failure, reprocess=reprocess, unpause=unpause, on_conflict=on_conflict,
+            on_failure=on_failure, reprocess=reprocess, unpause=unpause, on_conflict=on_conflict or "refuse",
             max_parallel_dags=ctx.settings.max_parallel_dags if max_parallel_dags is None else max_parallel_dags,
         )  # fmt: skip
         params = validate(request, max_windows=ctx.settings.max_windows)
     if dry_run:
         return plan(ctx.airflow, params, unpause=unpause, global_limit=ctx.settings.global_max_runs)
     params = replace(params, backfill_id=_backfill_id_for(ctx, self.request.id))
-    infos = check_in_airflow(ctx.airflow, params.dags, unpause=unpause)
-    params = with_schedules(params, infos)
-    check_history(ctx.airflow, params)  # conflicts refused before anything is triggered
-    warnings = concurrency_warnings(infos)
-    for dag in (d for d, info in infos.items() if info.is_paused):
-        ctx.airflow.set_paused(dag, False)
-        log.info("%s unpaused DAG %s (unpause=True)", params.backfill_id, dag)
-    ctx.record.create(params)
-    # A redelivered submit finds its record and does not dispatch twice.
+    warnings: list[str] = []
+    if ctx.redis.hexists(ctx.record.k_meta(params.backfill_id), "params"):
+        # A redelivered submit: checked and recorded already. Checking again could refuse a
+        # backfill that is running (a conflict made since), so go on to the dispatch.
+        params = ctx.record.params(params.backfill_id)
+    else:
+        infos = check_in_airflow(ctx.airflow, params.dags, unpause=unpause)
+        params = with_schedules(params, infos)
+        check_history(ctx.airflow, params)  # conflicts refused before anything is triggered
+        warnings = concurrency_warnings(infos)
+        for dag in (d for d, info in infos.items() if info.is_paused):
+            ctx.airflow.set_paused(dag, False)
+            log.info("%s unpaused DAG %s (unpause=True)", params.backfill_id, dag)
+        ctx.record.create(params)
+    # A redelivered submit does not dispatch twice.
     if ctx.redis.hsetnx(ctx.record.k_meta(params.backfill_id), "dispatched", "1"):
         # add_to_parent=False: the chains are not "children" of this task's result, which
         # would otherwise carry (and make every caller rebuild) one result per chain.

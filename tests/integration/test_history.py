@@ -207,3 +207,26 @@ def test_status_and_report_verify_serial_runs_from_airflows_records(orch, tmp_pa
     assert "serial, verified from Airflow's records (2 run(s) of ours)" in out and "OVERLAP" not in out
     assert "serial, verified" in run_cli("report", s["backfill_id"])
     assert "OVERLAP" not in run_cli("status", s["backfill_id"], "--no-verify")
+
+
+def test_runs_made_by_airflows_native_backfill_are_found_too(orch):
+    dag = "user_cron_interval_daily"
+    scheduler_history(orch, dag)
+    started = datetime.now(UTC)
+    orch.airflow._call("native backfill", orch.airflow._json, "POST", "/api/v2/backfills", path_params={},
+                       body={"dag_id": dag, "from_date": DAYS[0].isoformat(), "to_date": DAYS[1].isoformat(),
+                             "reprocess_behavior": "completed", "max_active_runs": 1})  # fmt: skip
+
+    def natives():
+        rs = orch.airflow.runs_between(dag, DAYS[0], DAYS[1])
+        done = all(r.run_type == "backfill" and r.end_date and r.end_date > started for r in rs)
+        return rs if done and len(rs) == 2 else None
+
+    made = wait_for(natives, timeout=120, what="the native backfill's runs")
+    ask = {"dags": [dag], "start": DAYS[0].date().isoformat(), "end": DAYS[1].date().isoformat()}
+    acts = plan(orch, **ask)["dags"][0]["actions"]
+    assert [(a["action"], a["run_id"], a["run_type"]) for a in acts] == [("skip", r.run_id, "backfill") for r in made]
+    s = submit(orch, **ask, reprocess="completed")
+    assert wait_done(orch.record, s["backfill_id"])["state"] == "succeeded"
+    again = [orch.airflow.get_run(dag, r.run_id) for r in made]
+    assert all(r.state == "success" and r.end_date > made[-1].end_date for r in again)

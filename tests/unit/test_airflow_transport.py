@@ -11,7 +11,7 @@ import pytest
 import urllib3
 
 from backfill.airflow import AirflowClient, AirflowConfig, _jwt_expiry
-from backfill.errors import AirflowRejected, AirflowUnavailable
+from backfill.errors import AirflowAuthError, AirflowRejected, AirflowUnavailable
 
 DAG = {  # the fields Airflow 3.3's DAGResponse requires
     "dag_id": "d",
@@ -87,6 +87,32 @@ def test_transient_errors_on_reads_are_retried_then_reported():
     )
     with pytest.raises(AirflowUnavailable, match=r"DAG 'd': Airflow answered HTTP 502 \(bad gw\)"):
         client(t2).get_dag("d")
+
+
+def test_a_gateways_429_and_408_are_transient():
+    t = Transport(
+        {
+            "/auth/token": [(201, {"access_token": jwt(time.time() + 3600)})],
+            "/dags/d/details": [(429, {"detail": "slow down"}), (408, {"detail": "timeout"}), (200, DAG)],
+        }
+    )
+    assert client(t).get_dag("d").dag_id == "d"
+
+
+def test_extra_headers_go_with_every_request_and_the_token_request_too():
+    t = Transport({"/auth/token": [(201, {"access_token": jwt(time.time() + 3600)})], "/dags/d/details": [(200, DAG)]})
+    client(t, headers={"X-Api-Key": "k1"}).get_dag("d")
+    assert [h.get("X-Api-Key") for _, _, h in t.seen] == ["k1", "k1"]
+
+
+def test_a_static_token_is_sent_as_is_and_never_shown():
+    t = Transport({"/dags/d/details": [(403, {"detail": "Invalid JWT token"})]})
+    c = AirflowClient(AirflowConfig(url="http://af", token="s3cret-token"), pool_manager=t)
+    with pytest.raises(AirflowAuthError) as refused:
+        c.get_dag("d")
+    assert "AIRFLOW_TOKEN" in str(refused.value) and "s3cret" not in str(refused.value)
+    assert t.seen[0][2]["Authorization"] == "Bearer s3cret-token" and len(t.seen) == 1  # not retried
+    assert "s3cret" not in repr(c.config)
 
 
 def test_a_4xx_is_not_retried_and_says_why():
