@@ -11,6 +11,11 @@ AIRFLOW_USERNAME               (none)                       user for POST /auth/
 AIRFLOW_PASSWORD               (none)                       its password (or AIRFLOW_PASSWORD_FILE)
 AIRFLOW_PASSWORD_FILE          (none)                       file holding the password
 AIRFLOW_TIMEOUT                10                           seconds per Airflow request
+AIRFLOW_TOKEN                  (none)                       a static bearer token (instead of a user)
+AIRFLOW_TOKEN_FILE             (none)                       file holding a bearer token, re-read when it changes
+AIRFLOW_CA_BUNDLE              (none)                       PEM file of the CAs to trust for Airflow's TLS
+AIRFLOW_VERIFY_SSL             true                         false: no TLS certificate check (tests only)
+AIRFLOW_EXTRA_HEADERS          (none)                       JSON object of headers sent with every request
 BACKFILL_MAX_WINDOWS           100000                       cap on windows per backfill (all DAGs)
 BACKFILL_SEGMENT_SIZE          20                           windows per chain message
 BACKFILL_LOCK_TTL              120                          seconds a per-DAG lock outlives its holder

@@ -190,6 +190,9 @@ class Stack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.airflow_user}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(pwfile),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            # Airflow 3.0's default issuer is None, which PyJWT >= 2.10 refuses: /auth/token
+            # answered 500 "Issuer (iss) must be a string" (seen with 3.0.6 installed from PyPI).
+            "AIRFLOW__API_AUTH__JWT_ISSUER": "airflow",
         }
         if database_url:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = database_url

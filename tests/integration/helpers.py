@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
+import threading
 import time
 from itertools import pairwise
 from typing import Any
@@ -65,3 +69,69 @@ def wait_for(check: Any, timeout: float = 30, what: str = "condition") -> Any:
             return value
         time.sleep(0.25)
     raise AssertionError(f"{what} not seen within {timeout} s")
+
+
+class Proxy:
+    """A TCP proxy in front of Airflow's API that can be cut (connections refused) and restored;
+    with ``tls`` (a server-side SSL context) it is a TLS front, as a load balancer would be."""
+
+    def __init__(self, target: int, *, tls: ssl.SSLContext | None = None) -> None:
+        self.target = target
+        self.tls = tls
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._conns: list[socket.socket] = []
+        self._server: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def cut(self) -> None:
+        server, self._server = self._server, None
+        if server:
+            # shutdown() first: on Linux, close() alone leaves a thread blocked in accept()
+            # holding the listening socket open, and connections would still go through.
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
+            server.close()
+        for c in self._conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+        self._conns.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            if self.tls is not None:
+                try:
+                    client = self.tls.wrap_socket(client, server_side=True)
+                except (ssl.SSLError, OSError):
+                    client.close()  # the client refused our certificate
+                    continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)

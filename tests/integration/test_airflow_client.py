@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
+import ssl
 
 import pytest
 
 from backfill.airflow import AirflowClient, AirflowConfig
 from backfill.errors import AirflowAuthError, AirflowConflict, AirflowNotFound, AirflowUnavailable
 from backfill.windows import window_spec
+from tests.integration.helpers import Proxy
 
 pytestmark = pytest.mark.integration
 
@@ -94,56 +95,6 @@ def test_a_token_file_is_read_again_when_it_changes(airflow, stack, tmp_path):
     assert client.get_dag("etl_users").dag_id == "etl_users"
 
 
-class _TLSProxy:
-    """A TLS front for the session's Airflow (as a load balancer with a private CA would be)."""
-
-    def __init__(self, target: int, cert: str, key: str) -> None:
-        import socket
-        import ssl
-        import threading
-
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert, key)
-        self.target = target
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.threading = threading
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        import socket
-        import ssl
-
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            try:
-                front = self.ctx.wrap_socket(conn, server_side=True)
-            except (ssl.SSLError, OSError):
-                conn.close()  # the client refused our certificate
-                continue
-            back = socket.create_connection(("127.0.0.1", self.target))
-            for a, b in ((front, back), (back, front)):
-                self.threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.close()
-
-    def close(self) -> None:
-        self.server.close()
-
-
 def test_tls_with_a_private_ca_needs_the_ca_bundle(airflow, stack, tmp_path):
     import subprocess
 
@@ -155,7 +106,9 @@ def test_tls_with_a_private_ca_needs_the_ca_bundle(airflow, stack, tmp_path):
          "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True,
     )  # fmt: skip
-    proxy = _TLSProxy(int(stack.airflow_url.rsplit(":", 1)[1]), str(cert), str(key))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(str(cert), str(key))
+    proxy = Proxy(int(stack.airflow_url.rsplit(":", 1)[1]), tls=tls)
     try:
         url = f"https://127.0.0.1:{proxy.port}"
         creds = {"username": stack.airflow_user, "password": stack.airflow_password}
@@ -167,4 +120,4 @@ def test_tls_with_a_private_ca_needs_the_ca_bundle(airflow, stack, tmp_path):
         unchecked = AirflowClient(AirflowConfig(url=url, verify=False, **creds))
         assert unchecked.get_dag("etl_users").dag_id == "etl_users"
     finally:
-        proxy.close()
+        proxy.cut()

@@ -33,6 +33,7 @@ from tests.integration.helpers import (
     wait_done,
     wait_for,
 )
+from tests.integration.test_operate import run_cli
 
 pytestmark = pytest.mark.integration
 ETL = ["etl_orders", "etl_users", "etl_payments"]
@@ -219,6 +220,13 @@ def test_logical_date_rule_and_reprocess(orch):
     assert ws[1]["state"] == "failed" and "manual__late_conflict" in ws[1]["reason"]
     assert orch.record.dag(late, "etl_payments")["state"] == "succeeded"
     assert lock_keys(orch) == []
+    # Its resume is refused for that conflict, unless told to skip such windows.
+    assert "conflicts: 1 window(s)" in run_cli("resume", late, code=2)
+    resumed = json.loads(run_cli("resume", late, "--on-conflict", "skip", "--json"))["backfill_id"]
+    assert wait_done(orch.record, resumed)["state"] == "succeeded"
+    (only,) = orch.record.windows(resumed, dag).values()
+    assert only["state"] == "skipped" and "manual__late_conflict" in only["reason"]
+    assert runs(orch.airflow, dag, resumed) == []
 
 
 def test_bad_input_is_refused_and_nothing_is_triggered(orch):

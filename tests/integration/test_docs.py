@@ -39,6 +39,7 @@ ELSEWHERE = {
         "tests/integration/test_operate.py::test_a_revoke_from_the_celery_cli_cancels_the_backfill_too"
     ),
     "backfill resume ID": "tests/integration/test_operate.py (two resume tests)",
+    "backfill resume ID --on-conflict skip": "tests/integration/test_core.py::test_logical_date_rule_and_reprocess",
     "backfill report ID --html report.html": "tests/integration/test_operate.py::test_report_... (in Chromium)",
     "backfill throttle --global 4": "tests/integration/test_operate.py::test_global_cap_... (with 1)",
     "backfill throttle --global off": "tests/integration/test_operate.py::test_global_cap_...",
@@ -58,6 +59,8 @@ ELSEWHERE = {
     "make bench": "by hand (about 20 minutes, bench/); test_bench_cli below runs its CLI, "
     "tests/unit/test_bench_standin.py its stand-in server",
     "python -m bench b1 b2 --rounds 5": "by hand, like make bench",
+    "make compat": "by hand (about 10 minutes per Airflow version): scripts/compat.py writes docs/compatibility.md",
+    ".venv/bin/python scripts/compat.py --versions 3.1": "by hand, like make compat",
 }
 
 
@@ -117,7 +120,8 @@ def test_configuration_table_matches_the_code():
     in_celeryconfig = set(re.findall(r"^([A-Z_]{6,})\s{2,}", (REPO / "celeryconfig.py").read_text(), flags=re.M))
     read_by_code = {f"BACKFILL_{f.name.upper()}" for f in fields(Settings) if f.name not in ("airflow",)}
     read_by_code |= {"AIRFLOW_API_URL", "AIRFLOW_USERNAME", "AIRFLOW_PASSWORD", "AIRFLOW_PASSWORD_FILE"}
-    read_by_code |= {"AIRFLOW_TIMEOUT"}
+    read_by_code |= {"AIRFLOW_TIMEOUT", "AIRFLOW_TOKEN", "AIRFLOW_TOKEN_FILE", "AIRFLOW_CA_BUNDLE"}
+    read_by_code |= {"AIRFLOW_VERIFY_SSL", "AIRFLOW_EXTRA_HEADERS"}
     assert documented == read_by_code
     assert in_celeryconfig == read_by_code
     # And every documented default is the code's default.

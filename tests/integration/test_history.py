@@ -114,6 +114,8 @@ def test_weekly_windows_over_a_daily_dag_conflict_known_before_anything_starts(o
 
     with pytest.raises(InputError) as refused:
         submit(orch, **ask)
+    out = run_cli("submit", dag, "--start", FIRST, "--end", LAST, "--batch", "weekly", code=2)
+    assert out.startswith("Error: conflicts: ") and d["actions"][0]["run_id"] in out
     assert d["actions"][0]["run_id"] in str(refused.value) and "on_conflict" in str(refused.value)
     assert {r.run_id for r in orch.airflow.runs_between(dag, DAYS[0], DAYS[-1])} == history
 

@@ -8,13 +8,10 @@ would.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,7 +22,7 @@ import redis
 from backfill.record import Record
 from backfill.windows import window_spec
 from tests.conftest import WORKER_ENV
-from tests.integration.helpers import assert_serial, runs, wait_done, wait_for
+from tests.integration.helpers import Proxy, assert_serial, runs, wait_done, wait_for
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -112,64 +109,6 @@ def _finished(record: Record, bf: str) -> dict[str, str] | None:
     except redis.ConnectionError:
         return None
     return meta if meta["state"] != "running" else None
-
-
-class Proxy:
-    """A TCP proxy in front of Airflow's API that can be cut (connections refused) and restored."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self._conns: list[socket.socket] = []
-        self._server: socket.socket | None = None
-        self.restore()
-
-    def restore(self) -> None:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen(64)
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def cut(self) -> None:
-        server, self._server = self._server, None
-        if server:
-            # shutdown() first: on Linux, close() alone leaves a thread blocked in accept()
-            # holding the listening socket open, and connections would still go through.
-            with contextlib.suppress(OSError):
-                server.shutdown(socket.SHUT_RDWR)
-            server.close()
-        for c in self._conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-            c.close()
-        self._conns.clear()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
 
 
 def test_airflow_api_unreachable_for_30_s_windows_wait_then_complete(orch):
