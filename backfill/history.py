@@ -70,7 +70,8 @@ def decide(
         return Verdict("skip", run, f"already succeeded in run {run.run_id} of an earlier attempt")
     if earlier or reprocess == "completed" or (reprocess == "failed" and run.state == "failed"):
         return Verdict("rerun", run, f"re-running existing run {run.run_id} (was {run.state}, reprocess={reprocess})")
-    return Verdict("skip", run, f"already {run.state} in run {run.run_id} (reprocess={reprocess})")
+    outcome = "succeeded" if run.state == "success" else run.state
+    return Verdict("skip", run, f"already {outcome} in run {run.run_id} (reprocess={reprocess})")
 
 
 def conflict_reason(run: RunInfo, window: Window, schedule: Schedule) -> str:

@@ -43,7 +43,9 @@ def plan(
             )
         dags.append({
             "dag_id": dag, "airflow": status, "schedule": schedule.describe(), "max_active_runs": info.max_active_runs,
-            **_windows(params, dag), **_history(params, dag, verdicts), **_estimate(airflow, params, dag),
+            **_windows(params, dag), **_history(params, dag, verdicts),
+            # Skipped windows and conflicts trigger nothing: only the others take time.
+            **_estimate(airflow, dag, sum(v.action in ("new", "rerun", "wait") for v in verdicts)),
         })  # fmt: skip
     return {
         "dry_run": True,
@@ -88,7 +90,7 @@ def _no_estimate() -> dict[str, Any]:
     return {"recent_runs": 0, "median_run_seconds": None, "estimated_seconds": None}
 
 
-def _estimate(airflow: AirflowClient, params: BackfillParams, dag: str) -> dict[str, Any]:
+def _estimate(airflow: AirflowClient, dag: str, runs: int) -> dict[str, Any]:
     # From trigger (queued_at) to end: a window costs the scheduler's pick-up time too.
     took = [
         (r.end_date - (r.queued_at or r.start_date)).total_seconds()
@@ -101,7 +103,7 @@ def _estimate(airflow: AirflowClient, params: BackfillParams, dag: str) -> dict[
     return {
         "recent_runs": len(took),
         "median_run_seconds": round(median, 1),
-        "estimated_seconds": round(median * params.count(dag), 1),
+        "estimated_seconds": round(median * runs, 1),
     }
 
 

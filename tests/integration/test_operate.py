@@ -57,9 +57,13 @@ def test_plan_shows_the_exact_windows_in_order_triggers_nothing_and_matches_what
     assert wait_done(orch.record, bf)["state"] == "succeeded"
     ran = by_trigger_time(runs(orch.airflow, "etl_users", bf))
     assert [[r.data_interval_start.isoformat(), r.data_interval_end.isoformat()] for r in ran] == windows
-    # Now Airflow has successful runs to estimate from.
+    # Now Airflow has successful runs to estimate from; the windows that would be skipped (they
+    # succeeded) cost nothing, the ones re-run do.
     again = json.loads(run_cli("plan", *args, "--json"))
-    assert again["dags"][0]["recent_runs"] >= 4 and again["estimated_seconds"] > 0
+    assert again["dags"][0]["recent_runs"] >= 4 and again["estimated_seconds"] == 0
+    assert again["dags"][0]["counts"]["skip"] == 4
+    rerun = json.loads(run_cli("plan", *args, "--reprocess", "completed", "--json"))
+    assert rerun["dags"][0]["counts"]["rerun"] == 4 and rerun["estimated_seconds"] > 0
     assert "estimated duration:" in run_cli("plan", *args)
 
 
