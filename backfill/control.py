@@ -9,7 +9,8 @@ Cancel is layered so that it holds however it is asked for:
 3. the remaining windows are recorded ``cancelled``, the backfill's DAG locks and throttle
    slots are released and its DAGs closed, at once, without waiting for any worker;
 4. with ``fail_running``, the backfill's queued or running Airflow runs are marked failed,
-   looking again until a look finds none (a window triggering at that moment is caught).
+   looking again until a look finds none (a window triggering at that moment is caught):
+   its own runs (by run id prefix) and the runs of others it re-ran (``reprocess``, resume).
 
 A revoke from the Celery CLI (``celery -A workers control revoke_by_stamped_headers
 backfill_id=ID``) does 1-3 too: the workers' ``task_revoked`` handler calls ``cancel_dag``.
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from backfill.airflow import RunInfo
 from backfill.context import Context
 from backfill.errors import InputError
 from backfill.planning import new_backfill_id
@@ -107,6 +109,7 @@ def cancel(
             (dag, run) for dag in params.dags for run in ctx.airflow.runs_by_prefix(dag, f"{bf}__", active=True)
             if run.active
         ]  # fmt: skip
+        found += [(dag, run) for dag, run in _reran(ctx, params) if run.active]
         if fail_running:
             for dag, run in found:
                 ctx.airflow.fail_run(dag, run.run_id)
@@ -119,6 +122,20 @@ def cancel(
             left = [f"{dag}/{run.run_id}" for dag, run in found]
     log.info("%s backfill CANCELLED: %d window(s), %d run(s) marked failed", bf, windows, len(failed))
     return {"backfill_id": bf, "cancelled_windows": windows, "failed_runs": failed, "left_running": left}
+
+
+def _reran(ctx: Context, params: BackfillParams) -> list[tuple[str, RunInfo]]:
+    """Runs of others that the backfill's windows re-ran (cleared): they carry no run id of
+    ours, so the prefix search does not find them (one request per such run still recorded
+    as in flight)."""
+    bf = params.backfill_id
+    out: list[tuple[str, RunInfo]] = []
+    for dag in params.dags:
+        for w in ctx.record.windows(bf, dag).values():
+            run_id = str(w.get("run") or "")
+            if run_id and w.get("triggered_at") and not run_id.startswith(f"{bf}__") and not w.get("ended"):
+                out.append((dag, ctx.airflow.get_run(dag, run_id)))
+    return out
 
 
 def resume_params(ctx: Context, bf: str) -> BackfillParams:

@@ -198,6 +198,8 @@ class WindowRunner:
         self.airflow.clear(dag, run.run_id)
         reason = f"re-running existing run {run.run_id} ({run.run_type}, was {run.state}, reprocess={params.reprocess})"
         self._set(params, dag, idx, window, "triggered", reason=reason, run=run.run_id, triggered_at=time.time())
+        if self.record.is_cancelled(params.backfill_id):  # as after a trigger: the cancel may have swept before
+            return self._cancelled(params, dag, idx, window, run.run_id)
         return Step(done=False, delay=self._poll_delay(rec, 0.0))
 
     def _follow(

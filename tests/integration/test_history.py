@@ -232,3 +232,18 @@ def test_runs_made_by_airflows_native_backfill_are_found_too(orch):
     assert wait_done(orch.record, s["backfill_id"])["state"] == "succeeded"
     again = [orch.airflow.get_run(dag, r.run_id) for r in made]
     assert all(r.state == "success" and r.end_date > made[-1].end_date for r in again)
+
+
+def test_cancel_fail_running_also_fails_a_run_of_others_that_the_backfill_re_ran(orch):
+    dag = "user_manual"
+    window = Window(TODAY, TODAY + timedelta(days=1))
+    orch.airflow.trigger(dag, "manual__long", window, conf={"sleep": 30})
+    set_state(orch, dag, "manual__long", "failed")  # a failed run of someone else's: ours to re-run
+    s = submit(orch, dags=[dag], start=TODAY.date().isoformat(), end=TODAY.date().isoformat(), reprocess="failed")
+    bf = s["backfill_id"]
+    wait_for(lambda: orch.record.window(bf, dag, 0).get("state") == "running", 60, "the re-run running")
+    out = json.loads(run_cli("cancel", bf, "--fail-running", "--json"))
+    assert f"{dag}/manual__long" in out["failed_runs"]
+    run = orch.airflow.get_run(dag, "manual__long")
+    assert run.state == "failed" and (run.end_date - run.start_date).total_seconds() < 25  # stopped, not finished
+    assert orch.record.window(bf, dag, 0)["state"] == "cancelled"
