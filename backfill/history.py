@@ -31,7 +31,6 @@ from backfill.record import BackfillParams
 from backfill.schedule import Schedule
 from backfill.windows import Window
 
-ACTIONS = ("new", "follow", "wait", "skip", "rerun", "conflict")
 ON_CONFLICT = ("refuse", "skip")
 
 

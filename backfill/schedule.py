@@ -56,13 +56,6 @@ class Schedule:
         """The DAG's time zone; None if Airflow named one we cannot read (then no periods)."""
         return _zone(self.timezone)
 
-    @property
-    def kind(self) -> str:
-        """``cron``, ``delta`` or ``none`` (no periods known)."""
-        if self._cron() is not None:
-            return "cron"
-        return "delta" if self._delta() is not None else "none"
-
     def is_period(self, start: datetime, end: datetime) -> bool:
         """Whether ``[start, end)`` is exactly one period: ``start`` is a tick and ``end`` the next."""
         delta = self._delta()
@@ -100,9 +93,6 @@ class Schedule:
         days, h, mi, s = (int(g or 0) for g in m.groups())
         delta = timedelta(days=days, hours=h, minutes=mi, seconds=s)
         return delta if delta > timedelta(0) else None
-
-    def _cron(self) -> rrule.rrulebase | None:
-        return _cron_rule(self.summary or "", datetime(2000, 1, 1))
 
 
 def _localize(naive: datetime, zone: tzinfo) -> datetime:
