@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up what they need.
-.PHONY: setup demo test bench compat lint format
+.PHONY: setup demo test bench compat faults lint format
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -17,6 +17,11 @@ test: setup
 bench: setup
 	@bash scripts/bootstrap.sh
 	.venv/bin/python -m bench --write-docs
+
+# The fault-injection harness's long run: 10,000 random schedules (docs/reliability.md); exits
+# non-zero on a violation, printing the seed that replays it. make test runs 300 and the cases.
+faults: setup
+	.venv/bin/python -m faults --schedules 10000
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

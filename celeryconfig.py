@@ -18,12 +18,13 @@ AIRFLOW_VERIFY_SSL             true                         false: no TLS certif
 AIRFLOW_EXTRA_HEADERS          (none)                       JSON object of headers sent with every request
 BACKFILL_MAX_WINDOWS           100000                       cap on windows per backfill (all DAGs)
 BACKFILL_SEGMENT_SIZE          20                           windows per chain message
-BACKFILL_LOCK_TTL              120                          seconds a per-DAG lock outlives its holder
+BACKFILL_LOCK_TTL              300                          seconds a per-DAG lock outlives its holder
+BACKFILL_LATE_MARGIN           60                           how late a countdown may run (lock_ttl counts it)
 BACKFILL_POLL_MIN              0.05                         shortest wait between looks at a run
 BACKFILL_POLL_MAX              60                           longest wait between looks at a run
 BACKFILL_BUSY_POLL             3                            wait between looks at a busy/locked DAG
 BACKFILL_RETRY_MAX             60                           longest backoff after a transient error
-BACKFILL_GIVE_UP_AFTER         3600                         a window fails after an outage this long
+BACKFILL_GIVE_UP_AFTER         3600                         a window fails after an outage (or a stall) this long
 BACKFILL_VISIBILITY_TIMEOUT    1800                         Redis redelivers unacked messages after it
 BACKFILL_RECORD_TTL            2592000                      seconds a finished backfill's record stays
 BACKFILL_KEY_PREFIX            backfill                     prefix of every Redis key we write

@@ -425,7 +425,8 @@ class AirflowClient:
         """Re-queue an existing run (with its original data interval)."""
         self._call(f"clear run {run_id!r} of DAG {dag_id!r}", self._json, "POST",
                    "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/clear",
-                   path_params={"dag_id": dag_id, "dag_run_id": run_id}, body={"dry_run": False})  # fmt: skip
+                   path_params={"dag_id": dag_id, "dag_run_id": run_id}, body={"dry_run": False},
+                   idempotent=False)  # fmt: skip
 
     def fail_run(self, dag_id: str, run_id: str) -> None:
         self._call(f"fail run {run_id!r} of DAG {dag_id!r}", self._json, "PATCH",

@@ -29,11 +29,11 @@ class Context:
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
         airflow = AirflowClient(settings.airflow)
         record = Record(client, prefix=settings.key_prefix, ttl=settings.record_ttl)
-        locks = DagLocks(client, prefix=settings.key_prefix, ttl=settings.lock_ttl)
+        locks = DagLocks(client, prefix=settings.key_prefix, ttl=settings.lock_ttl, slot_ttl=settings.slot_ttl)
         throttle = Throttle(
             client,
             prefix=settings.key_prefix,
-            ttl=settings.lock_ttl,
+            ttl=settings.slot_ttl,
             stale=max(10.0, 4 * settings.busy_poll),
             global_limit=settings.global_max_runs,
         )

@@ -7,13 +7,15 @@ Cancel is layered so that it holds however it is asked for:
 2. every task stamped with the backfill id is revoked (``revoke_by_stamped_headers``), so
    waiting windows and chain continuations are dropped by the workers that hold them;
 3. the remaining windows are recorded ``cancelled``, the backfill's DAG locks and throttle
-   slots are released and its DAGs closed, at once, without waiting for any worker;
+   slots are released and its DAGs closed, at once, without waiting for any worker (a lock
+   armed for a trigger that very moment is left to its holder, which releases it when it sees
+   the flag, or to its expiry: freeing it could let another backfill miss that run);
 4. with ``fail_running``, the backfill's queued or running Airflow runs are marked failed,
    looking again until a look finds none (a window triggering at that moment is caught):
    its own runs (by run id prefix) and the runs of others it re-ran (``reprocess``, resume).
 
 A revoke from the Celery CLI (``celery -A workers control revoke_by_stamped_headers
-backfill_id=ID``) does 1-3 too: the workers' ``task_revoked`` handler calls ``cancel_dag``.
+backfill_id=ID``) does 1-3 too: the workers' ``task_revoked`` handler calls ``Lifecycle.revoked``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from typing import Any
 from backfill.airflow import RunInfo
 from backfill.context import Context
 from backfill.errors import InputError
+from backfill.lifecycle import Lifecycle
 from backfill.planning import new_backfill_id
-from backfill.record import TERMINAL, BackfillParams
+from backfill.record import BackfillParams
 
 log = logging.getLogger("backfill")
 
@@ -37,56 +40,13 @@ SWEEPS = 6  # --fail-running: at most this many looks for active runs, SWEEP_PAU
 SWEEP_PAUSE = 1.0
 
 
-def close_dag(ctx: Context, params: BackfillParams, dag_id: str, *, reason: str | None = None) -> dict[str, Any]:
-    """Record the end of ``dag_id``'s part (once) and, with the last DAG, of the backfill."""
-    counts = ctx.record.dag(params.backfill_id, dag_id)
-    if ctx.record.is_cancelled(params.backfill_id) or int(counts.get("cancelled", 0)):
-        state = "cancelled"
-    elif int(counts.get("failed", 0)) or int(counts.get("not_run", 0)):
-        state = "failed"
-    else:
-        state = "succeeded"
-    left = ctx.record.finish_dag(params, dag_id, state, reason=reason)
-    if left >= 0:
-        log.info(
-            "%s %s DAG %s: %s success, %s failed, %s skipped, %s not run, %s cancelled%s",
-            params.backfill_id, dag_id, state.upper(), counts.get("success", 0), counts.get("failed", 0),
-            counts.get("skipped", 0), counts.get("not_run", 0), counts.get("cancelled", 0),
-            f" ({reason})" if reason else "",
-        )  # fmt: skip
-    if left == 0:
-        meta = ctx.record.meta(params.backfill_id)
-        log.info("%s backfill %s", params.backfill_id, meta.get("state", "?").upper())
-    return {"dag": dag_id, "state": state}
-
-
-def cancel_dag(ctx: Context, params: BackfillParams, dag_id: str, *, reason: str, fail_running: bool = False) -> int:
-    """Record every unfinished window of the DAG as cancelled, free its lock and slots, close it.
-
-    Returns how many windows were cancelled. Safe to repeat and to race with a worker: final
-    states are final, so whichever of the two records a window first wins.
-    """
-    bf = params.backfill_id
-    done = ctx.record.windows(bf, dag_id)
-    n = 0
-    for idx in params.indices(dag_id):
-        rec = done.get(idx, {})
-        if rec.get("state") in TERMINAL:
-            continue
-        why = reason
-        if rec.get("run") and rec.get("state") in ("triggered", "running"):
-            fate = "marked failed" if fail_running else "left to finish in Airflow"
-            why = f"{reason}; run {rec['run']} {fate}"
-        n += ctx.record.transition(params, dag_id, idx, "cancelled", reason=why, run=rec.get("run"))
-    holder = ctx.locks.holder(dag_id)
-    if holder and holder.startswith(f"{bf}__"):
-        ctx.locks.release(dag_id, holder)
-    close_dag(ctx, params, dag_id, reason=reason)
-    return n
-
-
 def cancel(
-    ctx: Context, bf: str, *, fail_running: bool = False, revoke: Callable[[str], None] | None = None
+    ctx: Context,
+    bf: str,
+    *,
+    fail_running: bool = False,
+    revoke: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Cancel backfill ``bf`` (see the module docstring). Touches nothing of another backfill."""
     params = ctx.record.params(bf)
@@ -97,7 +57,8 @@ def cancel(
     if revoke is not None:
         revoke(bf)
     reason = "backfill cancelled"
-    windows = sum(cancel_dag(ctx, params, dag, reason=reason, fail_running=fail_running) for dag in params.dags)
+    life = Lifecycle(ctx)
+    windows = sum(life.cancel_dag(params, dag, reason=reason, fail_running=fail_running) for dag in params.dags)
     ctx.throttle.release_backfill(bf)
     failed: list[str] = []
     left: list[str] = []
@@ -117,7 +78,7 @@ def cancel(
                     failed.append(f"{dag}/{run.run_id}")
             if sweep and not found:
                 break
-            time.sleep(SWEEP_PAUSE)
+            sleep(SWEEP_PAUSE)
         else:
             left = [f"{dag}/{run.run_id}" for dag, run in found]
     log.info("%s backfill CANCELLED: %d window(s), %d run(s) marked failed", bf, windows, len(failed))
@@ -160,7 +121,7 @@ def resume_params(ctx: Context, bf: str) -> BackfillParams:
         dags=[d for d in old.dags if d in only],
         only=only,
         lineage=[*old.lineage, bf],
-        created_at=time.time(),
+        created_at=ctx.record.clock.now(),
     )
 
 

@@ -1,77 +1,113 @@
 """Per-DAG locks in Redis: at most one orchestrator window in flight per DAG, across backfills,
 workers and machines.
 
-A lock is one key holding its owner's token, with an expiry. The owner renews it every time it
-looks at its run; a holder that dies stops renewing and the lock expires after ``ttl``. Every
-operation compares the token inside Redis (Lua), so nobody renews or releases a lock that
-expired and was taken by someone else.
+A lock is a hash: its holder's ``token``, ``until`` (milliseconds, on Redis's clock) and, while a
+trigger may be on its way, ``armed``. The holder renews it as it goes; a holder that dies stops
+renewing and the lock expires ``ttl`` after the last renewal. Every operation compares the token
+and the time inside Redis (``backfill/lua/lock_*.lua``), so nobody renews or releases a lock that
+expired and was taken by someone else, and one clock (Redis's) judges every expiry.
 
 The token is the window's run id (``<backfill id>__<window start>``): deterministic, so a
 redelivered task recognises the lock it held before its worker died, and readable, so a
 waiting window can say who holds the DAG.
+
+Before a trigger, ``arm`` checks in one script that the backfill is not cancelled and that the
+lock and the window's throttle slots are still held, and renews them all for a full ``ttl``:
+the settings keep ``ttl`` above the longest a trigger can take, so no one else can take the DAG
+between the check and the trigger.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import NamedTuple
 
 import redis
 
-_ACQUIRE = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return nil
-end
-if cur then return cur end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return nil
-"""
+from backfill.clock import SYSTEM, Clock
+from backfill.lua import source
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+
+class WindowKeys(NamedTuple):
+    """Where a window's state lives (the scripts check it has not ended, nor been cancelled)."""
+
+    meta: str  # the backfill's hash (its cancel flag)
+    windows: str  # the DAG's windows hash
+    index: int  # the window's field in it
 
 
 class DagLocks:
-    def __init__(self, client: redis.Redis, *, prefix: str, ttl: float) -> None:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str, ttl: float, slot_ttl: float | None = None, clock: Clock = SYSTEM
+    ) -> None:
         self._redis = client
         self._prefix = prefix
         self._ttl_ms = int(ttl * 1000)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
+        self._slot_ttl_ms = int((slot_ttl or ttl) * 1000)  # the throttle's: see Settings.slot_ttl
+        self.clock = clock
+        self._acquire = client.register_script(source("lock_acquire"))
+        self._hold = client.register_script(source("lock_hold"))
+        self._arm = client.register_script(source("lock_arm"))
+        self._release = client.register_script(source("lock_release"))
+        self._release_idle = client.register_script(source("lock_release_idle"))
+        self._disarm = client.register_script(source("lock_disarm"))
 
     def key(self, dag_id: str) -> str:
         return f"{self._prefix}:lock:{dag_id}"
 
-    def acquire(
-        self, dag_id: str, token: str, *, also: Callable[[redis.client.Pipeline], None] | None = None
-    ) -> str | None:
-        """Take or renew the DAG's lock. Returns None when ``token`` holds it, else the holder.
+    def acquire(self, dag_id: str, token: str) -> str | None:
+        """Take or renew the DAG's lock. Returns None when ``token`` holds it, else the holder."""
+        return _text(self._acquire(keys=[self.key(dag_id)], args=[token, self._ttl_ms, self.clock.script_now()]))
 
-        ``also`` may queue more writes on the same pipeline: they go in the same round trip.
-        """
-        if also is None:
-            holder = self._acquire(keys=[self.key(dag_id)], args=[token, self._ttl_ms])
-        else:
-            pipe = self._redis.pipeline(transaction=False)
-            self._acquire(keys=[self.key(dag_id)], args=[token, self._ttl_ms], client=pipe)
-            also(pipe)
-            holder = pipe.execute()[0]
-        return None if holder is None else holder.decode() if isinstance(holder, bytes) else str(holder)
+    def hold(self, dag_id: str, token: str, *, window: WindowKeys, member: str, slot_keys: list[str]) -> str | None:
+        """Renew the lock and the slots of a window whose run is in flight (``lock_hold.lua``).
+        Returns "ended" (the window ended or its backfill was cancelled: nothing kept), or
+        another live holder of the lock, if the lock expired and was taken meanwhile."""
+        keys = [self.key(dag_id), window.meta, window.windows, *slot_keys]
+        args = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.index]
+        return _text(self._hold(keys=keys, args=args))
 
-    def release(self, dag_id: str, token: str, *, also: Callable[[redis.client.Pipeline], None] | None = None) -> bool:
-        """Drop the lock if ``token`` still holds it. ``also``: more writes, same round trip."""
-        if also is None:
-            return bool(self._release(keys=[self.key(dag_id)], args=[token]))
-        pipe = self._redis.pipeline(transaction=False)
+    def arm(self, dag_id: str, token: str, *, window: WindowKeys, member: str, slot_keys: list[str]) -> str:
+        """The check just before a trigger (``lock_arm.lua``): "ok", "cancelled", "ended", "lost"
+        or "slot"."""
+        keys = [self.key(dag_id), window.meta, window.windows, *slot_keys]
+        args = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.index]
+        return str(_text(self._arm(keys=keys, args=args)))
+
+    def disarm(self, dag_id: str, token: str) -> None:
+        """The armed trigger is recorded: a cancel may free the lock again."""
+        self._disarm(keys=[self.key(dag_id)], args=[token])
+
+    def release(self, dag_id: str, token: str) -> bool:
+        """Drop the lock if ``token`` still holds it."""
+        return bool(self._release(keys=[self.key(dag_id)], args=[token]))
+
+    def release_on(self, pipe: redis.client.Pipeline, dag_id: str, token: str) -> None:
+        """``release``, queued on a pipeline (one round trip with the slots' release)."""
         self._release(keys=[self.key(dag_id)], args=[token], client=pipe)
-        also(pipe)
-        return bool(pipe.execute()[0])
+
+    def release_idle(self, dag_id: str, prefix: str) -> int:
+        """Drop the lock if a token starting with ``prefix`` holds it and has no trigger armed and
+        unrecorded: 1 dropped, 0 not held by such a token, -1 left (armed; its holder releases it)."""
+        return int(self._release_idle(keys=[self.key(dag_id)], args=[prefix, self.clock.script_now()]))
 
     def holder(self, dag_id: str) -> str | None:
-        value = self._redis.get(self.key(dag_id))
-        return value.decode() if isinstance(value, bytes) else value
+        """The live holder's token, if any."""
+        token, until = self._redis.hmget(self.key(dag_id), ["token", "until"])
+        if token is None or until is None:
+            return None
+        return _text(token) if int(until) > self.now_ms() else None
+
+    def now_ms(self) -> int:
+        """ "Now" as the scripts see it (Redis's clock, or the harness's)."""
+        given = self.clock.script_now()
+        return int(given) if given else self.clock.redis_ms(self._redis)
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl_ms / 1000
+
+
+def _text(value: object) -> str | None:
+    if value is None or value is False:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -8,8 +8,9 @@ Keys (``P`` is the settings' ``key_prefix``, ``ID`` the backfill id)::
     P:bf:ID:win:DAG       hash: window index -> JSON {state, run_id, reason, ...}; absent = planned
     P:bf:ID:events        stream: every state change, in the order it happened
 
-A window changes state through one Lua script that updates the window, the DAG's counters and
-the event log at once, and refuses to leave a terminal state: a redelivered task cannot count
+A window changes state through one Lua script (``backfill/lua/window_transition.lua``) that
+updates the window, the DAG's counters and the event log at once, and refuses to leave a
+terminal state: a redelivered task cannot count
 a window twice. The same script says whether the change is new, and only then is a log line
 written, so the worker log and the record tell the same story.
 """
@@ -17,7 +18,6 @@ written, so the worker log and the record tell the same story.
 from __future__ import annotations
 
 import json
-import time
 from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -25,55 +25,15 @@ from typing import Any
 
 import redis
 
+from backfill.clock import SYSTEM, Clock
 from backfill.errors import BackfillNotFound
+from backfill.lua import source
 from backfill.pacing import FIELDS as PACE_FIELDS
 from backfill.windows import Window, WindowSpec, window_spec
 
 WINDOW_STATES = ("planned", "waiting", "triggered", "running", "success", "failed", "skipped", "not_run", "cancelled")
 TERMINAL = frozenset({"success", "failed", "skipped", "not_run", "cancelled"})
 EVENT_FIELDS = frozenset({"run", "duration"})
-
-_TRANSITION = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-local new = cjson.decode(ARGV[2])
-local merged = new
-local changed = true
-if old then
-  local prev = cjson.decode(old)
-  local terminal = {success=1, failed=1, skipped=1, not_run=1, cancelled=1}
-  if terminal[prev['state']] then return 0 end
-  changed = prev['state'] ~= new['state'] or prev['reason'] ~= new['reason']
-  for k, v in pairs(new) do prev[k] = v end
-  merged = prev
-end
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(merged))
-if not changed then return 1 end
-local counters = {success=1, failed=1, skipped=1, not_run=1, cancelled=1}
-if counters[new['state']] then redis.call('HINCRBY', KEYS[2], new['state'], 1) end
-redis.call('HSET', KEYS[2], 'current', ARGV[1], 'current_state', new['state'], 'reason', new['reason'])
-if redis.call('HGET', KEYS[2], 'state') == 'pending' then
-  redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', cjson.decode(ARGV[3])['ts'])
-end
-redis.call('XADD', KEYS[3], '*', 'e', ARGV[3])
-return 2
-"""
-
-_FINISH_DAG = """
-if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return -1 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1])
-redis.call('XADD', KEYS[3], '*', 'e', ARGV[3])
-local left = redis.call('HINCRBY', KEYS[2], 'dags_left', -1)
-if ARGV[1] == 'cancelled' then redis.call('HSET', KEYS[2], 'any_cancelled', '1')
-elseif ARGV[1] ~= 'succeeded' then redis.call('HSET', KEYS[2], 'any_failed', '1') end
-if left == 0 then
-  local state = 'succeeded'
-  if redis.call('HGET', KEYS[2], 'cancelled') == '1' then state = 'cancelled'
-  elseif redis.call('HGET', KEYS[2], 'any_failed') == '1' then state = 'failed'
-  elseif redis.call('HGET', KEYS[2], 'any_cancelled') == '1' then state = 'cancelled' end
-  redis.call('HSET', KEYS[2], 'state', state, 'finished_at', ARGV[2])
-end
-return left
-"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,12 +124,15 @@ class BackfillParams:
 
 
 class Record:
-    def __init__(self, client: redis.Redis, *, prefix: str, ttl: int) -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str, ttl: int, clock: Clock = SYSTEM) -> None:
         self.redis = client
         self.prefix = prefix
         self.ttl = ttl
-        self._transition = client.register_script(_TRANSITION)
-        self._finish_dag = client.register_script(_FINISH_DAG)
+        self.clock = clock
+        self._transition = client.register_script(source("window_transition"))
+        self._finish_dag = client.register_script(source("dag_finish"))
+        self._note = client.register_script(source("window_note"))
+        self._create = client.register_script(source("backfill_create"))
         self._params: dict[str, BackfillParams] = {}
 
     # -- keys -----------------------------------------------------------------------------
@@ -194,21 +157,19 @@ class Record:
     # -- creating and reading -------------------------------------------------------------
 
     def create(self, params: BackfillParams) -> bool:
-        """Store a new backfill's plan. False if a backfill with that id exists already."""
-        meta = self.k_meta(params.backfill_id)
-        if not self.redis.hsetnx(meta, "params", params.to_json()):
-            return False
-        pipe = self.redis.pipeline()
-        now = time.time()
-        pipe.hset(meta, mapping={"state": "running", "created_at": now, "dags_left": len(params.dags)})
-        for dag in params.dags:
-            pipe.hset(self.k_dag(params.backfill_id, dag), mapping={"state": "pending", "total": params.count(dag)})
-        pipe.zadd(f"{self.prefix}:index", {params.backfill_id: now})
-        pipe.zremrangebyscore(f"{self.prefix}:index", 0, now - self.ttl)  # their records expired too
+        """Store a new backfill's plan, in one script. False if a backfill with that id exists."""
+        bf, now = params.backfill_id, self.clock.now()
         event = {"ts": now, "kind": "backfill", "state": "planned", "dags": params.dags, "windows": params.total}
-        pipe.xadd(self.k_events(params.backfill_id), {"e": json.dumps(event)})
-        pipe.execute()
-        return True
+        keys = [self.k_meta(bf), f"{self.prefix}:index", self.k_events(bf), *(self.k_dag(bf, d) for d in params.dags)]
+        args = [
+            params.to_json(),
+            now,
+            self.ttl,
+            json.dumps(event),
+            len(params.dags),
+            *(params.count(d) for d in params.dags),
+        ]
+        return bool(self._create(keys=keys, args=args))
 
     def params(self, bf: str) -> BackfillParams:
         cached = self._params.get(bf)
@@ -236,16 +197,21 @@ class Record:
         self, bf: str, dag: str, idx: int, *, lock_key: str
     ) -> tuple[dict[str, Any], bool, list[Any], tuple[str, int]]:
         """What one poll needs, in one round trip: the window, the cancel flag, the DAG's learnt
-        durations (``backfill.pacing.FIELDS``), and its lock's holder and milliseconds to live."""
+        durations (``backfill.pacing.FIELDS``), and its lock's holder and milliseconds to live
+        (on Redis's clock: its ``TIME`` is read in the same round trip)."""
+        given = self.clock.script_now()
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self.k_windows(bf, dag), str(idx))
         pipe.hget(self.k_meta(bf), "cancelled")
         pipe.hmget(self.k_dag(bf, dag), list(PACE_FIELDS))
-        pipe.get(lock_key)
-        pipe.pttl(lock_key)
-        raw, cancelled, pace, holder, pttl = pipe.execute()
+        pipe.hmget(lock_key, ["token", "until"])
+        if not given:
+            pipe.time()
+        raw, cancelled, pace, (holder, until), *clock = pipe.execute()
+        now = int(given) if given else int(clock[0][0]) * 1000 + int(clock[0][1]) // 1000
         rec = json.loads(raw) if raw else {"state": "planned"}
-        return rec, cancelled == b"1", pace, (_s(holder or b""), int(pttl))
+        ttl_ms = int(until) - now if holder and until else -2
+        return rec, cancelled == b"1", pace, (_s(holder or b"") if ttl_ms > 0 else "", ttl_ms)
 
     def windows(self, bf: str, dag: str) -> dict[int, dict[str, Any]]:
         return {int(k): json.loads(v) for k, v in self.redis.hgetall(self.k_windows(bf, dag)).items()}
@@ -267,7 +233,7 @@ class Record:
             self.redis.hset(meta, "fail_running", "1")
         new = bool(self.redis.hsetnx(meta, "cancelled", "1"))
         if new:
-            now = time.time()
+            now = self.clock.now()
             self.redis.hset(meta, "cancel_requested_at", now)
             self.redis.xadd(
                 self.k_events(bf), {"e": json.dumps({"ts": now, "kind": "backfill", "state": "cancelling"})}
@@ -277,15 +243,38 @@ class Record:
     # -- changing -------------------------------------------------------------------------
 
     def transition(
-        self, params: BackfillParams, dag: str, idx: int, state: str, *, reason: str | None = None, **extra: Any
+        self,
+        params: BackfillParams,
+        dag: str,
+        idx: int,
+        state: str,
+        *,
+        reason: str | None = None,
+        force: bool = False,
+        **extra: Any,
     ) -> bool:
         """Move a window to ``state``. True when that is a change worth an event (and a log line).
 
         Terminal states are final: once a window is success/failed/skipped/not_run/cancelled,
-        later transitions are ignored.
+        later transitions are ignored. A window in flight goes back to waiting only if ``force``.
         """
+        return self.transition_code(params, dag, idx, state, reason=reason, force=force, **extra) == 2
+
+    def transition_code(
+        self,
+        params: BackfillParams,
+        dag: str,
+        idx: int,
+        state: str,
+        *,
+        reason: str | None = None,
+        force: bool = False,
+        **extra: Any,
+    ) -> int:
+        """``transition``, returning the script's answer: 0 nothing changed (final already, or in
+        flight and not forced), 1 same state and reason, 2 a change."""
         assert state in WINDOW_STATES, state
-        now = time.time()
+        now = self.clock.now()
         window = params.spec.window(idx)
         # "" rather than null: Lua sees JSON null as a truthy userdata.
         data = {"state": state, "reason": reason or "", "at": now, **extra}
@@ -304,16 +293,26 @@ class Record:
         }
         bf = params.backfill_id
         keys = [self.k_windows(bf, dag), self.k_dag(bf, dag), self.k_events(bf)]
-        result = self._transition(keys=keys, args=[str(idx), json.dumps(data), json.dumps(event)])
-        return int(result) == 2
+        result = self._transition(
+            keys=keys, args=[str(idx), json.dumps(data), json.dumps(event), "force" if force else ""]
+        )
+        return int(result)
 
-    def note(self, params: BackfillParams, dag: str, idx: int, **fields: Any) -> None:
-        """Remember facts about a window without changing its state (no event)."""
-        current = self.window(params.backfill_id, dag, idx)
-        if current.get("state") in TERMINAL:
-            return
-        current.update(fields)
-        self.redis.hset(self.k_windows(params.backfill_id, dag), str(idx), json.dumps(current))
+    def note(self, params: BackfillParams, dag: str, idx: int, **fields: Any) -> bool:
+        """Remember facts about a window without changing its state (no event); a terminal
+        window is left as it is. In one script: a cancel landing meanwhile is not undone."""
+        return self._run_note(params, dag, idx, fields, "", None) == 1
+
+    def claim(self, params: BackfillParams, dag: str, idx: int, field: str, expect: Any, **fields: Any) -> bool:
+        """``note(**fields)`` only if the window's ``field`` is ``expect`` (None: absent). Of two
+        deliveries racing to do the same thing (clear a run), one wins the claim."""
+        return self._run_note(params, dag, idx, fields, field, expect) == 1
+
+    def _run_note(
+        self, params: BackfillParams, dag: str, idx: int, fields: dict[str, Any], field: str, expect: Any
+    ) -> int:
+        keys = [self.k_windows(params.backfill_id, dag)]
+        return int(self._note(keys=keys, args=[str(idx), json.dumps(fields), field, json.dumps(expect)]))
 
     def set_dag(self, bf: str, dag: str, *, client: redis.client.Pipeline | None = None, **fields: Any) -> None:
         """Set fields of a DAG's record. ``client``: a pipeline to queue it on."""
@@ -323,7 +322,7 @@ class Record:
 
     def finish_dag(self, params: BackfillParams, dag: str, state: str, *, reason: str | None = None) -> int:
         """Close a DAG (succeeded, failed, stopped or cancelled). Returns DAGs left, -1 if already closed."""
-        now = time.time()
+        now = self.clock.now()
         event = {"ts": now, "kind": "dag", "dag": dag, "state": state, "reason": reason}
         bf = params.backfill_id
         keys = [self.k_dag(bf, dag), self.k_meta(bf), self.k_events(bf)]

@@ -18,7 +18,6 @@ something else.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +25,7 @@ from backfill import pacing
 from backfill.airflow import AirflowClient, RunInfo
 from backfill.errors import AirflowConflict, AirflowError, AirflowNotFound, AirflowUnavailable
 from backfill.history import decide
-from backfill.locks import DagLocks
+from backfill.locks import DagLocks, WindowKeys
 from backfill.pacing import Pace
 from backfill.planning import schedule_of
 from backfill.record import TERMINAL, BackfillParams, Record
@@ -37,6 +36,8 @@ from backfill.windows import Window
 log = logging.getLogger("backfill")
 
 WAIT_OUTAGE = "Airflow unavailable, retrying with backoff"
+KNOWN_STATES = ("queued", "running", "success", "failed")  # Airflow 3's DagRunState
+MAX_UNEXPLAINED_CONFLICTS = 8  # 409s with no run at the window's date before the window fails
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,11 @@ class WindowRunner:
     def __init__(
         self, *, settings: Settings, airflow: AirflowClient, record: Record, locks: DagLocks, throttle: Throttle
     ) -> None:
+        self.clock = record.clock
+        self._lease_until = 0.0
+        self._step_start = 0.0
+        self._idx = 0
+        self._flying = False
         self.settings = settings
         self.airflow = airflow
         self.record = record
@@ -65,49 +71,98 @@ class WindowRunner:
         """``calls``: Airflow requests this window made in its earlier steps; the total is
         recorded with the window's outcome (``api_calls``), to measure the load on Airflow."""
         self._calls = (calls, self.airflow.requests)
-        idx = params.index_at(seq, dag)
+        self._step_start = self.clock.now()
+        idx = self._idx = params.index_at(seq, dag)
         window = params.spec.window(idx)
         run_id = params.run_id(window)
-        rec, cancelled, pace, lock = self.record.snapshot(params.backfill_id, dag, idx, lock_key=self.locks.key(dag))
+        rec, cancelled, pace, (holder, ttl_ms) = self.record.snapshot(
+            params.backfill_id, dag, idx, lock_key=self.locks.key(dag)
+        )
         rec["pace"] = Pace.from_record(pace)  # this step's view of the DAG's learnt durations
-        rec["lock"] = lock  # (holder, ms to live)
+        # Until when (this process's clock) the lock is ours, as far as this step knows.
+        self._lease_until = self.clock.now() + ttl_ms / 1000 if holder == run_id else 0.0
+        self._flying = self._in_flight(rec)  # kept up to date by _set
         if rec["state"] in TERMINAL:
-            return Step(done=True, state=rec["state"], reason=rec.get("reason"), repeat=True)
+            return self._repeat(params, dag, window, rec)
         if cancelled:
             return self._finish(params, dag, idx, window, "cancelled", reason="backfill cancelled")
         try:
             step = self._advance(params, dag, idx, window, run_id, rec)
         except AirflowUnavailable as exc:
-            return self._outage(params, dag, idx, window, run_id, rec, exc)
+            step = self._outage(params, dag, idx, window, run_id, rec, exc)
         except AirflowError as exc:
             # 401/403/404/4xx: retrying cannot help; say why and stop this window.
             return self._finish(params, dag, idx, window, "failed", reason=str(exc))
-        if rec.get("unavailable_since"):
-            self.record.note(params, dag, idx, unavailable_since=None, outage_attempts=0)
+        else:
+            if rec.get("unavailable_since"):
+                self.record.note(params, dag, idx, unavailable_since=None, outage_attempts=0)
+        if not step.done and self._flying:
+            self._keep(params, dag, run_id, step.delay)
         return step
+
+    def _repeat(self, params: BackfillParams, dag: str, window: Window, rec: dict[str, Any]) -> Step:
+        """The window ended before: a redelivery, or a worker that died between the final state
+        and the release. Release again (a no-op if done, or if someone else holds them now)."""
+        self._release(params, dag, window)
+        return Step(done=True, state=rec["state"], reason=rec.get("reason"), repeat=True)
+
+    @staticmethod
+    def _in_flight(rec: dict[str, Any]) -> bool:
+        """Whether the window has a run in Airflow it follows: one it triggered, or re-ran."""
+        return rec["state"] in ("triggered", "running") and bool(rec.get("run"))
 
     def _advance(
         self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str, rec: dict[str, Any]
     ) -> Step:
-        holder = self._hold(params, dag, run_id, rec)
-        if holder is not None:
-            return self._wait(params, dag, idx, window, f"DAG locked by {_describe(holder)}", self.settings.busy_poll)
-        # The run this window follows: one it re-ran (run_id), or the one it triggered (run).
-        followed = rec.get("run_id") or (rec.get("run") if rec["state"] in ("triggered", "running") else None)
-        if followed:
+        # The run this window follows (one it triggered or re-ran) is followed whoever holds
+        # the lock now (ours expired and was taken: the taker's busy check sees our run and
+        # waits); the lock and slots are kept at the step's end.
+        if self._in_flight(rec):
             try:
-                run = self.airflow.get_run(dag, followed)
+                run = self.airflow.get_run(dag, rec["run"])
             except AirflowNotFound:
                 # Deleted in Airflow behind our back: start this window over.
-                self.record.note(params, dag, idx, run_id=None, run=None, prev_end=None)
+                self.record.note(params, dag, idx, run_id=None, run=None, prev_end=None, clear_at=None)
+                self._set(params, dag, idx, window, "waiting", reason=f"run {rec['run']} was deleted in Airflow",
+                          force=True)  # fmt: skip
+                self._flying = False
                 return Step(done=False, delay=self.settings.poll_min)
             return self._follow(params, dag, idx, window, run, rec)
 
-        why = self._busy(dag, run_id) or self._slot(params, dag, run_id)
+        holder = self.locks.acquire(dag, run_id)
+        if holder is not None:
+            return self._wait(params, dag, idx, window, f"DAG locked by {_describe(holder)}", self.settings.busy_poll)
+        self._lease_until = self.clock.now() + self.locks.ttl
+        claimed = rec.get("run_id")  # a run this window set out to re-run (clear)
+        why = self._busy(dag, run_id, claimed)
         if why:
             return self._wait(params, dag, idx, window, why, self.settings.busy_poll)
+        rerun: RunInfo | None = None
+        if claimed:
+            step, rerun = self._claimed(params, dag, idx, window, claimed, rec)
+            if step is not None:
+                return step
         if rec["pace"].total is None and params.seq_of(idx, dag) == 0:
             rec["pace"] = self._seed_pace(params, dag)
+        # The slots last, then the final check: nothing between a grant and the trigger but
+        # one script (lock_arm.lua) that verifies lock, slots and cancel flag together.
+        why = self._slot(params, dag, run_id)
+        if why:
+            return self._wait(params, dag, idx, window, why, self.settings.busy_poll)
+        member = slot_member(dag, run_id)
+        armed = self.locks.arm(dag, run_id, window=self._keys(params, dag, idx), member=member,
+                               slot_keys=self._slot_keys(params))  # fmt: skip
+        if armed == "cancelled":
+            return self._finish(params, dag, idx, window, "cancelled", reason="backfill cancelled")
+        if armed == "ended":  # ended by another delivery meanwhile: the next look says how
+            return Step(done=False, delay=self.settings.poll_min)
+        if armed != "ok":  # the lock or a slot expired during this step (a slow Airflow): look again
+            self.throttle.release(params.backfill_id, member)  # not held while it waits again
+            return self._wait(params, dag, idx, window, f"lost the DAG's {'lock' if armed == 'lost' else 'slot'} "
+                              "before triggering, trying again", self.settings.poll_min)  # fmt: skip
+        self._lease_until = self.clock.now() + self.locks.ttl
+        if rerun is not None:  # a clear that never took effect: clear again, gated as a trigger is
+            return self._rerun(params, dag, idx, window, rerun, rec, again=True)
         conf = {**params.conf, "window_start": window.start.isoformat(), "window_end": window.end.isoformat()}
         conf["backfill_id"] = params.backfill_id
         try:
@@ -116,10 +171,12 @@ class WindowRunner:
             # The logical date is taken (by an earlier run, or our own earlier try). Triggering
             # first and looking only on a conflict saves a request on every window.
             return self._held(params, dag, idx, window, run_id, rec)
-        now = time.time()
+        now = self.clock.now()
         # Our clock minus Airflow's (plus half a round trip): places Airflow's start date on ours.
         skew = round(now - run.queued_at.timestamp(), 3) if run.queued_at else 0.0
         self._set(params, dag, idx, window, "triggered", run=run_id, triggered_at=now, skew=skew)
+        self.locks.disarm(dag, run_id)
+        rec["triggered_at"] = now
         if self.record.is_cancelled(params.backfill_id):
             # Cancelled while we triggered: the cancel may have listed the runs before ours.
             return self._cancelled(params, dag, idx, window, run_id)
@@ -131,14 +188,32 @@ class WindowRunner:
         """The trigger found the window's logical date taken: what the run holding it means for
         this window is ``backfill.history``'s rule, the same one ``plan`` and ``submit`` apply."""
         held = self.airflow.runs_at(dag, window.start)
-        if not held:  # gone since (deleted): try again
-            return Step(done=False, delay=self.settings.poll_min)
+        if not held:
+            # A 409 with no run at the date: our run id is taken at another date, or the run
+            # was deleted since (or a proxy answers 409). Try again, a bounded number of times.
+            try:
+                taken = self.airflow.get_run(dag, run_id)
+            except AirflowNotFound:
+                taken = None
+            if taken is not None:
+                reason = (f"run id {run_id} is taken in Airflow by a run at another logical date "
+                          f"({_iso(taken.logical_date)}); delete that run to backfill this window")  # fmt: skip
+                return self._finish(params, dag, idx, window, "failed", reason=reason)
+            tries = int(rec.get("conflicts_unexplained") or 0) + 1
+            if tries >= MAX_UNEXPLAINED_CONFLICTS:
+                reason = f"Airflow refused the trigger {tries} times (409) with no run at {window.key}"
+                return self._finish(params, dag, idx, window, "failed", reason=reason)
+            self.record.note(params, dag, idx, conflicts_unexplained=tries)
+            return Step(done=False, delay=min(self.settings.busy_poll, self.settings.poll_min * 2**tries))
         verdict = decide(held[0], window, own_run_id=run_id, schedule=schedule_of(params, dag),
                          reprocess=params.reprocess, lineage=params.lineage)  # fmt: skip
         run = held[0]
         if verdict.action == "follow":
             return self._follow(params, dag, idx, window, run, rec)
         if verdict.action == "wait":
+            fresh = self.record.window(params.backfill_id, dag, idx)
+            if run.run_id in (fresh.get("run_id"), fresh.get("run")):  # re-run by a duplicate delivery: ours
+                return Step(done=False, delay=self.settings.poll_min)
             self.throttle.release(params.backfill_id, slot_member(dag, run_id))
             return self._wait(params, dag, idx, window, verdict.reason, self.settings.busy_poll)
         if verdict.action == "conflict":
@@ -152,24 +227,23 @@ class WindowRunner:
         # The DAG was found free and our slot taken just before the trigger.
         return self._rerun(params, dag, idx, window, run, rec)
 
-    def _hold(self, params: BackfillParams, dag: str, run_id: str, rec: dict[str, Any]) -> str | None:
-        """Take or renew the DAG's lock; a window whose run is in flight renews its throttle
-        slots in the same round trip. Returns the lock's other holder, if any."""
-        if rec["state"] not in ("triggered", "running"):
-            return self.locks.acquire(dag, run_id)
-        holder, ttl_ms = rec["lock"]
-        if holder == run_id and ttl_ms > 750 * self.settings.lock_ttl:
-            # Renewed less than a quarter of lock_ttl ago (the slots with it): ours for a while
-            # yet. Settings keep lock_ttl at least twice the longest wait, so the next renewal
-            # comes by 3/4 of it. Saves a round trip on most looks.
-            return None
-        member = slot_member(dag, run_id)
-        mpd = params.max_parallel_dags
-        return self.locks.acquire(
-            dag,
-            run_id,
-            also=lambda pipe: self.throttle.renew(params.backfill_id, member, max_parallel_dags=mpd, client=pipe),
-        )
+    def _keep(self, params: BackfillParams, dag: str, run_id: str, delay: float) -> None:
+        """Keep the lock and slots of a window whose run is in flight until its next step has
+        run: renewed when what is left would not cover the wait, how late a countdown can run
+        on a busy worker, and a step as slow as Airflow can make it (``Settings.lease_margin``).
+        Most looks skip it: the lease lasts several waits."""
+        if self._lease_until - self.clock.now() >= delay + self.settings.lease_margin:
+            return
+        other = self.locks.hold(dag, run_id, window=self._keys(params, dag, self._idx), member=slot_member(dag, run_id),
+                                slot_keys=self._slot_keys(params))  # fmt: skip
+        if other is None:
+            self._lease_until = self.clock.now() + self.locks.ttl
+
+    def _keys(self, params: BackfillParams, dag: str, idx: int) -> WindowKeys:
+        return WindowKeys(self.record.k_meta(params.backfill_id), self.record.k_windows(params.backfill_id, dag), idx)
+
+    def _slot_keys(self, params: BackfillParams) -> list[str]:
+        return self.throttle.slot_keys(params.backfill_id, max_parallel_dags=params.max_parallel_dags)
 
     def _slot(self, params: BackfillParams, dag: str, run_id: str) -> str | None:
         # Run ids repeat across the DAGs of a backfill: a slot is held by (run id, DAG).
@@ -181,8 +255,25 @@ class WindowRunner:
             self.airflow.fail_run(dag, run_id)
         return self._finish(params, dag, idx, window, "cancelled", reason="backfill cancelled", run=run_id)
 
-    def _busy(self, dag: str, run_id: str) -> str | None:
-        others = [r for r in self.airflow.active_runs(dag) if r.run_id != run_id]
+    def _claimed(
+        self, params: BackfillParams, dag: str, idx: int, window: Window, claimed: str, rec: dict[str, Any]
+    ) -> tuple[Step | None, RunInfo | None]:
+        """The window claimed run ``claimed`` to clear it, and did not record the clear: did it go
+        through (follow the run), may it still (wait), or did it never (clear again: the run)?"""
+        try:
+            run = self.airflow.get_run(dag, claimed)
+        except AirflowNotFound:
+            self.record.note(params, dag, idx, run_id=None, prev_end=None, clear_at=None)
+            return Step(done=False, delay=self.settings.poll_min), None
+        if run.active or _iso(run.end_date) != rec.get("prev_end"):
+            return self._follow(params, dag, idx, window, run, rec), None  # cleared: ours to follow
+        wait = self.settings.write_max - (self.clock.now() - float(rec.get("clear_at") or 0))
+        if wait > 0:  # a clear in flight (ours, or a duplicate delivery's) may yet land
+            return Step(done=False, delay=min(wait, self.settings.busy_poll)), None
+        return None, run
+
+    def _busy(self, dag: str, run_id: str, claimed: str | None = None) -> str | None:
+        others = [r for r in self.airflow.active_runs(dag) if r.run_id not in (run_id, claimed)]
         if not others:
             return None
         first = others[0]
@@ -190,14 +281,28 @@ class WindowRunner:
         return f"DAG busy: run {first.run_id} is {first.state}{more}"
 
     def _rerun(
-        self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: dict[str, Any]
+        self,
+        params: BackfillParams,
+        dag: str,
+        idx: int,
+        window: Window,
+        run: RunInfo,
+        rec: dict[str, Any],
+        *,
+        again: bool = False,
     ) -> Step:
-        # Remember the run and its old end before clearing, so a redelivered task can tell
-        # "cleared and finished again" from "crashed before the clear went through".
-        self.record.note(params, dag, idx, run_id=run.run_id, prev_end=_iso(run.end_date))
+        # Claim the run and remember its old end before clearing, so a redelivered task can
+        # tell "cleared and finished again" from "died before the clear went through"; of two
+        # deliveries racing here, only the one that wins the claim clears.
+        now = self.clock.now()
+        claim = ("clear_at", rec.get("clear_at")) if again else ("run_id", None)
+        if not self.record.claim(params, dag, idx, *claim, run_id=run.run_id, prev_end=_iso(run.end_date),
+                                 clear_at=now):  # fmt: skip
+            return Step(done=False, delay=self.settings.poll_min)  # someone else is on it: follow
         self.airflow.clear(dag, run.run_id)
         reason = f"re-running existing run {run.run_id} ({run.run_type}, was {run.state}, reprocess={params.reprocess})"
-        self._set(params, dag, idx, window, "triggered", reason=reason, run=run.run_id, triggered_at=time.time())
+        self._set(params, dag, idx, window, "triggered", reason=reason, run=run.run_id, triggered_at=self.clock.now())
+        self.locks.disarm(dag, params.run_id(window))
         if self.record.is_cancelled(params.backfill_id):  # as after a trigger: the cancel may have swept before
             return self._cancelled(params, dag, idx, window, run.run_id)
         return Step(done=False, delay=self._poll_delay(rec, 0.0))
@@ -205,22 +310,21 @@ class WindowRunner:
     def _follow(
         self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: dict[str, Any]
     ) -> Step:
-        if run.state in ("success", "failed") and rec.get("prev_end") and rec["prev_end"] == _iso(run.end_date):
-            # Our clear never took effect (we died in between): clear again.
-            return self._rerun(params, dag, idx, window, run, rec)
-        elapsed = time.time() - float(rec.get("triggered_at") or time.time())
+        now = self.clock.now()
+        elapsed = now - float(rec.get("triggered_at") or now)
+        if run.state not in KNOWN_STATES:
+            why = f"run {run.run_id} is in a state this orchestrator does not know ({run.state!r})"
+            return self._stalled(params, dag, idx, window, run, rec, why)
         if run.state == "queued":
             if rec["state"] not in ("triggered",):
-                self._set(params, dag, idx, window, "triggered", run=run.run_id, triggered_at=time.time())
+                self._set(params, dag, idx, window, "triggered", run=run.run_id, triggered_at=now)
             elif elapsed > max(5.0, 2 * self.settings.busy_poll):
                 # Queued for a while: the usual cause is a DAG paused after the submit. Say so
                 # (status shows it) and keep waiting: unpausing it lets the run go on.
-                paused = self.airflow.get_dag(dag).is_paused
-                reason = f"DAG {dag} is paused in Airflow: run {run.run_id} stays queued until it is unpaused"
-                if paused != (rec.get("reason") or "").startswith(f"DAG {dag} is paused"):
-                    self._set(params, dag, idx, window, "triggered", reason=reason if paused else None, run=run.run_id)
-                if paused:
-                    return Step(done=False, delay=self.settings.busy_poll, reason=reason)
+                if self.airflow.get_dag(dag).is_paused:
+                    why = f"DAG {dag} is paused in Airflow: run {run.run_id} stays queued until it is unpaused"
+                    return self._stalled(params, dag, idx, window, run, rec, why)
+                self._unstalled(params, dag, idx, window, run, rec)
                 # Not started for a while, yet not paused: Airflow is short of capacity. Look
                 # (and ask about the pause) no more often than at a busy DAG.
                 return Step(done=False, delay=max(self.settings.busy_poll, self._poll_delay(rec, elapsed)))
@@ -228,6 +332,13 @@ class WindowRunner:
         if run.state == "running":
             if rec["state"] != "running":
                 self._set(params, dag, idx, window, "running", run=run.run_id, started=_iso(run.start_date))
+            elif elapsed > max(60.0, 3 * (rec["pace"].total or 0.0)) and self.airflow.get_dag(dag).is_paused:
+                # Later than usual, and paused: Airflow does not schedule the tasks of a paused
+                # DAG's running run, so it stalls. Say so, and give up if it lasts.
+                why = f"DAG {dag} is paused in Airflow: run {run.run_id} is stalled until it is unpaused"
+                return self._stalled(params, dag, idx, window, run, rec, why)
+            else:
+                self._unstalled(params, dag, idx, window, run, rec)
             return Step(done=False, delay=self._poll_delay(rec, elapsed, run))
         if rec["state"] != "running" and run.start_date is not None:
             # Paced looks can miss the running phase of a short run: record it anyway, so the
@@ -244,6 +355,32 @@ class WindowRunner:
             run=run.run_id, started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
         )  # fmt: skip
 
+    def _stalled(
+        self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: dict[str, Any], why: str
+    ) -> Step:
+        """The run cannot end by itself (a paused DAG, a state we do not know): say so in the
+        record and the log, look again at the busy pace, and fail the window if it lasts
+        longer than ``give_up_after`` (the run is left as it is in Airflow)."""
+        now = self.clock.now()
+        since = float(rec.get("stalled_since") or now)
+        if now - since > self.settings.give_up_after:
+            reason = f"{why}, for {now - since:.0f} s (BACKFILL_GIVE_UP_AFTER); the run is left as it is"
+            return self._finish(params, dag, idx, window, "failed", reason=reason, run=run.run_id)
+        state = rec["state"] if rec["state"] in ("triggered", "running") else "triggered"
+        if rec.get("reason") != why:
+            log.warning("%s %s %s: %s", params.backfill_id, dag, window.label(), why)
+        self._set(params, dag, idx, window, state, reason=why, run=run.run_id)
+        if not rec.get("stalled_since"):
+            self.record.note(params, dag, idx, stalled_since=since)
+        return Step(done=False, delay=self.settings.busy_poll, reason=why)
+
+    def _unstalled(
+        self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: dict[str, Any]
+    ) -> None:
+        if rec.get("stalled_since"):
+            self.record.note(params, dag, idx, stalled_since=None)
+            self._set(params, dag, idx, window, rec["state"], reason=None, run=run.run_id)
+
     def calls(self) -> int:
         """Airflow requests of the current window so far, this step's included."""
         before, start = self._calls
@@ -252,7 +389,9 @@ class WindowRunner:
     # -- outcomes -------------------------------------------------------------------------
 
     def _wait(self, params: BackfillParams, dag: str, idx: int, window: Window, reason: str, delay: float) -> Step:
-        self._set(params, dag, idx, window, "waiting", reason=reason)
+        if self._set(params, dag, idx, window, "waiting", reason=reason) == 0:
+            # In flight or ended meanwhile (a duplicate delivery got further): look again at once.
+            return Step(done=False, delay=self.settings.poll_min)
         return Step(done=False, delay=delay, reason=reason)
 
     def _finish(
@@ -267,18 +406,28 @@ class WindowRunner:
         learnt: Pace | None = None,
         **extra: Any,
     ) -> Step:
-        self._set(params, dag, idx, window, state, reason=reason, api_calls=self.calls(), **extra)
-        # Our lock token is always our own run id, even when the window re-ran another run.
-        token = params.run_id(window)
-        member = slot_member(dag, token)
-
-        def release(pipe: Any) -> None:  # the slots, and what the run taught, in the same round trip
-            self.throttle.release(params.backfill_id, member, client=pipe)
-            if learnt is not None:
-                self.record.set_dag(params.backfill_id, dag, client=pipe, **learnt.to_record())
-
-        self.locks.release(dag, token, also=release)
+        code = self._set(params, dag, idx, window, state, reason=reason, api_calls=self.calls(), **extra)
+        self._flying = False
+        self._release(params, dag, window, learnt=learnt)
+        if code == 0:  # another delivery ended it first: that one hands on
+            ended = self.record.window(params.backfill_id, dag, idx)
+            return Step(done=True, state=ended["state"], reason=ended.get("reason"), repeat=True)
         return Step(done=True, state=state, reason=reason)
+
+    def release(self, params: BackfillParams, dag: str, seq: int) -> None:
+        """Give back what the ``seq``-th window of ``dag`` holds (idempotent)."""
+        self._release(params, dag, params.window_at(seq, dag))
+
+    def _release(self, params: BackfillParams, dag: str, window: Window, *, learnt: Pace | None = None) -> None:
+        """Give back the window's lock and slots (and record what its run taught), in one round
+        trip. Our lock token is always our own run id, even when the window re-ran another run."""
+        token = params.run_id(window)
+        pipe = self.record.redis.pipeline(transaction=False)
+        self.locks.release_on(pipe, dag, token)
+        self.throttle.release(params.backfill_id, slot_member(dag, token), client=pipe)
+        if learnt is not None:
+            self.record.set_dag(params.backfill_id, dag, client=pipe, **learnt.to_record())
+        pipe.execute()
 
     def _outage(
         self,
@@ -290,14 +439,13 @@ class WindowRunner:
         rec: dict[str, Any],
         exc: AirflowUnavailable,
     ) -> Step:
-        now = time.time()
+        now = self.clock.now()
         since = float(rec.get("unavailable_since") or now)
         attempts = int(rec.get("outage_attempts") or 0) + 1
         if now - since > self.settings.give_up_after:
             reason = f"Airflow unreachable for {now - since:.0f} s (BACKFILL_GIVE_UP_AFTER): {exc}"
             return self._finish(params, dag, idx, window, "failed", reason=reason)
         self.record.note(params, dag, idx, unavailable_since=since, outage_attempts=attempts)
-        self._hold(params, dag, run_id, rec)  # keep our lock (and slots) alive through the outage
         delay = min(self.settings.retry_max, self.settings.poll_min * 2**attempts)
         log.warning(
             "%s %s %s: %s (attempt %d, next in %.1f s)", params.backfill_id, dag, window.label(), exc, attempts, delay
@@ -315,15 +463,21 @@ class WindowRunner:
         state: str,
         *,
         reason: str | None = None,
+        force: bool = False,
         **extra: Any,
-    ) -> None:
-        if self.record.transition(params, dag, idx, state, reason=reason, **extra):
+    ) -> int:
+        """Record a state (``Record.transition_code``'s answer: 0 if nothing changed)."""
+        if state in ("triggered", "running") and extra.get("run"):
+            self._flying = True
+        code = self.record.transition_code(params, dag, idx, state, reason=reason, force=force, **extra)
+        if code == 2:
             fields = {
                 "backfill_id": params.backfill_id, "dag_id": dag, "window_start": window.start.isoformat(),
                 "window_end": window.end.isoformat(), "seq": params.seq_of(idx, dag) + 1, "of": params.count(dag),
                 "state": state, "run_id": extra.get("run"), "duration": extra.get("duration"), "reason": reason,
             }  # fmt: skip
             log.info(format_line(params, dag, idx, window, state, reason=reason, **extra), extra={"backfill": fields})
+        return code
 
     # -- polling --------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from backfill.errors import InputError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_AIRFLOW_URL = "http://localhost:8080"
+# Airflow calls one step of a window makes while it holds its lease, at most (backfill.runner).
+MAX_CALLS_PER_STEP = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +27,8 @@ class Settings:
     key_prefix: str = "backfill"  # every Redis key of the orchestrator starts with this
     max_windows: int = 100_000  # cap on windows per backfill, all DAGs together
     segment_size: int = 20  # windows per chain message; the chain continues in segments
-    lock_ttl: float = 120.0  # seconds a per-DAG lock lives without renewal
+    lock_ttl: float = 300.0  # seconds a per-DAG lock (and throttle slot) lives without renewal
+    late_margin: float = 60.0  # how late a countdown may run on a busy worker (lock_ttl counts it)
     poll_min: float = 0.05  # shortest wait between two looks at a running run
     poll_max: float = 60.0  # longest wait between two looks at a running run
     busy_poll: float = 3.0  # wait between two looks at a busy or locked DAG
@@ -38,7 +41,16 @@ class Settings:
     log_format: str = "text"  # or "json": one JSON object per line, for log shippers
 
     def __post_init__(self) -> None:
-        for name in ("max_windows", "segment_size", "lock_ttl", "poll_min", "poll_max", "busy_poll", "retry_max"):
+        for name in (
+            "max_windows",
+            "segment_size",
+            "lock_ttl",
+            "poll_min",
+            "poll_max",
+            "busy_poll",
+            "retry_max",
+            "late_margin",
+        ):
             if getattr(self, name) <= 0:
                 raise InputError(f"setting {name}: must be greater than 0, got {getattr(self, name)!r}")
         for name in ("max_parallel_dags", "global_max_runs"):
@@ -56,11 +68,45 @@ class Settings:
                 f"setting visibility_timeout ({self.visibility_timeout} s) must be at least twice the "
                 f"longest wait ({longest} s): raise BACKFILL_VISIBILITY_TIMEOUT or lower the poll/retry waits"
             )
-        if longest * 2 > self.lock_ttl:
+        if longest + self.lease_margin > self.lock_ttl:
             raise InputError(
-                f"setting lock_ttl ({self.lock_ttl} s) must be at least twice the longest wait "
-                f"({longest} s), or a live holder would lose its lock between two polls"
+                f"setting lock_ttl ({self.lock_ttl:g} s) must cover the longest wait ({longest:g} s), how late a "
+                f"countdown may run (late_margin, {self.late_margin:g} s) and the slowest step ({self.step_max:g} s: "
+                f"{MAX_CALLS_PER_STEP} Airflow calls of up to {self.call_max:g} s each), or a live holder could lose "
+                f"its lock between two looks: raise BACKFILL_LOCK_TTL to {longest + self.lease_margin:g} or more"
             )
+
+    @property
+    def slot_ttl(self) -> float:
+        """How long a throttle slot outlives its holder: past a dead worker's redelivery (about
+        1.1 x the visibility timeout), since the holder's run is in flight all that time and
+        counts against the caps; a dead holder's lock needs no such margin (another backfill's
+        busy check sees the run)."""
+        return self.lock_ttl + 1.2 * self.visibility_timeout
+
+    @property
+    def call_max(self) -> float:
+        """The longest one Airflow call can take: every try times out, with the backoff between."""
+        tries = max(1, self.airflow.read_attempts)
+        return tries * self.airflow.timeout + 0.25 * (2 ** (tries - 1) - 1)
+
+    @property
+    def write_max(self) -> float:
+        """The longest a trigger or a clear (one try, no blind retry) can take: a token fetched,
+        refused, fetched again and the call tried again, each up to the timeout, on a worker
+        running late."""
+        return 4 * self.airflow.timeout + self.late_margin
+
+    @property
+    def step_max(self) -> float:
+        """The longest one step of a window can take while it holds its lease."""
+        return MAX_CALLS_PER_STEP * self.call_max
+
+    @property
+    def lease_margin(self) -> float:
+        """What a lease must cover beyond the wait before the next look: that look running late
+        on a busy worker, and a step as slow as Airflow can make it before it renews."""
+        return self.late_margin + self.step_max
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

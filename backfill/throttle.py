@@ -13,55 +13,20 @@ queues again for every window, DAGs take turns. The global line only ever holds 
 have their backfill's slot, so a backfill at its own limit never blocks the others.
 
 A slot is held under the window's run id and DAG (``<run id>@<dag>``) with an expiry that
-every poll renews together with the per-DAG lock (one round trip): a dead holder's slot comes
-back after ``ttl``. A place in line is kept only
+the window renews together with its DAG's lock (``DagLocks.hold``, one script): a dead
+holder's slot comes back after ``ttl``. Expiries are judged on Redis's clock (the scripts read
+``TIME``), never on a worker's. A place in line is kept only
 while its window keeps asking (``stale`` seconds), so a cancelled or lost window leaves it.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import redis
 
-# KEYS: holders (member -> expiry ms), line (member -> ticket), seen (member -> last ask),
-#       limit override (string, optional), ticket counter
-# ARGV: member, limit, now ms, ttl ms, stale ms
-_ACQUIRE = """
-local now = tonumber(ARGV[3])
-local limit = tonumber(redis.call('GET', KEYS[4]) or ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
-  return {1, 0, redis.call('ZCARD', KEYS[1]), limit}
-end
-for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))) do
-  redis.call('ZREM', KEYS[2], gone)
-  redis.call('ZREM', KEYS[3], gone)
-end
-local held = redis.call('ZCARD', KEYS[1])
-if limit <= 0 then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
-  return {1, 0, held + 1, limit}
-end
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  -- A counter, not the clock: two windows asking in the same millisecond keep their order.
-  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[5]), ARGV[1])
-  redis.call('EXPIRE', KEYS[5], 604800)  -- dropped a week after the last ask
-end
-redis.call('ZADD', KEYS[3], now, ARGV[1])
-local rank = redis.call('ZRANK', KEYS[2], ARGV[1])
-if rank < limit - held then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
-  return {1, 0, held + 1, limit}
-end
-return {0, rank + 1, held, limit}
-"""
+from backfill.clock import SYSTEM, Clock
+from backfill.lua import source
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,28 +39,31 @@ class Grant:
 
 class Semaphore:
     def __init__(
-        self, client: redis.Redis, key: str, *, ttl: float, stale: float, limit_key: str | None = None
+        self,
+        client: redis.Redis,
+        key: str,
+        *,
+        ttl: float,
+        stale: float,
+        limit_key: str | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._redis = client
+        self.clock = clock
         self.key = key
         self.limit_key = limit_key or f"{key}:limit"
         self._ttl_ms = int(ttl * 1000)
         self._stale_ms = int(stale * 1000)
-        self._acquire = client.register_script(_ACQUIRE)
+        self._acquire = client.register_script(source("slot_acquire"))
 
     def _keys(self) -> list[str]:
         return [self.key, f"{self.key}:line", f"{self.key}:seen", self.limit_key, f"{self.key}:tickets"]
 
     def acquire(self, member: str, limit: int) -> Grant:
         """Take (or keep) a slot for ``member``; ``limit`` applies unless Redis holds an override."""
-        now = int(time.time() * 1000)
-        ok, pos, used, lim = self._acquire(keys=self._keys(), args=[member, limit, now, self._ttl_ms, self._stale_ms])
+        args = [member, limit, self.clock.script_now(), self._ttl_ms, self._stale_ms]
+        ok, pos, used, lim = self._acquire(keys=self._keys(), args=args)
         return Grant(bool(ok), int(pos), int(used), int(lim))
-
-    def renew(self, member: str, *, client: redis.Redis | redis.client.Pipeline | None = None) -> None:
-        """Keep a slot held by a window whose run is in flight (taken back if it had expired:
-        the run is there whatever the limit says). ``client``: a pipeline to queue it on."""
-        (client or self._redis).zadd(self.key, {member: int(time.time() * 1000) + self._ttl_ms})
 
     def release(self, *members: str, client: redis.client.Pipeline | None = None) -> None:
         """Give back slots and places in line. ``client``: a pipeline to queue it on."""
@@ -115,8 +83,9 @@ class Semaphore:
         return sorted(out)
 
     def in_use(self) -> int:
-        self._redis.zremrangebyscore(self.key, "-inf", int(time.time() * 1000))
-        return int(self._redis.zcard(self.key))
+        given = self.clock.script_now()
+        now = int(given) if given else self.clock.redis_ms(self._redis)
+        return int(self._redis.zcount(self.key, f"({now}", "+inf"))
 
     def set_limit(self, limit: int | None) -> None:
         """Override the configured limit for every worker at once (None: back to the configured one)."""
@@ -133,17 +102,21 @@ class Semaphore:
 class Throttle:
     """The two limits a window passes before it triggers (see the module docstring)."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str, ttl: float, stale: float, global_limit: int) -> None:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str, ttl: float, stale: float, global_limit: int, clock: Clock = SYSTEM
+    ) -> None:
         self._client = client
+        self.clock = clock
         self._prefix = prefix
         self._ttl = ttl
         self._stale = stale
         self.global_limit = global_limit
-        self.glob = Semaphore(client, f"{prefix}:slots:global", ttl=ttl, stale=stale)
+        self.glob = Semaphore(client, f"{prefix}:slots:global", ttl=ttl, stale=stale, clock=clock)
 
     def of_backfill(self, bf: str) -> Semaphore:
         # The limit of a backfill is its own parameter; no override key is ever set for it.
-        return Semaphore(self._client, f"{self._prefix}:bf:{bf}:slots", ttl=self._ttl, stale=self._stale)
+        key = f"{self._prefix}:bf:{bf}:slots"
+        return Semaphore(self._client, key, ttl=self._ttl, stale=self._stale, clock=self.clock)
 
     def acquire(self, bf: str, member: str, *, max_parallel_dags: int) -> str | None:
         """None when the window may trigger, else why it waits."""
@@ -160,12 +133,9 @@ class Throttle:
             )
         return None
 
-    def renew(
-        self, bf: str, member: str, *, max_parallel_dags: int, client: redis.Redis | redis.client.Pipeline | None = None
-    ) -> None:
-        if max_parallel_dags > 0:
-            self.of_backfill(bf).renew(member, client=client)
-        self.glob.renew(member, client=client)
+    def slot_keys(self, bf: str, *, max_parallel_dags: int) -> list[str]:
+        """The slot sets a window of ``bf`` holds (for ``DagLocks.hold`` and ``arm``)."""
+        return ([self.of_backfill(bf).key] if max_parallel_dags > 0 else []) + [self.glob.key]
 
     def release(self, bf: str, *members: str, client: redis.client.Pipeline | None = None) -> None:
         pipe = client or self._client.pipeline(transaction=False)

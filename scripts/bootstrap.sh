@@ -22,11 +22,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-stamp=$(cat pyproject.toml | sha256sum | cut -c1-16)
+stamp=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" ]; then
   echo "bootstrap: creating .venv (orchestrator + dev tools)"
   "$PY" -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2> >(grep -v "is ignored: it is neither" >&2)
+  # requirements.lock: the versions the tests passed with (celery, kombu and billiard above all:
+  # workers/ relies on their internals, and tests/unit/test_pins.py guards each reliance).
+  .venv/bin/pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]" \
+    2> >(grep -v "is ignored: it is neither" >&2)
   echo "$stamp" > .venv/.stamp
 fi
 

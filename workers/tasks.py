@@ -16,29 +16,26 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 
-from celery import Task, chain, group, signals
+from celery import Task, chain, group, signals, signature
 from celery.canvas import Signature
 from celery.exceptions import Reject, Retry
 from celery.utils.functional import maybe_list
 from celery.worker import state as worker_state
 
 from backfill.context import Context
-from backfill.control import cancel_dag, close_dag, resume_params
-from backfill.errors import BackfillError, WindowFailed
+from backfill.control import resume_params
+from backfill.errors import BackfillNotFound, WindowFailed
+from backfill.lifecycle import TRANSIENT, Lifecycle, Next, settle
 from backfill.plan import plan
 from backfill.planning import (
     Request,
-    check_history,
-    check_in_airflow,
     check_on_conflict,
-    concurrency_warnings,
-    new_backfill_id,
     validate,
-    with_schedules,
 )
 from backfill.record import BackfillParams
 from workers.app import app
@@ -58,10 +55,26 @@ def context() -> Context:
     return _context
 
 
+class CeleryPublisher:
+    """Chains as Celery canvases (``backfill.lifecycle.Publisher``)."""
+
+    def dispatch(self, params: BackfillParams) -> None:
+        # add_to_parent=False: the chains are not "children" of the submit's result, which
+        # would otherwise carry (and make every caller rebuild) one result per chain.
+        group(segment(params, dag, 0) for dag in params.dags).apply_async(add_to_parent=False)
+
+    def segment(self, params: BackfillParams, dag: str, first_seq: int) -> None:
+        segment(params, dag, first_seq).apply_async(add_to_parent=False)
+
+
+def lifecycle() -> Lifecycle:
+    return Lifecycle(context(), CeleryPublisher())
+
+
 # -- submit -------------------------------------------------------------------------------
 
 
-@app.task(bind=True, name="backfill.submit_backfill")
+@app.task(bind=True, name="backfill.submit_backfill", max_retries=None)
 def submit_backfill(
     self: Task,
     dags: list[str] | None = None,
@@ -104,26 +117,14 @@ def submit_backfill(
         params = validate(request, max_windows=ctx.settings.max_windows)
     if dry_run:
         return plan(ctx.airflow, params, unpause=unpause, global_limit=ctx.settings.global_max_runs)
-    params = replace(params, backfill_id=_backfill_id_for(ctx, self.request.id))
-    warnings: list[str] = []
-    if ctx.redis.hexists(ctx.record.k_meta(params.backfill_id), "params"):
-        # A redelivered submit: checked and recorded already. Checking again could refuse a
-        # backfill that is running (a conflict made since), so go on to the dispatch.
-        params = ctx.record.params(params.backfill_id)
-    else:
-        infos = check_in_airflow(ctx.airflow, params.dags, unpause=unpause)
-        params = with_schedules(params, infos)
-        check_history(ctx.airflow, params)  # conflicts refused before anything is triggered
-        warnings = concurrency_warnings(infos)
-        for dag in (d for d, info in infos.items() if info.is_paused):
-            ctx.airflow.set_paused(dag, False)
-            log.info("%s unpaused DAG %s (unpause=True)", params.backfill_id, dag)
-        ctx.record.create(params)
-    # A redelivered submit does not dispatch twice.
-    if ctx.redis.hsetnx(ctx.record.k_meta(params.backfill_id), "dispatched", "1"):
-        # add_to_parent=False: the chains are not "children" of this task's result, which
-        # would otherwise carry (and make every caller rebuild) one result per chain.
-        group(segment(params, dag, 0) for dag in params.dags).apply_async(add_to_parent=False)
+    life = lifecycle()
+    try:
+        params, warnings, published = life.submit(params, task_id=self.request.id, unpause=unpause)
+    except TRANSIENT as exc:
+        if not life.retry_submit(self.request.id):
+            raise  # nothing recorded: the caller gets the error, nothing runs
+        raise _again(self, min(ctx.settings.retry_max, 5.0), dict(self.request.kwargs)) from exc
+    if published:
         log.info(
             "%s submitted: %d DAG(s), %d %s window(s) in [%s, %s), %s first%s%s",
             params.backfill_id, len(params.dags), params.total, params.batch, params.start, params.end,
@@ -134,15 +135,6 @@ def submit_backfill(
         for warning in warnings:
             log.warning("%s %s", params.backfill_id, warning)
     return {**summary(params), "warnings": warnings}
-
-
-def _backfill_id_for(ctx: Context, task_id: str | None) -> str:
-    candidate = new_backfill_id()
-    if not task_id:
-        return candidate
-    key = f"{ctx.settings.key_prefix}:submit:{task_id}"
-    ctx.redis.set(key, candidate, nx=True, ex=7 * 86400)
-    return (ctx.redis.get(key) or candidate.encode()).decode()
 
 
 def summary(params: BackfillParams) -> dict[str, Any]:
@@ -182,18 +174,10 @@ def segment(params: BackfillParams, dag: str, first_seq: int, *, size: int | Non
     return canvas
 
 
-@app.task(bind=True, name="backfill.continue_dag", ignore_result=True)
-def continue_dag(self: Task, *, backfill_id: str, dag_id: str, seq: int) -> dict[str, Any]:
-    ctx = context()
-    params = ctx.record.params(backfill_id)
-    if seq < params.count(dag_id) and not ctx.record.is_cancelled(backfill_id):
-        marker = f"{ctx.record.k_dag(backfill_id, dag_id)}:seg{seq}"
-        if ctx.redis.exists(marker):
-            return {"dag": dag_id, "continued_at": seq, "duplicate": True}
-        segment(params, dag_id, seq).apply_async(add_to_parent=False)
-        ctx.redis.set(marker, 1, ex=ctx.settings.record_ttl)
-        return {"dag": dag_id, "continued_at": seq}
-    return close_dag(ctx, params, dag_id)
+@app.task(bind=True, name="backfill.continue_dag", ignore_result=True, max_retries=None)
+def continue_dag(self: Task, *, backfill_id: str, dag_id: str, seq: int, errors: int = 0) -> dict[str, Any]:
+    """The last link of a chain segment: the next segment, or the DAG's end (backfill.lifecycle)."""
+    return _follow_up(self, lifecycle().continue_dag(backfill_id, dag_id, seq, errors=errors))
 
 
 # -- one window ---------------------------------------------------------------------------
@@ -206,42 +190,32 @@ def run_window(
     self: Task, *, backfill_id: str, dag_id: str, seq: int, window: str = "", errors: int = 0, calls: int = 0
 ) -> dict[str, Any]:
     """Advance one window; retried with a countdown until its Airflow run has ended."""
-    ctx = context()
-    try:
-        params = ctx.record.params(backfill_id)
-        step = ctx.runner.step(params, dag_id, seq, calls=calls)
-    except BackfillError:
-        raise
-    except Exception as exc:
-        # Redis trouble or a bug. Every step is safe to repeat, so try again with backoff;
-        # give up (failing the window, freeing the DAG) only if it keeps happening.
-        if errors < MAX_UNEXPECTED_ERRORS:
-            delay = min(ctx.settings.retry_max, 2.0**errors)
-            log.warning("%s %s %s: %r, retrying in %.0f s", backfill_id, dag_id, window, exc, delay)
-            kwargs = {**self.request.kwargs, "errors": errors + 1, "calls": ctx.runner.calls()}
-            raise _again(self, delay, kwargs) from exc
-        log.exception("%s %s %s: giving up after %d unexpected errors", backfill_id, dag_id, window, errors)
-        _give_up(ctx, backfill_id, dag_id, seq, f"orchestrator error: {exc!r}")
-        raise
-    if not step.done:
-        raise _again(self, step.delay, {**self.request.kwargs, "errors": 0, "calls": ctx.runner.calls()})
-    result = {"dag": dag_id, "seq": seq, "window": window, "state": step.state, "reason": step.reason}
-    if step.repeat and seq + 1 < params.count(dag_id):
-        nxt = ctx.record.window(backfill_id, dag_id, params.index_at(seq + 1, dag_id))
-        if nxt["state"] != "planned":
-            # A duplicate of a window already handed on: the chain goes on elsewhere.
-            self.request.chain = None
-            return {**result, "duplicate": True}
-    if step.state == "cancelled":
-        self.request.chain = None  # drop the rest of this segment
-        close_dag(ctx, params, dag_id, reason="backfill cancelled")
-        return result
-    if step.state == "failed" and params.on_failure == "stop":
-        stop_dag(ctx, params, dag_id, seq, window, step.reason)
-    return result
+    return _follow_up(self, lifecycle().window(backfill_id, dag_id, seq, errors=errors, calls=calls))
 
 
-MAX_UNEXPECTED_ERRORS = 8
+class CeleryDelivery:
+    """The task's own message (``backfill.lifecycle.Delivery``)."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def retry(self, countdown: float, changes: dict[str, Any]) -> BaseException:
+        return _again(self.task, countdown, {**self.task.request.kwargs, **changes})
+
+    def hand_on(self) -> None:
+        """Publish the chain's next link as Celery's tracer would after the task returns."""
+        request = self.task.request
+        if request.chain:
+            nxt = signature(request.chain[-1], app=app)
+            nxt.apply_async(chain=request.chain[:-1], parent_id=request.id, root_id=request.root_id or request.id)
+
+    def end_chain(self) -> None:
+        self.task.request.chain = None
+
+
+def _follow_up(task: Task, nxt: Next) -> dict[str, Any]:
+    retry_max = context().settings.retry_max
+    return settle(CeleryDelivery(task), nxt, retry_max=retry_max, window=task.name == run_window.name)
 
 
 def _again(task: Task, countdown: float, kwargs: dict[str, Any] | None) -> Exception:
@@ -258,27 +232,6 @@ def _again(task: Task, countdown: float, kwargs: dict[str, Any] | None) -> Excep
     return Retry(when=countdown)
 
 
-def stop_dag(ctx: Context, params: BackfillParams, dag_id: str, seq: int, window: str, why: str | None) -> None:
-    """on_failure=stop: the DAG's remaining windows are recorded as not run; the chain ends."""
-    reason = f"window {window} failed (on_failure=stop): {why}"
-    ctx.record.mark_not_run(params, dag_id, seq + 1, reason=f"not run: {reason}")
-    close_dag(ctx, params, dag_id, reason=reason)
-    raise WindowFailed(f"{params.backfill_id} {dag_id}: {reason}")
-
-
-def _give_up(ctx: Context, backfill_id: str, dag_id: str, seq: int, reason: str) -> None:
-    try:
-        params = ctx.record.params(backfill_id)
-        window = params.window_at(seq, dag_id)
-        ctx.record.transition(params, dag_id, params.index_at(seq, dag_id), "failed", reason=reason)
-        ctx.locks.release(dag_id, params.run_id(window))
-        if params.on_failure == "stop":
-            ctx.record.mark_not_run(params, dag_id, seq + 1, reason=f"not run: window {window.label()} failed")
-        close_dag(ctx, params, dag_id, reason=reason)
-    except Exception:  # best effort: Redis itself may be what is failing
-        log.exception("%s %s: could not record the failure", backfill_id, dag_id)
-
-
 @signals.task_revoked.connect
 def _on_revoked(sender: Task | None = None, request: Any = None, **_: Any) -> None:
     """A revoked window or continuation breaks its DAG's chain: record that DAG as cancelled.
@@ -290,12 +243,15 @@ def _on_revoked(sender: Task | None = None, request: Any = None, **_: Any) -> No
     bf, dag = kwargs.get("backfill_id"), kwargs.get("dag_id")
     if not bf or not dag:
         return
-    try:
-        ctx = context()
-        params = ctx.record.params(bf)
-        if bf in maybe_list(worker_state.revoked_stamps.get("backfill_id") or []):
-            ctx.record.request_cancel(bf)
-        if ctx.record.dag(bf, dag).get("state") not in ("succeeded", "failed", "cancelled"):
-            cancel_dag(ctx, params, dag, reason="task revoked")
-    except Exception:  # a signal handler must not take the worker down
-        log.exception("%s %s: could not record the revoke", bf, dag)
+    stamped = bf in maybe_list(worker_state.revoked_stamps.get("backfill_id") or [])
+    for attempt in range(1, 4):  # Redis may be failing for a moment: the DAG must not stay open
+        try:
+            lifecycle().revoked(bf, dag, whole_backfill=stamped)
+            return
+        except BackfillNotFound:
+            return
+        except Exception:  # a signal handler must not take the worker down
+            if attempt == 3:
+                log.exception("%s %s: could not record the revoke", bf, dag)
+            else:
+                time.sleep(0.5 * attempt)

@@ -59,6 +59,8 @@ ELSEWHERE = {
     "make bench": "by hand (about 20 minutes, bench/); test_bench_cli below runs its CLI, "
     "tests/unit/test_bench_standin.py its stand-in server",
     "python -m bench b1 b2 --rounds 5": "by hand, like make bench",
+    "make faults": "by hand (about 8 minutes): tests/unit/test_faults.py runs every case, 300 schedules and this CLI",
+    ".venv/bin/python -m faults --schedules 10000": "make faults; tests/unit/test_faults.py runs the CLI on fewer",
     "make compat": "by hand (about 10 minutes per Airflow version): scripts/compat.py writes docs/compatibility.md",
     ".venv/bin/python scripts/compat.py --versions 3.1": "by hand, like make compat",
 }

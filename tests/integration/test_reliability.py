@@ -166,7 +166,8 @@ def test_a_dead_holders_lock_expires_and_the_dag_goes_on(orch):
     """A lock left by a holder that died (it no longer renews): the window waits, naming it,
     until the lock expires, then runs."""
     dead = "bf-20000101-000000-dead00__2022-07-01T00:00:00+00:00"
-    orch.ctx.redis.set(orch.ctx.locks.key("etl_users"), dead, px=6000)
+    key, now = orch.ctx.locks.key("etl_users"), orch.ctx.locks.now_ms()  # a lock as lock_acquire.lua writes it
+    orch.ctx.redis.hset(key, mapping={"token": dead, "until": now + 6000})
     bf = submit(orch, dags=["etl_users"], start="2022-07-01", end="2022-07-02", conf={"sleep": 0.2})["backfill_id"]
     why = wait_for(lambda: orch.record.dag(bf, "etl_users").get("reason"), timeout=30, what="the waiting reason")
     assert why == "DAG locked by backfill bf-20000101-000000-dead00 (window starting 2022-07-01T00:00:00+00:00)"

@@ -147,3 +147,17 @@ def test_a_run_read_from_json_agrees_with_the_generated_model() -> None:
                  "queued_at"):  # fmt: skip
         assert getattr(ours, name) == getattr(model, name), name
     assert ours.run_id == model.dag_run_id and ours.state == model.state.value and ours.conf == model.conf
+
+
+def test_a_clear_is_sent_once_a_lost_reply_is_not_retried_blindly():
+    """A clear whose reply was lost may have gone through: sent again, it would reset the run's
+    tasks a second time. One try; the window's next look finds out (backfill.runner._claimed)."""
+    t = Transport(
+        {
+            "/auth/token": [(201, {"access_token": jwt(time.time() + 3600)})],
+            "/dagRuns/r/clear": [(504, {"detail": "gateway timeout"}), (200, {})],
+        }
+    )
+    with pytest.raises(AirflowUnavailable):
+        client(t).clear("d", "r")
+    assert [u for _, u, _ in t.seen if u.endswith("/clear")] == ["http://af/api/v2/dags/d/dagRuns/r/clear"]

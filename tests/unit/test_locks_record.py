@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from backfill.locks import DagLocks
+from backfill.locks import DagLocks, WindowKeys
 from backfill.planning import Request, validate
 from backfill.record import Record
 
@@ -54,3 +54,61 @@ def test_window_states_are_final_and_counted_once(scratch_redis):
     meta = record.meta(bf)
     assert meta["state"] == "failed" and meta["finished_at"]
     assert 0 < scratch_redis.ttl(record.k_meta(bf)) <= 60  # a finished record expires
+
+
+def test_arm_checks_cancel_lock_and_slots_then_renews_them(scratch_redis):
+    from backfill.throttle import Throttle
+
+    locks = DagLocks(scratch_redis, prefix="t", ttl=0.5, slot_ttl=0.5)
+    th = Throttle(scratch_redis, prefix="t", ttl=0.5, stale=60, global_limit=1)
+    keys = th.slot_keys("bf-a", max_parallel_dags=0)
+    window = WindowKeys("t:bf:bf-a", "t:bf:bf-a:win:d", 0)
+    arm = lambda: locks.arm("d", "bf-a__1", window=window, member="bf-a__1@d", slot_keys=keys)  # noqa: E731
+    assert arm() == "lost"  # never taken
+    assert locks.acquire("d", "bf-a__1") is None
+    assert arm() == "slot"  # the lock, but no slot
+    assert th.acquire("bf-a", "bf-a__1@d", max_parallel_dags=0) is None
+    assert arm() == "ok"
+    time.sleep(0.3)
+    assert arm() == "ok"  # renewed both: still held past the first 0.5 s
+    time.sleep(0.3)
+    assert locks.holder("d") == "bf-a__1" and th.glob.in_use() == 1
+    scratch_redis.hset("t:bf:bf-a:win:d", "0", '{"state": "skipped"}')
+    assert arm() == "ended"  # ended by another delivery meanwhile: no trigger
+    scratch_redis.hset("t:bf:bf-a", "cancelled", "1")
+    assert arm() == "cancelled"  # a cancel flagged before the last check: no trigger
+
+
+def test_a_cancel_leaves_a_lock_armed_for_an_unrecorded_trigger_to_its_holder(scratch_redis):
+    locks = DagLocks(scratch_redis, prefix="t", ttl=60)
+    assert locks.acquire("d", "bf-a__1") is None
+    assert locks.release_idle("d", "bf-b__") == 0  # not that backfill's
+    assert locks.arm("d", "bf-a__1", window=WindowKeys("t:bf:bf-a", "t:w", 0), member="m", slot_keys=[]) == "ok"
+    assert locks.release_idle("d", "bf-a__") == -1  # its trigger may be on its way
+    locks.disarm("d", "bf-a__1")  # the trigger is recorded: the run is in Airflow for all to see
+    assert locks.release_idle("d", "bf-a__") == 1
+    assert locks.holder("d") is None
+
+
+def test_a_note_never_revives_a_final_window_and_a_claim_has_one_winner(scratch_redis):
+    record = Record(scratch_redis, prefix="t", ttl=60)
+    params = validate(Request(dags=["a"], start="2024-01-01", end="2024-01-03", batch="daily"), max_windows=10)
+    record.create(params)
+    assert record.claim(params, "a", 0, "run_id", None, run_id="r1", clear_at=1.5) is True
+    assert record.claim(params, "a", 0, "run_id", None, run_id="r2") is False  # claimed already
+    assert record.claim(params, "a", 0, "clear_at", 1.5, clear_at=9.0) is True  # compare-and-set
+    assert record.window(params.backfill_id, "a", 0)["run_id"] == "r1"
+    record.transition(params, "a", 0, "cancelled", reason="backfill cancelled")
+    assert record.note(params, "a", 0, unavailable_since=1.0) is False
+    assert record.window(params.backfill_id, "a", 0)["state"] == "cancelled"
+
+
+def test_a_backfill_is_recorded_whole_or_not_at_all(scratch_redis):
+    record = Record(scratch_redis, prefix="t", ttl=60)
+    params = validate(Request(dags=["a", "b"], start="2024-01-01", end="2024-01-03", batch="daily"), max_windows=10)
+    assert record.create(params) is True
+    meta = record.meta(params.backfill_id)
+    assert meta["state"] == "running" and meta["dags_left"] == "2"
+    assert record.dag(params.backfill_id, "b") == {"state": "pending", "total": str(params.count("b"))}
+    assert [e["state"] for _, e in record.events(params.backfill_id)] == ["planned"]
+    assert params.backfill_id in record.recent()

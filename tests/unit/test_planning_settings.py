@@ -106,3 +106,14 @@ def test_settings_from_env_reads_every_variable(tmp_path):
     assert "s3cret" not in repr(s)
     with pytest.raises(InputError, match="BACKFILL_SEGMENT_SIZE: expected a number, got 'many'"):
         Settings.from_env({"BACKFILL_SEGMENT_SIZE": "many"})
+
+
+def test_the_lock_ttl_must_cover_a_late_countdown_and_the_slowest_step():
+    """A live holder must not lose its lock between two looks: the wait, how late a countdown may
+    run on a busy worker, and a step of 4 Airflow calls that each time out 3 times."""
+    s = Settings()
+    assert s.call_max == 3 * 10 + 0.75 and s.step_max == 4 * s.call_max
+    assert s.lock_ttl >= max(s.poll_max, s.busy_poll, s.retry_max) + s.late_margin + s.step_max
+    with pytest.raises(InputError, match=r"raise BACKFILL_LOCK_TTL to 243 or more"):
+        Settings(lock_ttl=200)
+    assert Settings(lock_ttl=243).slot_ttl == 243 + 1.2 * 1800  # a slot outlives a dead holder's redelivery

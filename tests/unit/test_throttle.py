@@ -49,15 +49,36 @@ def test_a_backfill_at_its_own_limit_does_not_hold_back_another_under_the_global
     assert th.acquire("bf-b", "bf-b__2", max_parallel_dags=0) is None
 
 
-def test_a_lock_renewal_carries_the_slot_renewal_in_the_same_round_trip(scratch_redis):
-    from backfill.locks import DagLocks
+def test_one_script_renews_the_lock_and_the_slots_of_a_window_in_flight(scratch_redis):
+    from backfill.locks import DagLocks, WindowKeys
 
     th = Throttle(scratch_redis, prefix="t", ttl=0.5, stale=60, global_limit=1)
-    locks = DagLocks(scratch_redis, prefix="t", ttl=60)
+    locks = DagLocks(scratch_redis, prefix="t", ttl=0.5)
+    keys = th.slot_keys("bf-a", max_parallel_dags=0)
+    assert locks.acquire("d", "bf-a__1") is None
     assert th.acquire("bf-a", "bf-a__1@d", max_parallel_dags=0) is None
-    for _ in range(4):  # a poll every 0.3 s keeps the slot past its 0.5 s TTL
+    for _ in range(4):  # a renewal every 0.3 s keeps both past their 0.5 s TTL
         time.sleep(0.3)
-        renew = lambda pipe: th.renew("bf-a", "bf-a__1@d", max_parallel_dags=0, client=pipe)  # noqa: E731
-        assert locks.acquire("d", "bf-a__1", also=renew) is None
+        window = WindowKeys("t:bf:bf-a", "t:bf:bf-a:win:d", 0)
+        assert locks.hold("d", "bf-a__1", window=window, member="bf-a__1@d", slot_keys=keys) is None
     assert th.acquire("bf-b", "bf-b__1@e", max_parallel_dags=0) is not None  # still held
-    assert locks.acquire("d", "bf-b__1", also=renew) == "bf-a__1"  # the lock's answer comes back as before
+    assert locks.acquire("d", "bf-b__1") == "bf-a__1"
+
+
+def test_a_worker_clock_ahead_expires_nothing_early(scratch_redis):
+    """Expiries are judged on Redis's clock: a worker whose own clock is an hour ahead neither
+    takes a live lock nor drops a live slot."""
+    from backfill.clock import Clock
+    from backfill.locks import DagLocks
+
+    class Ahead(Clock):
+        def now(self) -> float:
+            return time.time() + 3600
+
+    th, ahead = Throttle(scratch_redis, prefix="t", ttl=60, stale=60, global_limit=1), Ahead()
+    fast = Throttle(scratch_redis, prefix="t", ttl=60, stale=60, global_limit=1, clock=ahead)
+    assert th.acquire("bf-a", "bf-a__1@d", max_parallel_dags=0) is None
+    assert fast.acquire("bf-b", "bf-b__1@e", max_parallel_dags=0) is not None  # the slot is still held
+    assert th.glob.in_use() == 1
+    assert DagLocks(scratch_redis, prefix="t", ttl=60).acquire("d", "bf-a__1") is None
+    assert DagLocks(scratch_redis, prefix="t", ttl=60, clock=ahead).acquire("d", "bf-b__1") == "bf-a__1"

@@ -1,0 +1,28 @@
+"""The Redis scripts of the orchestrator, one ``.lua`` file per operation.
+
+Every script that compares times takes "now" (milliseconds) as an argument; an empty one means
+Redis's own clock (``TIME``), which is what the workers pass (``backfill.clock``): expiries are
+then judged by one clock, whatever the workers' clocks say. The fault-injection harness passes
+its simulated time instead.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+
+# Prepended to every script: now_ms(arg) is ``arg`` as a number, or Redis's clock.
+_PRELUDE = """
+local function now_ms(arg)
+  local n = tonumber(arg)
+  if n then return n end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+
+@cache
+def source(name: str) -> str:
+    """The text of ``<name>.lua``, with the shared prelude."""
+    return _PRELUDE + files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")

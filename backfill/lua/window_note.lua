@@ -1,0 +1,21 @@
+-- Remember facts about a window without changing its state (no event), in Redis: a cancel
+-- that lands between a read and a write in Python would be overwritten. A terminal window is
+-- left as it is. With an expected field, the facts are written only if that field holds the
+-- expected value (JSON; null = absent): a claim that one of two racing deliveries wins.
+-- KEYS: windows hash. ARGV: window index, fields (JSON object), expected field or "", its value (JSON).
+-- Returns 1 written, 0 terminal, -1 the expected value did not match.
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local cur = {state = 'planned'}
+if raw then cur = cjson.decode(raw) end
+local terminal = {success=1, failed=1, skipped=1, not_run=1, cancelled=1}
+if terminal[cur['state']] then return 0 end
+if ARGV[3] ~= '' then
+  local have = cur[ARGV[3]]
+  if have == cjson.null then have = nil end
+  local want = cjson.decode(ARGV[4])
+  if want == cjson.null then want = nil end
+  if have ~= want then return -1 end
+end
+for k, v in pairs(cjson.decode(ARGV[2])) do cur[k] = v end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(cur))
+return 1

@@ -1,0 +1,37 @@
+-- Move a window to a state (backfill.record.Record.transition): the window, its DAG's counters
+-- and the event log at once; a terminal state is final.
+-- A window in flight (triggered, running) is not sent back to waiting unless ARGV[4] is "force"
+-- (its run was deleted): a duplicate delivery reading an older state cannot undo it. A null
+-- field does not erase what is recorded (a cancel does not forget the run it cancels).
+-- KEYS: windows hash, DAG hash, events stream.
+-- ARGV: window index, new fields (JSON), event (JSON), "force" or "".
+-- Returns 0 (terminal already, or in flight and not forced: nothing changed), 1 (same state and
+-- reason), 2 (a change).
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local new = cjson.decode(ARGV[2])
+local merged = new
+local changed = true
+if old then
+  local prev = cjson.decode(old)
+  local terminal = {success=1, failed=1, skipped=1, not_run=1, cancelled=1}
+  if terminal[prev['state']] then return 0 end
+  if new['state'] == 'waiting' and (prev['state'] == 'triggered' or prev['state'] == 'running')
+      and ARGV[4] ~= 'force' then
+    return 0
+  end
+  changed = prev['state'] ~= new['state'] or prev['reason'] ~= new['reason']
+  for k, v in pairs(new) do
+    if v ~= cjson.null then prev[k] = v end
+  end
+  merged = prev
+end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(merged))
+if not changed then return 1 end
+local counters = {success=1, failed=1, skipped=1, not_run=1, cancelled=1}
+if counters[new['state']] then redis.call('HINCRBY', KEYS[2], new['state'], 1) end
+redis.call('HSET', KEYS[2], 'current', ARGV[1], 'current_state', new['state'], 'reason', new['reason'])
+if redis.call('HGET', KEYS[2], 'state') == 'pending' then
+  redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', cjson.decode(ARGV[3])['ts'])
+end
+redis.call('XADD', KEYS[3], '*', 'e', ARGV[3])
+return 2

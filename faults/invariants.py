@@ -1,0 +1,183 @@
+"""The orchestrator's promises, checked after a schedule from the stand-in's records and Redis.
+
+1. never two of our runs of a DAG active at once (from each run's executions in the stand-in);
+2. nothing triggered or cleared twice for one window (the stand-in's log of actions);
+3. the windows of a DAG start in the backfill's order;
+4. every window ends exactly once: a final state in its record, one final event;
+5. the DAG counters match the windows;
+6. every backfill ended (and each of its DAGs);
+7. no lock or slot left behind (one held at the end belongs to a cancelled window: left to
+   expire, as a cancel leaves a lock armed for a trigger);
+8. the caps (max_parallel_dags, the global cap) held, for runs the orchestrator still owned;
+9. a window recorded successful followed a run that succeeded; one recorded failed because its
+   run failed followed a run that failed;
+10. after ``cancel --fail-running`` returned, no run of the backfill is left active or ends
+    other than failed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from itertools import pairwise
+from typing import TYPE_CHECKING
+
+from backfill.record import TERMINAL
+
+if TYPE_CHECKING:
+    from faults.run import Sim
+
+COUNTED = ("success", "failed", "skipped", "not_run", "cancelled")
+
+
+def check(sim: Sim) -> list[str]:
+    out: list[str] = []
+    r, record, airflow, world = sim.redis, sim.record, sim.airflow, sim.world
+    world.current = None  # reads below are the checker's, not an actor's
+    recorded = sorted(set(record.recent(10_000)) | {bf for bf, how in sim.submitted.items() if how == "recorded"})
+    params = {bf: record.params(bf) for bf in recorded}
+
+    for bf, p in params.items():
+        meta = record.meta(bf)
+        if meta.get("state") not in ("succeeded", "failed", "cancelled"):
+            out.append(f"6 backfill {bf} never ended (state {meta.get('state')}, dags_left {meta.get('dags_left')})")
+        events = [e for _, e in record.events(bf) if e.get("kind") == "window"]
+        finals = Counter((e["dag"], e["idx"]) for e in events if e["state"] in TERMINAL)
+        for dag in p.dags:
+            wins = record.windows(bf, dag)
+            d = record.dag(bf, dag)
+            if not d.get("finished_at"):
+                out.append(f"6 {bf} {dag}: the DAG was never closed")
+            counts = Counter()
+            for idx in p.indices(dag):
+                w = wins.get(idx, {"state": "planned"})
+                if w["state"] not in TERMINAL:
+                    out.append(f"4 {bf} {dag} window {idx}: never ended (state {w['state']}, {w.get('reason')})")
+                    continue
+                counts[w["state"]] += 1
+                if finals[(dag, idx)] != 1:
+                    out.append(f"4 {bf} {dag} window {idx}: {finals[(dag, idx)]} final events")
+                run = airflow.runs[dag].get(w.get("run") or "")
+                if w["state"] == "success" and not _ended(run, "success"):
+                    out.append(f"9 {bf} {dag} window {idx}: recorded success, its run {w.get('run')} never succeeded")
+                failed_run = str(w.get("reason")).startswith("Airflow run")
+                if w["state"] == "failed" and failed_run and not _ended(run, "failed"):
+                    out.append(f"9 {bf} {dag} window {idx}: recorded failed, its run {w.get('run')} never failed")
+            for state in COUNTED:
+                if int(d.get(state, 0)) != counts[state]:
+                    out.append(f"5 {bf} {dag}: counter {state}={d.get(state, 0)}, windows say {counts[state]}")
+
+    # 10: cancel --fail-running.
+    for bf, done in sim.cancel_done.items():
+        for dag, runs in airflow.runs.items():
+            for run in runs.values():
+                for e in run.executions:
+                    if e.by == bf and (e.ended is None or e.ended > done) and e.state != "failed":
+                        out.append(
+                            f"10 {bf} {dag}: run {run.run_id} {e.state or 'still active'} after cancel --fail-running"
+                        )
+
+    # 1, 2, 3: from the stand-in's executions and actions.
+    for dag, runs in airflow.runs.items():
+        ours = sorted(((e.active_from, e.ended if e.ended is not None else float("inf"), e.by, run.run_id)
+                       for run in runs.values() for e in run.executions if e.by), key=lambda x: x[0])  # fmt: skip
+        for (_, a1, by_a, run_a), (b0, _, by_b, run_b) in pairwise(ours):
+            if b0 < a1:
+                out.append(
+                    f"1 {dag}: runs {run_a} ({by_a}) and {run_b} ({by_b}) active at once from t+{b0 - 1.75e9:.1f}"
+                )
+    per_window: Counter[tuple[str | None, str, int | None]] = Counter()
+    order: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for _, _, dag, _, by, seq in airflow.actions:
+        if by is None:
+            continue
+        per_window[(by, dag, seq)] += 1
+        order[(by, dag)].append(seq if seq is not None else -1)
+    for (by, dag, seq), n in per_window.items():
+        if n > 1:
+            out.append(f"2 {by} {dag} window #{seq}: triggered or cleared {n} times")
+    for (by, dag), seqs in order.items():
+        if seqs != sorted(seqs):
+            out.append(f"3 {by} {dag}: windows started in the order {seqs}")
+
+    # 7: locks and slots.
+    now_ms = int(world.t * 1000)
+    for key in r.keys("bf:lock:*"):
+        token, until = r.hmget(key, ["token", "until"])
+        dag = key.decode().rsplit(":", 1)[-1]
+        if token and until and int(until) > now_ms and not _excused(sim, params, token.decode(), dag):
+            out.append(f"7 lock {key.decode()} still held by {token.decode()}")
+    for key in r.keys("bf:*slots*"):
+        if r.type(key) != b"zset" or key.endswith((b":line", b":seen")):
+            continue
+        for member, until in r.zrange(key, 0, -1, withscores=True):
+            token, _, dag = member.decode().rpartition("@")
+            if until > now_ms and not _excused(sim, params, token, dag):
+                out.append(f"7 slot {member.decode()} still held in {key.decode()}")
+
+    # 8: caps, over the time each of our executions was ours (until its window ended or its backfill's cancel).
+    spans: list[tuple[float, float, str]] = []
+    for dag, runs in airflow.runs.items():
+        for run in runs.values():
+            for e in run.executions:
+                if not e.by or e.by not in params:
+                    continue
+                p = params[e.by]
+                idx = p.index_at(e.seq, dag) if e.seq is not None else None
+                stop = e.ended if e.ended is not None else float("inf")
+                stop = min(stop, sim.ended_at.get((e.by, dag, idx), stop), sim.cancels.get(e.by, stop))
+                if stop > e.active_from:
+                    spans.append((e.active_from, stop, e.by))
+    out += _caps(spans, params, sim.schedule.global_max_runs)
+    return out
+
+
+def _ended(run: object, state: str) -> bool:
+    return run is not None and (run.state == state or any(e.state == state for e in run.executions))  # type: ignore[attr-defined]
+
+
+def _excused(sim: Sim, params: dict, token: str, dag: str) -> bool:
+    """A lock or slot may outlive its window only when its holder's worker died holding it (it
+    expires), and no step of that window ran after it ended (which should have released it)."""
+    bf, _, _ = token.partition("__")
+    if bf not in sim.world.crashed_for or bf not in params:
+        return False
+    p = params[bf]
+    for idx in p.indices(dag) if dag in p.dags else []:
+        if p.run_id(p.spec.window(idx)) == token:
+            ended = sim.ended_at.get((bf, dag, idx))
+            stepped = sim.world.steps.get((bf, dag, p.seq_of(idx, dag)))
+            return ended is None or stepped is None or stepped <= ended
+    return True
+
+
+def _caps(spans: list[tuple[float, float, str]], params: dict, global_cap: int) -> list[str]:
+    out: list[str] = []
+    points = sorted(
+        [(a, 1, bf) for a, _, bf in spans] + [(b, -1, bf) for _, b, bf in spans], key=lambda x: (x[0], x[1])
+    )
+    total, per = 0, Counter()
+    for t, delta, bf in points:
+        total += delta
+        per[bf] += delta
+        mpd = params[bf].max_parallel_dags
+        if delta > 0 and mpd and per[bf] > mpd:
+            out.append(f"8 {bf}: {per[bf]} runs in flight at t+{t - 1.75e9:.1f}, max_parallel_dags={mpd}")
+        if delta > 0 and global_cap and total > global_cap:
+            out.append(f"8 global: {total} runs in flight at t+{t - 1.75e9:.1f}, cap {global_cap}")
+    return sorted(set(out))
+
+
+def dump(sim: Sim) -> str:
+    """What happened, for a failing schedule's report."""
+    lines = [f"seed {sim.schedule.seed}: {sim.schedule}"]
+    lines += ["injected:"] + [f"  {i}" for i in sim.world.injected]
+    lines += ["airflow actions:"] + [f"  t+{t - 1.75e9:.1f} {w} {d} {run} by {by} #{seq}"
+                                     for t, w, d, run, by, seq in sim.airflow.actions]  # fmt: skip
+    for bf in sim.submitted:
+        try:
+            for _, e in sim.record.events(bf):
+                lines.append(f"  {bf} {json.dumps(e)}")
+        except Exception:
+            pass
+    return "\n".join(lines)
