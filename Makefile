@@ -2,9 +2,10 @@
 .PHONY: setup demo test bench compat faults lint format
 
 setup:
-	@bash scripts/bootstrap.sh
+	@bash scripts/bootstrap.sh --tests
 
-demo: setup
+demo:
+	@bash scripts/bootstrap.sh
 	.venv/bin/python scripts/demo.py
 
 test: setup

@@ -22,6 +22,9 @@ from backfill.settings import DEFAULT_REDIS_URL
 from backfill.status import render, render_plan, status
 from backfill.windows import BATCHES
 
+EXIT_FAILED = 4  # status --wait: the backfill ended failed (a window failed or was not run)
+EXIT_CANCELLED = 5  # status --wait: the backfill was cancelled
+
 
 class _UserError(click.ClickException):
     def __init__(self, message: str, exit_code: int) -> None:
@@ -258,24 +261,39 @@ def throttle(global_: str | None) -> None:
 @click.option("--watch", is_flag=True, help="Refresh until the backfill ends.")
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes with --watch.")
 @click.option("--no-verify", is_flag=True, help="Do not check Airflow's records for overlapping runs.")
-def status_cmd(backfill_id: str, as_json: bool, events: bool, watch: bool, interval: float, no_verify: bool) -> None:
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the end without refreshing, print the final view, and exit non-zero unless it succeeded "
+    f"({EXIT_FAILED}: failed, {EXIT_CANCELLED}: cancelled): for scripts and CI jobs.",
+)
+def status_cmd(
+    backfill_id: str, as_json: bool, events: bool, watch: bool, interval: float, no_verify: bool, wait: bool
+) -> None:
     """Show a backfill: progress per DAG, the current window, why a DAG waits, failures, and
     whether each DAG's runs were serial, checked from Airflow's records."""
     ctx = _context()
     while True:
-        # --watch checks Airflow's records once, at the end, not at every refresh.
-        data = status(ctx.record, backfill_id, events=events, airflow=None if no_verify or watch else ctx.airflow)
-        if watch and not no_verify and data["state"] not in ("running", "cancelling"):
+        # --watch and --wait check Airflow's records once, at the end, not at every refresh.
+        later = watch or wait
+        data = status(ctx.record, backfill_id, events=events, airflow=None if no_verify or later else ctx.airflow)
+        ended = data["state"] not in ("running", "cancelling")
+        if later and ended and not no_verify:
             data = status(ctx.record, backfill_id, events=events, airflow=ctx.airflow)
-        if as_json:
-            click.echo(json.dumps(data, indent=2))
-        else:
-            if watch:
-                click.clear()
-            click.echo(render(data))
-        if not watch or data["state"] not in ("running", "cancelling"):
-            return
+        if not wait or ended:
+            if as_json:
+                click.echo(json.dumps(data, indent=2))
+            else:
+                if watch:
+                    click.clear()
+                click.echo(render(data))
+        if ended or not later:
+            break
         time.sleep(interval)
+    if wait and data["state"] != "succeeded":
+        code = EXIT_CANCELLED if data["state"] == "cancelled" else EXIT_FAILED
+        click.echo(f"backfill {backfill_id} {data['state']}", err=True)
+        sys.exit(code)
 
 
 @cli.command("list")

@@ -1,24 +1,45 @@
 #!/usr/bin/env bash
 # Set up everything this repo needs on a fresh machine; safe to run again (it skips what is done).
-# - redis-server, postgresql (the tests' Airflow database), chromium (headless, for the HTML
-#   report's browser test) and graphviz from the system's packages if they are missing;
-# - .venv: the orchestrator with its dev tools (pytest, ruff);
+#   scripts/bootstrap.sh            what `make demo` needs
+#   scripts/bootstrap.sh --tests    and what only the tests need (chromium, graphviz)
+# - redis-server and postgresql (the local Airflow's database) from the system's packages, and
+#   with --tests chromium (headless, for the HTML report's browser test) and graphviz, if missing;
+# - a Python 3.11 or later: $PYTHON if set, else the first of python3.13, python3.12, python3.11
+#   and python3 that is recent enough (with its venv module, installed if missing);
+# - .venv: the orchestrator with its dev tools (pytest, ruff), at the versions in requirements.lock;
 # - .venv-airflow: apache-airflow 3.3 (and its PostgreSQL drivers) for the local stack only
 #   (not an orchestrator dependency).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
 AIRFLOW_SPEC=${AIRFLOW_SPEC:-apache-airflow==3.3.*}
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+
+recent() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  for candidate in python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && recent "$candidate"; then PY=$candidate; break; fi
+  done
+fi
+if [ -z "$PY" ] || ! recent "$PY"; then
+  echo "bootstrap: needs Python 3.11 or later (found: $(python3 --version 2>&1 || echo none))." >&2
+  echo "  On Ubuntu 22.04: sudo apt-get install python3.11 python3.11-venv, then run this again" >&2
+  echo "  (or point PYTHON= at a Python 3.11+: PYTHON=/usr/bin/python3.11 make demo)." >&2
+  exit 1
+fi
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-command -v dot >/dev/null 2>&1 || missing+=(graphviz)   # renders docs/architecture.svg (checked by a test)
-# The tests' and the benchmarks' Airflow runs on a private PostgreSQL, as production runs it.
+# The local Airflow (demo, tests, benchmarks) runs on a private PostgreSQL, as production runs it.
 { [ -d /usr/lib/postgresql ] || command -v initdb >/dev/null 2>&1; } || missing+=(postgresql)
+if [ "${1:-}" = "--tests" ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v dot >/dev/null 2>&1 || missing+=(graphviz)   # renders docs/architecture.svg (checked by a test)
+fi
+# Debian's Python splits venv (and ensurepip) into pythonX.Y-venv.
+"$PY" -c "import ensurepip, venv" 2>/dev/null || missing+=("python$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')-venv")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 

@@ -20,6 +20,23 @@ app.config_from_object("celeryconfig")
 QUIET = ("celery.worker.strategy", "celery.app.trace")
 
 
+@signals.worker_ready.connect
+def _check_redis(**_: Any) -> None:
+    """Say at start what this Redis lacks for the orchestrator (docs/setup.md, Redis requirements)."""
+    import redis
+
+    from backfill.redis_check import redis_problems
+
+    try:
+        client = redis.Redis.from_url(app.conf.backfill_settings.redis_url, socket_timeout=10)
+        problems = redis_problems(client)
+    except redis.RedisError as exc:
+        logging.getLogger("backfill").warning("could not check Redis's configuration: %s", exc)
+        return
+    for level, message in problems:
+        logging.getLogger("backfill").log(logging.ERROR if level == "error" else logging.WARNING, "Redis: %s", message)
+
+
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
 def _log_format(logger: logging.Logger | None = None, **_: Any) -> None:

@@ -66,6 +66,38 @@ def test_status_watch_refreshes_until_the_backfill_ends(orch):
     assert last.startswith(f"backfill {bf}  SUCCEEDED") and orch.record.meta(bf)["state"] == "succeeded"
 
 
+def test_status_wait_exits_with_the_outcome_for_scripts(orch):
+    """`backfill status ID --wait`: quiet until the end, then the final view; 0 succeeded, 4 failed."""
+    conf = json.dumps({"fail_windows": ["2009-05-02T00:00:00+00:00"]})
+    ok = json.loads(
+        CliRunner()
+        .invoke(cli, ["submit", "etl_users", "--start", "2009-05-05", "--end", "2009-05-05", "--json"])
+        .output
+    )["backfill_id"]
+    bad = json.loads(
+        CliRunner()
+        .invoke(cli, ["submit", "etl_orders", "--start", "2009-05-01", "--end", "2009-05-03", "--conf", conf, "--json"])
+        .output
+    )["backfill_id"]
+    waits = {
+        bf: subprocess.run(
+            [BIN / "backfill", "status", bf, "--wait", "--interval", "0.5"],
+            capture_output=True,
+            text=True,
+            env=orch.stack.env(),
+            timeout=300,
+        )
+        for bf in (ok, bad)
+    }
+    assert waits[ok].returncode == 0, waits[ok].stderr
+    assert waits[ok].stdout.count(f"backfill {ok}  ") == 1 and f"backfill {ok}  SUCCEEDED" in waits[ok].stdout
+    assert waits[bad].returncode == 4, (waits[bad].stdout, waits[bad].stderr)
+    assert f"backfill {bad}  FAILED" in waits[bad].stdout and f"backfill {bad} failed" in waits[bad].stderr
+    # The exit code says what Airflow's records say: the failed window's run failed.
+    assert orch.record.meta(bad)["state"] == "failed"
+    assert [r.state for r in runs(orch.airflow, "etl_orders", bad)] == ["success", "failed"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -56,8 +56,62 @@ def test_compose_refers_to_existing_files_and_holds_no_secret() -> None:
     assert used <= set(env_example), used - set(env_example)
     for key in ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "AIRFLOW_PASSWORD", "AIRFLOW_JWT_SECRET", "FLOWER_BASIC_AUTH"):
         assert key in used and env_example[key].split(":")[-1] not in text, key
-    assert "--appendonly" in str(services["redis"]["command"]) and "--requirepass" in str(services["redis"]["command"])
+    assert "appendonly yes" in str(services["redis"]["command"]) and "requirepass" in str(services["redis"]["command"])
+    assert "$$REDIS_PASSWORD" in str(services["redis"]["command"])  # from its environment, not its command line
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+
+
+def test_compose_services_are_healthchecked_ordered_and_local_only() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    for name, svc in services.items():
+        if name != "airflow-init":
+            assert "healthcheck" in svc or "healthcheck" in compose.get("x-airflow", {}), name
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+        image = svc.get("image", "")
+        assert not re.fullmatch(r"[a-z/]+(:\d+)?", image), (name, image)  # a floating tag: redis:7, postgres:16
+    assert services["worker"]["depends_on"]["airflow-apiserver"] == {"condition": "service_healthy"}
+    assert services["worker"]["stop_grace_period"] == "60s" and "build" not in services["flower"]
+    assert services["airflow-init"]["user"] == "0:0"
+    assert ".env" in (REPO / ".gitignore").read_text().splitlines()
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert {".git", ".env", ".venv", ".venv-airflow", ".stack"} <= set(ignored)
+
+
+def test_the_redis_service_command_runs_with_its_password_and_aof(tmp_path: Path) -> None:
+    """The compose file's Redis command, run here as a process (on a private port)."""
+    import socket
+    import time
+
+    import redis as redis_py
+
+    compose = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
+    shell, flag, script = compose["services"]["redis"]["command"]
+    script = script.replace("$$", "$")  # compose's escape
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = script.replace("redis-server -", f"redis-server - --port {port} --dir {tmp_path} --bind 127.0.0.1")
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "REDIS_PASSWORD": 'p@ss:w/"rd\\'}
+    proc = subprocess.Popen([shell, flag, script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 10
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "redis-server exited"
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "redis-server did not listen"
+                time.sleep(0.05)
+        client = redis_py.Redis(port=port, password=env["REDIS_PASSWORD"])
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        with __import__("pytest").raises(redis_py.AuthenticationError):
+            redis_py.Redis(port=port, password="wrong").ping()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_kubernetes_manifests_are_valid() -> None:
@@ -66,7 +120,9 @@ def test_kubernetes_manifests_are_valid() -> None:
     assert all(f.exists() for f in files), files
     out = subprocess.run([BIN / "kubernetes-validate", "--strict", *files], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count(" passed for resource ") == 5, out.stdout  # namespace, configmap, 2 deployments, service
+    assert out.stdout.count(" passed for resource ") == 6, (
+        out.stdout
+    )  # namespace, configmap, 2 deployments, service, PDB
 
 
 def test_kubernetes_config_names_what_exists_and_what_the_code_reads() -> None:
@@ -93,3 +149,54 @@ def test_kubernetes_config_names_what_exists_and_what_the_code_reads() -> None:
     service = next(d for d in docs if d["kind"] == "Service")
     assert ("Deployment", "backfill-flower") in by_kind and service["spec"]["ports"][0]["port"] == 5555
     assert "deploy/secret.env" in (REPO / ".gitignore").read_text()
+
+
+def restricted_violations(pod: dict, where: str) -> list[str]:
+    """The Pod Security Standards' "restricted" profile (kubernetes.io/docs/concepts/security/
+    pod-security-standards, v1.30), checked on a pod spec: what the admission controller would
+    reject in a namespace labelled ``pod-security.kubernetes.io/enforce: restricted``."""
+    out: list[str] = []
+    psc = pod.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            out.append(f"{where}: {key}")
+    for vol in pod.get("volumes", []):
+        allowed = {"name", "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                   "projected", "secret"}  # fmt: skip
+        if set(vol) - allowed:
+            out.append(f"{where}: volume {vol['name']} of a type restricted forbids")
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        csc, name = c.get("securityContext", {}), f"{where}/{c['name']}"
+        if csc.get("privileged"):
+            out.append(f"{name}: privileged")
+        if csc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation must be false")
+        if csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+            out.append(f"{name}: runAsNonRoot must be true")
+        if csc.get("runAsUser", psc.get("runAsUser")) == 0:
+            out.append(f"{name}: runAsUser 0")
+        seccomp = csc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost")
+        caps = csc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: capabilities must drop ALL (and add only NET_BIND_SERVICE)")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            out.append(f"{name}: hostPort")
+    return out
+
+
+def test_kubernetes_pods_pass_pod_security_restricted() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    docs = [d for r in kustomization["resources"] for d in yaml.safe_load_all((DEPLOY / r).read_text())]
+    pods = [(d["metadata"]["name"], d["spec"]["template"]["spec"]) for d in docs if d["kind"] == "Deployment"]
+    assert len(pods) == 2
+    assert [v for name, pod in pods for v in restricted_violations(pod, name)] == []
+    # The checker itself rejects what restricted rejects.
+    bad = {"containers": [{"name": "c", "securityContext": {"privileged": True}, "ports": [{"hostPort": 80}]}]}
+    assert len(restricted_violations(bad, "bad")) == 6
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    worker = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "backfill-worker")
+    assert pdb["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
+    flower = dict(pods)["backfill-flower"]["containers"][0]
+    assert flower["resources"]["limits"]["memory"] and flower["livenessProbe"]
