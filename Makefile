@@ -4,9 +4,10 @@
 setup:
 	@bash scripts/bootstrap.sh --tests
 
+# ARGS=--keep leaves the stack running until Ctrl-C (Flower, the Airflow UI, backfill status ...).
 demo:
 	@bash scripts/bootstrap.sh
-	.venv/bin/python scripts/demo.py
+	.venv/bin/python scripts/demo.py $(ARGS)
 
 test: setup
 	.venv/bin/ruff check .

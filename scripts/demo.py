@@ -47,7 +47,10 @@ def main() -> int:
         print(f"  Airflow UI  {stack.airflow_url}  (user {stack.airflow_user}, password {stack.airflow_password})")
         print(f"  Flower      http://127.0.0.1:{flower_port}")
         print(f"  Redis       {stack.redis_url}")
-        print(f"  logs        {stack.root}/*.log\n")
+        print(f"  logs        {stack.root}/*.log")
+        if not args.keep:
+            print("  (these stay up while the demo runs, about a minute; `make demo ARGS=--keep` keeps them up after)")
+        print()
 
         from workers.tasks import context, submit_backfill
 
@@ -79,8 +82,12 @@ def main() -> int:
         page = stack.root / "report.html"
         page.write_text(report.to_html(timeline))
         print(f"\ntimeline page: {page}")
-        print(f"same views any time: backfill status {bf} / backfill report {bf} [--html FILE]")
-        print(f"  (with BACKFILL_REDIS_URL={stack.redis_url})")
+        if args.keep:
+            print(f"same views any time: backfill status {bf} / backfill report {bf} [--html FILE]")
+            print(f"  (with BACKFILL_REDIS_URL={stack.redis_url})")
+        else:
+            print("the stack stops now; with `make demo ARGS=--keep` it stays up to explore (backfill status,")
+            print("backfill report, Flower, the Airflow UI) until Ctrl-C")
         if args.keep:
             print("\nstack left running; Ctrl-C stops it")
             while True:

@@ -27,7 +27,7 @@ def test_demo_backfills_three_dags_and_prints_the_order(tmp_path):
         mine = [(s, e, state) for d, s, e, state in order if d == dag]
         assert [s for s, _, state in mine if state == "success"] == ["2024-01-01", "2024-01-08"]
     assert re.search(r"backfill bf-\S+\s+SUCCEEDED", out.stdout)
-    assert "stopping the stack" in out.stdout
+    assert "stopping the stack" in out.stdout and "make demo ARGS=--keep" in out.stdout
     # The timeline: one lane per DAG with its two windows, and the page.
     for dag in ("etl_orders", "etl_users", "etl_payments"):
         assert re.search(rf"^  {dag}\s+\|[# ]+\| 2 success$", out.stdout, flags=re.M), dag
