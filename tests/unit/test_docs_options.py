@@ -25,7 +25,8 @@ def test_every_backfill_option_in_the_docs_exists() -> None:
             if command is None:
                 continue  # prose ("backfill orchestrator ...")
             known = {opt for p in command.params if isinstance(p, click.Option) for opt in p.opts + p.secondary_opts}
-            wrong += [(doc.name, name, opt) for opt in re.findall(r"(?<![\w-])--[a-z][a-z-]*", line) if opt not in known]
+            options = re.findall(r"(?<![\w-])--[a-z][a-z-]*", line)
+            wrong += [(doc.name, name, opt) for opt in options if opt not in known]
     assert wrong == []
 
 
