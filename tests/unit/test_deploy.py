@@ -6,7 +6,9 @@ kustomization, ConfigMap and Secret name exists and is read by the code."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +96,10 @@ def test_the_redis_service_command_runs_with_its_password_and_aof(tmp_path: Path
         port = sock.getsockname()[1]
     script = script.replace("redis-server -", f"redis-server - --port {port} --dir {tmp_path} --bind 127.0.0.1")
     env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "REDIS_PASSWORD": 'p@ss:w/"rd\\'}
-    proc = subprocess.Popen([shell, flag, script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Its own process group: the shell's pipeline runs redis-server as a child, stopped with it.
+    proc = subprocess.Popen(
+        [shell, flag, script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.time() + 10
         while True:
@@ -110,7 +115,7 @@ def test_the_redis_service_command_runs_with_its_password_and_aof(tmp_path: Path
         with __import__("pytest").raises(redis_py.AuthenticationError):
             redis_py.Redis(port=port, password="wrong").ping()
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
 
 
