@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from multiprocessing import Pool, current_process
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL, format="%(message)s")
+    # Stopped with SIGTERM, still stop the redis-server it started (the `finally` of server()).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from faults.redis import server
 
     with server(args.redis) as url:
