@@ -6,6 +6,7 @@ Every variable, with its default (docs/setup.md has the full reference):
 variable                       default                      meaning
 =============================  ===========================  =========================================
 BACKFILL_REDIS_URL             redis://localhost:6379/0     broker, results, locks and records
+BACKFILL_REDIS_URL_FILE        (none)                       file holding that URL (a mounted secret)
 AIRFLOW_API_URL                http://localhost:8080        Airflow's API server (no /api/v2)
 AIRFLOW_USERNAME               (none)                       user for POST /auth/token; none = no auth
 AIRFLOW_PASSWORD               (none)                       its password (or AIRFLOW_PASSWORD_FILE)

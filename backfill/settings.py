@@ -127,7 +127,11 @@ class Settings:
             headers=_headers(env.get("AIRFLOW_EXTRA_HEADERS")),
             timeout=_number(env, "AIRFLOW_TIMEOUT", 10.0),
         )
-        values: dict[str, object] = {"redis_url": env.get("BACKFILL_REDIS_URL", DEFAULT_REDIS_URL), "airflow": airflow}
+        redis_url = env.get("BACKFILL_REDIS_URL")
+        if redis_url is None and env.get("BACKFILL_REDIS_URL_FILE"):  # a mounted secret (it holds a password)
+            with open(env["BACKFILL_REDIS_URL_FILE"], encoding="utf-8") as fh:
+                redis_url = fh.read().strip()
+        values: dict[str, object] = {"redis_url": redis_url or DEFAULT_REDIS_URL, "airflow": airflow}
         for f in fields(cls):
             if f.name in values:
                 continue

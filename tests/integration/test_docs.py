@@ -53,6 +53,14 @@ ELSEWHERE = {
     "cp deploy/secret.env.example deploy/secret.env": "tests/unit/test_deploy.py: the example names real settings",
     "kubectl apply -k deploy/": "tests/unit/test_deploy.py (kubernetes-validate --strict, kustomization references)",
     "kubectl -n backfill scale deployment/backfill-worker --replicas=4": "tests/unit/test_deploy.py (the Deployment)",
+    "docker build -t registry.example.com/backfill-orchestrator:0.1.0 .": "tests/unit/test_deploy.py (the Dockerfile's "
+    "COPY sources exist; no Docker engine here)",
+    "docker push registry.example.com/backfill-orchestrator:0.1.0": "by hand, on a Docker host",
+    (
+        "cd deploy && kustomize edit set image backfill-orchestrator=registry.example.com/backfill-orchestrator:0.1.0 "
+        "&& cd .."
+    ): "tests/unit/test_deploy.py (the kustomization's image name is the Deployments')",
+    "kubectl -n backfill port-forward service/backfill-flower 5555:5555": "tests/unit/test_deploy.py (the Service)",
     "python -m experiments.airflow_features --out docs/experiments/airflow-features.md": (
         "tests/integration/test_experiments.py runs the same experiments against the session's Airflow"
     ),
@@ -123,7 +131,7 @@ def test_configuration_table_matches_the_code():
     read_by_code = {f"BACKFILL_{f.name.upper()}" for f in fields(Settings) if f.name not in ("airflow",)}
     read_by_code |= {"AIRFLOW_API_URL", "AIRFLOW_USERNAME", "AIRFLOW_PASSWORD", "AIRFLOW_PASSWORD_FILE"}
     read_by_code |= {"AIRFLOW_TIMEOUT", "AIRFLOW_TOKEN", "AIRFLOW_TOKEN_FILE", "AIRFLOW_CA_BUNDLE"}
-    read_by_code |= {"AIRFLOW_VERIFY_SSL", "AIRFLOW_EXTRA_HEADERS"}
+    read_by_code |= {"AIRFLOW_VERIFY_SSL", "AIRFLOW_EXTRA_HEADERS", "BACKFILL_REDIS_URL_FILE"}
     assert documented == read_by_code
     assert in_celeryconfig == read_by_code
     # And every documented default is the code's default.

@@ -140,7 +140,8 @@ def test_kubernetes_config_names_what_exists_and_what_the_code_reads() -> None:
     config = next(d for d in docs if d["kind"] == "ConfigMap")
     known = settings_read_by_the_code()
     assert set(config["data"]) <= known and secret_keys <= known, (set(config["data"]) | secret_keys) - known
-    assert "BACKFILL_REDIS_URL" in secret_keys and "AIRFLOW_PASSWORD" in secret_keys
+    assert {"BACKFILL_REDIS_URL", "AIRFLOW_PASSWORD", "FLOWER_BASIC_AUTH"} <= secret_keys
+    assert {"BACKFILL_REDIS_URL_FILE", "AIRFLOW_PASSWORD_FILE"} <= set(config["data"])
     images = {i["name"] for i in kustomization["images"]}
     for d in docs:
         if d["kind"] != "Deployment":
@@ -149,7 +150,16 @@ def test_kubernetes_config_names_what_exists_and_what_the_code_reads() -> None:
         assert container["image"] in images
         refs = container["envFrom"]
         assert {"configMapRef": {"name": config["metadata"]["name"]}} in refs
-        assert {"secretRef": {"name": generator["name"]}} in refs
+        # Secrets as files, not environment variables: the Secret is mounted, the ConfigMap
+        # points each *_FILE setting at one of its keys.
+        assert not any("secretRef" in r for r in refs)
+        (volume,) = d["spec"]["template"]["spec"]["volumes"]
+        assert volume["secret"]["secretName"] == generator["name"]
+        (mount,) = container["volumeMounts"]
+        assert mount["name"] == volume["name"] and mount["readOnly"] is True
+        for key, path in config["data"].items():
+            if key.endswith("_FILE"):
+                assert path.startswith(mount["mountPath"] + "/") and path.rsplit("/", 1)[1] in secret_keys, key
         assert d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
     service = next(d for d in docs if d["kind"] == "Service")
     assert ("Deployment", "backfill-flower") in by_kind and service["spec"]["ports"][0]["port"] == 5555
@@ -205,3 +215,16 @@ def test_kubernetes_pods_pass_pod_security_restricted() -> None:
     assert pdb["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
     flower = dict(pods)["backfill-flower"]["containers"][0]
     assert flower["resources"]["limits"]["memory"] and flower["livenessProbe"]
+
+
+def test_kubernetes_examples_are_valid() -> None:
+    """The HPA and Ingress examples (deploy/examples/, not applied by the kustomization) are valid
+    and name what the kustomization creates."""
+    files = sorted((DEPLOY / "examples").glob("*.yaml"))
+    out = subprocess.run([BIN / "kubernetes-validate", "--strict", *files], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.count(" passed for resource ") == 2, out.stdout + out.stderr
+    hpa = yaml.safe_load((DEPLOY / "examples" / "hpa.yaml").read_text())
+    ingress = yaml.safe_load((DEPLOY / "examples" / "flower-ingress.yaml").read_text())
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "backfill-worker"
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "backfill-flower", "port": {"name": "http"}}

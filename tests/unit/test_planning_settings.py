@@ -117,3 +117,13 @@ def test_the_lock_ttl_must_cover_a_late_countdown_and_the_slowest_step():
     with pytest.raises(InputError, match=r"raise BACKFILL_LOCK_TTL to 243 or more"):
         Settings(lock_ttl=200)
     assert Settings(lock_ttl=243).slot_ttl == 243 + 1.2 * 1800  # a slot outlives a dead holder's redelivery
+
+
+def test_the_redis_url_can_come_from_a_mounted_secret(tmp_path):
+    secret = tmp_path / "BACKFILL_REDIS_URL"
+    secret.write_text("redis://:s3cret@redis.internal:6379/2\n")
+    assert (
+        Settings.from_env({"BACKFILL_REDIS_URL_FILE": str(secret)}).redis_url == "redis://:s3cret@redis.internal:6379/2"
+    )
+    env = {"BACKFILL_REDIS_URL_FILE": str(secret), "BACKFILL_REDIS_URL": "redis://other:6379/0"}
+    assert Settings.from_env(env).redis_url == "redis://other:6379/0"  # the variable wins
