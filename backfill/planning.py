@@ -8,8 +8,9 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from backfill.airflow import AirflowClient, DagInfo
 from backfill.errors import AirflowNotFound, InputError
@@ -106,6 +107,17 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         raise InputError(f"max_parallel_dags: expected a whole number >= 0 (0 = no limit), got {mpd!r}")
     conf = check_conf(request.conf)
     spec = window_spec(request.start, request.end, request.batch, tz=request.tz, max_windows=max_windows)
+    last = spec.window(spec.count - 1)
+    now = datetime.now(UTC)
+    if last.start > now:
+        # Airflow accepts the trigger, then its scheduler holds the run while its logical date is
+        # in the future ("Logical date is in future"): the window would wait until then.
+        local_now = now.astimezone(ZoneInfo(request.tz)) if request.tz else now
+        raise InputError(
+            f"end: the window [{last.start.isoformat()}, {last.end.isoformat()}) starts in the future; Airflow "
+            "does not run a run whose logical date is in the future: end the backfill at or before "
+            f"{local_now.replace(second=0, microsecond=0).isoformat()} (now)"
+        )
     total = spec.count * len(dags)
     if total > max_windows:
         raise InputError(

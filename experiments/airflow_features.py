@@ -2,8 +2,8 @@
 
     python -m experiments.airflow_features --out docs/experiments/airflow-features.md
 
-starts its own ``airflow standalone`` 3.3 with ``examples/dags`` (the experiment DAGs are in
-``examples/dags/exp_airflow_features.py``), runs the four experiments at once, prints the
+starts its own ``airflow standalone`` 3.3 (on a private PostgreSQL) with ``examples/dags`` (the experiment DAGs are in
+``examples/dags/exp_airflow_features.py``), runs the nine experiments at once, prints the
 report (Markdown) and stops every process it started. ``--airflow-url/--user/--password``
 use a running Airflow instead. ``tests/integration/test_experiments.py`` runs the same
 experiments against the test session's Airflow and checks every finding in
@@ -14,114 +14,57 @@ experiments against the test session's Airflow and checks every finding in
 3. sensors: three consecutive days of a DAG that waits for its own previous day.
 4. native backfill (``POST /api/v2/backfills``): a DAG without a schedule; a dry run; five days
    with a failure on the 3rd and a manual run triggered meanwhile; a second backfill.
+
+5 to 9 are in ``more_airflow_features.py``: a pool shared by two DAGs, sensors in reschedule and
+deferrable modes, cancelling a native backfill, ``depends_on_past`` + ``wait_for_downstream``,
+``max_consecutive_failed_dag_runs``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from airflow_client.client import BackfillApi, BackfillPostBody, PoolApi, PoolBody, TaskInstanceApi
+from airflow_client.client import BackfillApi, BackfillPostBody, PoolApi, PoolBody
 
 from backfill.airflow import AirflowClient, AirflowConfig, RunInfo
 from backfill.errors import AirflowConflict, AirflowError, AirflowNotFound, AirflowUnavailable
-from backfill.windows import Window
+from experiments import more_airflow_features as more
+from experiments._common import (
+    Experiment,
+    Finding,
+    fresh_day,
+    max_overlap,
+    new_tag,
+    spans,
+    task_instances,
+    trigger,
+    wait_runs,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Finding:
-    requirement: str
-    met: bool
-    evidence: str
-
-
-@dataclass
-class Experiment:
-    title: str
-    setup: str
-    runs: list[RunInfo] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-def _fresh_day(airflow: AirflowClient, dag: str, *, month_start: bool = False) -> datetime:
-    """A logical date after every run the DAG holds (experiments can be run again)."""
-    last = airflow.latest_run(dag, until=datetime(2020, 1, 1, tzinfo=UTC))
-    latest = max([last.logical_date] if last and last.logical_date else [datetime(2001, 1, 1, tzinfo=UTC)])
-    day = (latest + timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
-    if month_start:
-        day = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
-    if day.year >= 2020:  # scheduled runs hold recent dates; experiments use 2001-2019
-        raise RuntimeError(f"{dag}: no past logical date left; use a fresh Airflow")
-    return day
-
-
-def _trigger(airflow: AirflowClient, dag: str, day: datetime, run_id: str, conf: dict[str, Any] | None = None) -> None:
-    for attempt in range(10):
-        try:
-            airflow.trigger(dag, run_id, Window(day, day + timedelta(days=1)), conf=conf or {})
-            return
-        except AirflowUnavailable:  # SQLite under load answers 500 "Database error" now and then
-            time.sleep(1)
-            with contextlib.suppress(AirflowNotFound, AirflowUnavailable):
-                airflow.get_run(dag, run_id)
-                return  # it went through
-            if attempt == 9:
-                raise
-
-
-def _wait(airflow: AirflowClient, dag: str, prefix: str, count: int, timeout: float = 180) -> list[RunInfo]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        runs = airflow.runs_by_prefix(dag, prefix)
-        if len(runs) >= count and not any(r.active for r in runs):
-            return sorted(runs, key=lambda r: r.logical_date)
-        time.sleep(1)
-    raise TimeoutError(f"{dag}: runs {prefix}* did not end within {timeout:.0f} s")
-
-
-def max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
-    """The largest number of [start, end) intervals covering one instant."""
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    return max(itertools.accumulate(d for _, d in events), default=0)
-
-
-def _spans(runs: list[RunInfo]) -> list[tuple[datetime, datetime]]:
-    return [(r.start_date, r.end_date) for r in runs if r.start_date and r.end_date]
-
-
-def _tag() -> str:
-    return f"exp{int(time.time() * 1000) % 10**9}"
 
 
 # -- the experiments ----------------------------------------------------------------------
 
 
 def max_active_runs(airflow: AirflowClient) -> Experiment:
-    dag, tag = "exp_max_active_runs", _tag()
+    dag, tag = "exp_max_active_runs", new_tag()
     e = Experiment("1. `max_active_runs=1`", "DAG `exp_max_active_runs` (`max_active_runs=1`, one 2 s task). "
                    "Four daily runs triggered at once, newest first; the second oldest is told to fail.")  # fmt: skip
-    first = _fresh_day(airflow, dag)
+    first = fresh_day(airflow, dag)
     days = [first + timedelta(days=i) for i in range(4)]
     for i in reversed(range(4)):
-        _trigger(airflow, dag, days[i], f"{tag}__{i}", {"fail": i == 1})
-    runs = e.runs = _wait(airflow, dag, tag, 4)
+        trigger(airflow, dag, days[i], f"{tag}__{i}", {"fail": i == 1})
+    runs = e.runs = wait_runs(airflow, dag, tag, 4)
     failed = next(r for r in runs if r.state == "failed")
     after = [r for r in runs if r.start_date and r.start_date >= failed.end_date]
     start_order = [runs.index(r) for r in sorted(runs, key=lambda r: r.start_date)]
-    e.facts = {"accepted": len(runs), "max_at_once": max_overlap(_spans(runs)), "ran_after_failure": len(after),
+    e.facts = {"accepted": len(runs), "max_at_once": max_overlap(spans(runs)), "ran_after_failure": len(after),
                "start_order": start_order}  # fmt: skip
     e.findings = [
         Finding("one run of the DAG at a time", e.facts["max_at_once"] == 1,
@@ -139,21 +82,21 @@ def max_active_runs(airflow: AirflowClient) -> Experiment:
 
 
 def pools(airflow: AirflowClient) -> Experiment:
-    dag, tag = "exp_pool", _tag()
+    dag, tag = "exp_pool", new_tag()
     e = Experiment("2. Pools", "DAG `exp_pool` (`max_active_runs=16`, tasks extract → load, both in pool "
                    "`exp_one_slot` of 1 slot, 2 s each). Three daily runs triggered at once.")  # fmt: skip
-    first = _fresh_day(airflow, dag)
+    first = fresh_day(airflow, dag)
     for i in range(3):
-        _trigger(airflow, dag, first + timedelta(days=i), f"{tag}__{i}")
-    runs = e.runs = _wait(airflow, dag, tag, 3)
+        trigger(airflow, dag, first + timedelta(days=i), f"{tag}__{i}")
+    runs = e.runs = wait_runs(airflow, dag, tag, 3)
     tis = []
-    api = TaskInstanceApi(airflow.api_client)
     for i, run in enumerate(runs):
-        page = airflow._call("task instances", api.get_task_instances, dag, run.run_id)
-        tis += [(ti.start_date, f"{ti.task_id}#{i}") for ti in page.task_instances if ti.start_date]
+        tis += [
+            (ti.start_date, f"{ti.task_id}#{i}") for ti in task_instances(airflow, dag, run.run_id) if ti.start_date
+        ]
     order = [name for _, name in sorted(tis)]
     interleaved = order != sorted(order, key=lambda n: (int(n.split("#")[1]), n.split("#")[0] != "extract"))
-    e.facts = {"max_runs_at_once": max_overlap(_spans(runs)), "task_order": order, "interleaved": interleaved}
+    e.facts = {"max_runs_at_once": max_overlap(spans(runs)), "task_order": order, "interleaved": interleaved}
     e.findings = [
         Finding("one run of the DAG at a time", e.facts["max_runs_at_once"] == 1,
                 f"{e.facts['max_runs_at_once']} runs were running at once: a pool limits task instances, not runs"),
@@ -164,21 +107,20 @@ def pools(airflow: AirflowClient) -> Experiment:
 
 
 def sensors(airflow: AirflowClient) -> Experiment:
-    dag, tag = "exp_sensor", _tag()
+    dag, tag = "exp_sensor", new_tag()
     e = Experiment("3. Sensors", "DAG `exp_sensor` (`max_active_runs=16`): an `ExternalTaskSensor` waits for the "
                    "`work` task of the DAG's own previous day (poke every 1 s, timeout 12 s), then `work` (2 s). "
                    "Three consecutive days triggered at once.")  # fmt: skip
-    first = _fresh_day(airflow, dag)
+    first = fresh_day(airflow, dag)
     for i in range(3):
-        _trigger(airflow, dag, first + timedelta(days=i), f"{tag}__{i}")
-    runs = e.runs = _wait(airflow, dag, tag, 3)
-    api = TaskInstanceApi(airflow.api_client)
+        trigger(airflow, dag, first + timedelta(days=i), f"{tag}__{i}")
+    runs = e.runs = wait_runs(airflow, dag, tag, 3)
     sensor_spans = []
     for run in runs:
-        page = airflow._call("task instances", api.get_task_instances, dag, run.run_id, task_id="previous_day_done")
-        sensor_spans += [(ti.start_date, ti.end_date) for ti in page.task_instances if ti.start_date and ti.end_date]
+        tis = task_instances(airflow, dag, run.run_id, task_id="previous_day_done")
+        sensor_spans += [(ti.start_date, ti.end_date) for ti in tis if ti.start_date and ti.end_date]
     held = sum((end - start).total_seconds() for start, end in sensor_spans)
-    e.facts = {"max_runs_at_once": max_overlap(_spans(runs)), "sensors_at_once": max_overlap(sensor_spans),
+    e.facts = {"max_runs_at_once": max_overlap(spans(runs)), "sensors_at_once": max_overlap(sensor_spans),
                "slot_seconds_waiting": round(held), "states": [r.state for r in runs]}  # fmt: skip
     e.findings = [
         Finding("one run of the DAG at a time", e.facts["max_runs_at_once"] == 1,
@@ -195,14 +137,14 @@ def sensors(airflow: AirflowClient) -> Experiment:
 
 
 def native_backfill(airflow: AirflowClient) -> Experiment:
-    dag, tag = "exp_native", _tag()
+    dag, tag = "exp_native", new_tag()
     api = BackfillApi(airflow.api_client)
     e = Experiment("4. Native backfill (`POST /api/v2/backfills`)",
                    "DAG `exp_native` (daily schedule, `max_active_runs=1`, one 2 s task; the run of the 3rd of a "
                    "month fails). A backfill of days 1 to 5 of a month with `max_active_runs=1`; while it runs, a "
                    "manual run of another day and a second backfill are requested.")  # fmt: skip
     rejected = _post(airflow, api, "exp_max_active_runs", datetime(2001, 1, 1, tzinfo=UTC), 2)
-    first = _fresh_day(airflow, dag, month_start=True)
+    first = fresh_day(airflow, dag, month_start=True)
     body = BackfillPostBody(dag_id=dag, from_date=first, to_date=first + timedelta(days=13), max_active_runs=1)
     dry = airflow._call("dry run", api.create_backfill_dry_run, body)
     # Created with the DAG paused, then unpaused: creating a backfill while the scheduler
@@ -214,7 +156,7 @@ def native_backfill(airflow: AirflowClient) -> Experiment:
         airflow.set_paused(dag, False)
     time.sleep(3)
     manual_day = first + timedelta(days=20)
-    _trigger(airflow, dag, manual_day, f"{tag}__manual")
+    trigger(airflow, dag, manual_day, f"{tag}__manual")
     second = _post(airflow, api, dag, first + timedelta(days=40), 2)
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -226,7 +168,7 @@ def native_backfill(airflow: AirflowClient) -> Experiment:
     failed = [r for r in runs if r.state == "failed"]
     after = [r for r in runs if failed and r.run_type == "backfill" and r.start_date >= failed[0].end_date]
     e.facts = {"non_periodic": rejected, "dry_run_days": len(dry.backfills), "second_backfill": second,
-               "max_at_once": max_overlap(_spans(runs)), "ran_after_failure": len(after)}  # fmt: skip
+               "max_at_once": max_overlap(spans(runs)), "ran_after_failure": len(after)}  # fmt: skip
     e.findings = [
         Finding("any DAG", rejected == "created", f"a DAG without a schedule: {rejected}"),
         Finding("windows that are not the DAG's schedule", False,
@@ -271,13 +213,16 @@ def _runs_between(airflow: AirflowClient, dag: str, first: datetime, last: datet
     return airflow.runs_between(dag, first, last)
 
 
-EXPERIMENTS = (max_active_runs, pools, sensors, native_backfill)
+EXPERIMENTS = (max_active_runs, pools, sensors, native_backfill, *more.EXPERIMENTS)
+DAGS = ("exp_max_active_runs", "exp_pool", "exp_sensor", "exp_native", "exp_shared_pool_a", "exp_shared_pool_b",
+        "exp_sensor_reschedule", "exp_sensor_deferrable", "exp_native_cancel", "exp_depends_on_past",
+        "exp_depends_on_past_newest", "exp_consecutive_failures")  # fmt: skip
 
 
 def run_all(airflow: AirflowClient) -> list[Experiment]:
     """Every experiment, at once (each on its own DAG)."""
     deadline = time.time() + 180
-    for dag in ("exp_max_active_runs", "exp_pool", "exp_sensor", "exp_native"):
+    for dag in DAGS:
         while True:  # a fresh Airflow parses DAG files over its first seconds
             try:
                 airflow.get_dag(dag)
@@ -286,15 +231,16 @@ def run_all(airflow: AirflowClient) -> list[Experiment]:
                 if time.time() > deadline:
                     raise
                 time.sleep(2)
-    with contextlib.suppress(AirflowConflict):  # made by an earlier run
-        airflow._call("pool", PoolApi(airflow.api_client).post_pool, PoolBody(name="exp_one_slot", slots=1))
+    for pool_name in ("exp_one_slot", "exp_shared_slot"):
+        with contextlib.suppress(AirflowConflict):  # made by an earlier run
+            airflow._call("pool", PoolApi(airflow.api_client).post_pool, PoolBody(name=pool_name, slots=1))
     with ThreadPoolExecutor(len(EXPERIMENTS)) as pool:
         return list(pool.map(lambda f: f(airflow), EXPERIMENTS))
 
 
 def report(experiments: list[Experiment]) -> str:
     out = ["# Experiments: Airflow's own features against the requirements", "",
-           "Output of `python -m experiments.airflow_features` (a real `airflow standalone` 3.3, SQLite). "
+           "Output of `python -m experiments.airflow_features` (a real `airflow standalone` 3.3 on PostgreSQL). "
            "Times are seconds from the experiment's first run start.", ""]  # fmt: skip
     for e in experiments:
         out += [f"## {e.title}", "", e.setup, "", "| requirement | met | what happened |", "|---|---|---|"]
@@ -324,7 +270,7 @@ def main() -> None:
 
         stack = Stack(REPO / ".stack" / "experiments")
         print("starting airflow standalone with examples/dags ...", flush=True)
-        stack.start_airflow(expect_dags=4)
+        stack.start_airflow(expect_dags=len(DAGS), database_url=stack.start_postgres())
         airflow = AirflowClient(AirflowConfig(url=stack.airflow_url, username="admin", password=stack.airflow_password))
     try:
         text = report(run_all(airflow))

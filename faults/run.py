@@ -334,11 +334,12 @@ class Sim:
 
 
 def _parse(url: str) -> dict[str, Any]:
-    """redis://host:port/db or unix:///path?db=N, as keyword arguments of redis.Redis."""
-    scheme, rest = url.split("://", 1)
-    if scheme == "unix":
-        path, _, query = rest.partition("?")
-        return {"unix_socket_path": path, "db": int(query.partition("db=")[2] or 0)}
-    hostport, _, db = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    return {"host": host, "port": int(port or 6379), "db": int(db or 0)}
+    """redis://[:password@]host:port/db or unix:///path?db=N, as keyword arguments of redis.Redis."""
+    from redis.connection import parse_url
+
+    kwargs = parse_url(url)
+    kwargs.pop("connection_class", None)
+    if "path" in kwargs:
+        kwargs["unix_socket_path"] = kwargs.pop("path")
+    kwargs.setdefault("db", 0)
+    return kwargs

@@ -8,10 +8,13 @@
 #   and python3 that is recent enough (with its venv module, installed if missing);
 # - .venv: the orchestrator with its dev tools (pytest, ruff), at the versions in requirements.lock;
 # - .venv-airflow: apache-airflow 3.3 (and its PostgreSQL drivers) for the local stack only
-#   (not an orchestrator dependency).
+#   (not an orchestrator dependency), under the constraints in requirements-airflow.lock
+#   (AIRFLOW_CONSTRAINTS= names another file or URL, for example Airflow's own:
+#   https://raw.githubusercontent.com/apache/airflow/constraints-3.3.2/constraints-3.11.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AIRFLOW_SPEC=${AIRFLOW_SPEC:-apache-airflow==3.3.*}
+AIRFLOW_CONSTRAINTS=${AIRFLOW_CONSTRAINTS:-requirements-airflow.lock}
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
 recent() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
@@ -54,15 +57,16 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" 
   echo "$stamp" > .venv/.stamp
 fi
 
-if [ ! -x .venv-airflow/bin/airflow ] || [ "$(cat .venv-airflow/.stamp 2>/dev/null)" != "$AIRFLOW_SPEC" ]; then
-  echo "bootstrap: creating .venv-airflow ($AIRFLOW_SPEC, for the local stack)"
-  "$PY" -m venv .venv-airflow
-  .venv-airflow/bin/pip install -q --disable-pip-version-check "$AIRFLOW_SPEC" 2> >(grep -v "is ignored: it is neither" >&2)
-  echo "$AIRFLOW_SPEC" > .venv-airflow/.stamp
-fi
-
-# Airflow's drivers for PostgreSQL (the tests' and the benchmarks' Airflow database).
-if ! .venv-airflow/bin/python -c "import psycopg2, asyncpg" 2>/dev/null; then
-  echo "bootstrap: installing psycopg2-binary and asyncpg into .venv-airflow"
-  .venv-airflow/bin/pip install -q --disable-pip-version-check psycopg2-binary asyncpg 2> >(grep -v "is ignored: it is neither" >&2)
+airflow_stamp="$AIRFLOW_SPEC $( { [ -f "$AIRFLOW_CONSTRAINTS" ] && cat "$AIRFLOW_CONSTRAINTS" || echo "$AIRFLOW_CONSTRAINTS"; } | sha256sum | cut -c1-16)"
+if [ ! -x .venv-airflow/bin/airflow ] || [ "$(cat .venv-airflow/.stamp 2>/dev/null)" != "$airflow_stamp" ]; then
+  echo "bootstrap: creating .venv-airflow ($AIRFLOW_SPEC under $AIRFLOW_CONSTRAINTS, for the local stack)"
+  "$PY" -m venv --clear .venv-airflow
+  if [ "$AIRFLOW_CONSTRAINTS" = requirements-airflow.lock ] && ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    echo "bootstrap: note: requirements-airflow.lock was made on Python 3.11; if pip cannot meet it on $("$PY" --version)," >&2
+    echo "  set AIRFLOW_CONSTRAINTS to Airflow's constraints file for your Python (see docs/setup.md)" >&2
+  fi
+  # With Airflow, its drivers for PostgreSQL (the tests' and the benchmarks' Airflow database).
+  .venv-airflow/bin/pip install -q --disable-pip-version-check -c "$AIRFLOW_CONSTRAINTS" "$AIRFLOW_SPEC" \
+    psycopg2-binary asyncpg 2> >(grep -v "is ignored: it is neither" >&2)
+  echo "$airflow_stamp" > .venv-airflow/.stamp
 fi

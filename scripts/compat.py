@@ -5,8 +5,8 @@
 
 Each version gets its own virtualenv (``.venv-airflow-3.X``, the newest patch from PyPI, with
 PostgreSQL drivers; 3.3 uses the stack's own ``.venv-airflow``), then the tests below run with
-``BACKFILL_AIRFLOW_BIN`` pointing at it: a private PostgreSQL, a real ``airflow standalone``,
-Redis and a Celery worker, one version at a time. The table goes to docs/compatibility.md.
+``BACKFILL_AIRFLOW_BIN`` pointing at it: a private PostgreSQL, a real Airflow (docker-compose.yaml's
+services as processes), Redis and a Celery worker, one version at a time. The table goes to docs/compatibility.md.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Fixtures shared by all tests: one private stack per session, started lazily.
 
-- ``redis_url``: a redis-server of our own on a free port (unit tests of locks and records use
-  database 1, the orchestrator database 0);
-- ``airflow``: a real ``airflow standalone`` 3.3 on a private PostgreSQL (as production runs it)
-  with the project's example DAGs (``BACKFILL_AIRFLOW_BIN`` picks another Airflow 3.x, see
-  scripts/compat.py);
+- ``compose``: docker-compose.yaml's services run as processes (``tests/compose_stack.py``):
+  the stack every test runs against is the compose file's, command by command;
+- ``redis_url``: the compose file's Redis (password, AOF) on a free port (unit tests of locks
+  and records use database 1, the orchestrator database 0);
+- ``airflow``: a real Airflow 3.3 as the compose file runs it (init, api-server, scheduler,
+  dag-processor, triggerer, each a process) on a private PostgreSQL, with the project's example
+  DAGs (``BACKFILL_AIRFLOW_BIN`` picks another Airflow 3.x, see scripts/compat.py);
 - ``orch``: a real ``celery -A workers worker`` subprocess (2 processes) against both, and the
   orchestrator's modules imported in this process with the same configuration.
 
@@ -25,8 +27,9 @@ import redis
 
 from backfill.airflow import AirflowClient, AirflowConfig
 from backfill.devstack import Stack
+from tests.compose_stack import ComposeStack
 
-EXAMPLE_DAG_COUNT = 4 + 50 + 4 + 7  # etl_* + fleet_00..49 + exp_* (experiments) + user_* (user_schedules.py)
+EXAMPLE_DAG_COUNT = 4 + 50 + 12 + 7  # etl_* + fleet_00..49 + exp_* (experiments) + user_* (user_schedules.py)
 
 # Small segments so that every multi-window test also crosses chain segments; short waits so
 # the suite is quick. The worker and this process read the same values.
@@ -50,8 +53,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(stack: Stack) -> str:
-    return stack.start_redis()
+def compose(stack: Stack) -> ComposeStack:
+    return ComposeStack(stack)
+
+
+@pytest.fixture(scope="session")
+def redis_url(compose: ComposeStack) -> str:
+    return compose.start_redis()
 
 
 @pytest.fixture
@@ -65,8 +73,9 @@ def scratch_redis(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
-def airflow(stack: Stack, redis_url: str) -> AirflowClient:
-    stack.start_airflow(expect_dags=EXAMPLE_DAG_COUNT, database_url=stack.start_postgres())
+def airflow(stack: Stack, compose: ComposeStack, redis_url: str) -> AirflowClient:
+    compose.start_postgres()
+    compose.start_airflow(expect_dags=EXAMPLE_DAG_COUNT)
     return AirflowClient(
         AirflowConfig(url=stack.airflow_url, username=stack.airflow_user, password=stack.airflow_password)
     )

@@ -15,7 +15,7 @@ def findings(e: Experiment) -> dict[str, bool]:
 
 
 def test_airflow_features_against_the_requirements(orch):
-    mar, pools, sensors, native = run_all(orch.airflow)
+    mar, pools, sensors, native, shared, modes, cancel, past, consecutive = run_all(orch.airflow)
 
     assert findings(mar) == {
         "one run of the DAG at a time": True,
@@ -44,5 +44,35 @@ def test_airflow_features_against_the_requirements(orch):
     }, native.facts
     assert native.facts["non_periodic"].startswith("HTTP 4") and native.facts["second_backfill"].startswith("HTTP 409")
 
-    text = report([mar, pools, sensors, native])
-    assert text.count("| **no** |") >= 8
+    assert findings(shared) == {"other DAGs are never blocked": False}, shared.facts
+    assert shared.facts["b_waited_s"] >= 3 and shared.facts["b_started_after_a_ended"], shared.facts
+
+    assert findings(modes) == {
+        "a waiting sensor frees its worker slot (reschedule)": True,
+        "a waiting sensor frees its worker slot (deferrable)": True,
+        "one run of the DAG at a time": False,
+        "the first window runs": False,
+    }, modes.facts
+    assert modes.facts["exp_sensor_reschedule_max_runs_at_once"] >= 2, modes.facts
+    assert modes.facts["exp_sensor_deferrable_max_runs_at_once"] >= 2, modes.facts
+
+    assert findings(cancel) == {
+        "a cancel stops the run in flight": False,
+        "a cancel leaves the rest not run": True,
+    }, cancel.facts
+    assert cancel.facts["running_run_ended_s_after_cancel"] is not None, cancel.facts
+    assert list(cancel.facts["runs_at_cancel"].values()).count("running") == 1, cancel.facts
+
+    assert findings(past) == {
+        "nothing runs after a failed window": True,
+        "the DAG is free again after a failure": False,
+        "windows queued newest first run": False,
+    }, past.facts
+    assert past.facts["states"] == ["success", "failed", "running", "queued"], past.facts
+    assert past.facts["newest_first_states"] == ["queued", "running"], past.facts
+
+    assert findings(consecutive) == {"nothing runs after a failed window": False}, consecutive.facts
+    assert consecutive.facts["paused"] is False, consecutive.facts
+
+    text = report([mar, pools, sensors, native, shared, modes, cancel, past, consecutive])
+    assert text.count("| **no** |") >= 15

@@ -4,6 +4,7 @@ versions tested; requirements.lock every version)."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import re
 from importlib.metadata import version
@@ -72,3 +73,25 @@ def test_the_tracer_still_builds_the_exception_info_lean_retry_replaces() -> Non
     from celery.app import trace
 
     assert hasattr(trace, "ExceptionInfo"), "celery.app.trace.ExceptionInfo is gone: workers/lean_retry.py is void"
+
+
+def test_the_local_airflow_is_installed_under_its_constraints() -> None:
+    """Airflow is installed as its maintainers say: with a constraints file (requirements-airflow.lock,
+    a freeze of the install the suite passed with), which holds the PostgreSQL drivers too."""
+    lock = dict(
+        line.split("==", 1) for line in (ROOT / "requirements-airflow.lock").read_text().splitlines() if "==" in line
+    )
+    bootstrap = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    spec = re.search(r"AIRFLOW_SPEC:-apache-airflow==([\d.]+)\.\*", bootstrap).group(1)  # type: ignore[union-attr]
+    assert lock["apache-airflow"].startswith(spec + "."), (lock["apache-airflow"], spec)
+    assert {"psycopg2-binary", "asyncpg", "apache-airflow-core", "apache-airflow-task-sdk"} <= lock.keys()
+    assert '-c "$AIRFLOW_CONSTRAINTS" "$AIRFLOW_SPEC"' in bootstrap
+    airflow_python = ROOT / ".venv-airflow" / "bin" / "python"
+    stamp = ROOT / ".venv-airflow" / ".stamp"
+    lock_hash = hashlib.sha256((ROOT / "requirements-airflow.lock").read_bytes()).hexdigest()[:16]
+    if airflow_python.exists() and stamp.exists() and stamp.read_text().split()[-1] == lock_hash:
+        import subprocess
+
+        code = "from importlib.metadata import version as v; print(v('apache-airflow'), v('fastapi'), v('cadwyn'))"
+        installed = subprocess.run([airflow_python, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert installed.split() == [lock["apache-airflow"], lock["fastapi"], lock["cadwyn"]]

@@ -1,10 +1,13 @@
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from backfill.errors import InputError
 from backfill.planning import Request, validate
 from backfill.settings import Settings
+
+TODAY = datetime.now(UTC).date()
 
 
 def req(**kw):
@@ -66,6 +69,13 @@ def test_max_parallel_dags_must_be_a_whole_number(bad):
         ({"reverse": "yes"}, "reverse: expected true or false"),
         ({"batch": "yearly"}, "batch: unknown batch size 'yearly'"),
         ({"dags": ["a", "b"], "batch": "daily"}, "the backfill makes 62 windows (31 daily windows x 2 DAGs)"),
+        # Airflow takes the trigger, then holds the run until then: "Logical date is in future" (its scheduler).
+        ({"start": "2999-01-01", "end": "2999-01-02"}, "end: the window [2999-01-01T00:00:00+00:00, "),
+        (
+            {"start": str(TODAY - timedelta(days=2)), "end": str(TODAY + timedelta(days=2)), "batch": "daily"},
+            f"[{TODAY + timedelta(days=2)}T00:00:00+00:00, {TODAY + timedelta(days=3)}T00:00:00+00:00) starts in the "
+            "future",
+        ),
     ],
 )
 def test_bad_requests_are_refused_naming_the_input(kw, message):
