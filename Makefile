@@ -12,6 +12,7 @@ demo:
 test: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 	.venv/bin/python -m pytest -q
 
 # The benchmarks (bench/, about 20 minutes): exits non-zero when a target is missed and writes
@@ -26,7 +27,7 @@ faults: setup
 	.venv/bin/python -m faults --schedules 10000
 
 lint: setup
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
 
 format: setup
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .

@@ -291,7 +291,7 @@ class AirflowClient:
             header_params=headers, body=body, auth_settings=AUTH_SETTINGS, collection_formats=MULTI,
         )  # fmt: skip
         resp = self._api.call_api(*request, _request_timeout=_request_timeout)
-        data = resp.read()
+        data = resp.read()  # type: ignore[no-untyped-call]  # the client's RESTResponse is untyped
         if not 200 <= resp.status < 300:
             ApiException.from_response(http_resp=resp, body=data.decode(errors="replace"), data=None)
         return json.loads(data)

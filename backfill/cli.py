@@ -10,15 +10,16 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import click
 import redis
 
+from backfill.context import Context
 from backfill.errors import BackfillError
 from backfill.planning import check_conf
-from backfill.settings import DEFAULT_REDIS_URL
+from backfill.settings import DEFAULT_REDIS_URL, Settings
 from backfill.status import render, render_plan, status
 from backfill.windows import BATCHES
 
@@ -29,7 +30,7 @@ EXIT_CANCELLED = 5  # status --wait: the backfill was cancelled
 class _UserError(click.ClickException):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
 
 
 class _Group(click.Group):
@@ -47,11 +48,18 @@ class _Group(click.Group):
             raise _UserError(message, 3) from None
 
 
-def _context() -> Any:
-    # Imported here so `backfill --help` works without Redis or a config.
-    from workers.tasks import context
+def _context() -> Context:
+    """Redis and Airflow clients from the environment, as the workers build them. Not through
+    ``workers``: commands that only read or write the record need no Celery app (and none of
+    the worker's process-wide patches); ``submit``, ``resume`` and ``cancel`` load it when they
+    publish or revoke."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = Context.build(Settings.from_env())
+    return _CONTEXT
 
-    return context()
+
+_CONTEXT: Context | None = None
 
 
 @click.group(cls=_Group)
@@ -113,7 +121,7 @@ def _call_worker(kwargs: dict[str, Any], timeout: float) -> dict[str, Any]:
 
     result = submit_backfill.apply_async(kwargs=kwargs)
     try:
-        return result.get(timeout=timeout)
+        return cast(dict[str, Any], result.get(timeout=timeout))
     except CeleryTimeout:
         result.revoke()
         raise BackfillError(

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from backfill.context import Context
 from backfill.errors import AirflowUnavailable, BackfillNotFound, WindowFailed
 from backfill.planning import check_history, check_in_airflow, concurrency_warnings, new_backfill_id, with_schedules
-from backfill.record import TERMINAL, BackfillParams
+from backfill.record import TERMINAL, BackfillParams, text
 from backfill.runner import Step, slot_member
 
 log = logging.getLogger("backfill")
@@ -151,7 +151,7 @@ class Lifecycle:
             return False
         try:
             bf = self.ctx.redis.get(f"{self.ctx.settings.key_prefix}:submit:{task_id}")
-            return bf is not None and bool(self.ctx.redis.hexists(self.ctx.record.k_meta(bf.decode()), "params"))
+            return bf is not None and bool(self.ctx.redis.hexists(self.ctx.record.k_meta(text(bf)), "params"))
         except Exception:
             return True
 
@@ -161,7 +161,7 @@ class Lifecycle:
             return candidate
         key = f"{self.ctx.settings.key_prefix}:submit:{task_id}"
         self.ctx.redis.set(key, candidate, nx=True, ex=7 * 86400)
-        return (self.ctx.redis.get(key) or candidate.encode()).decode()
+        return text(self.ctx.redis.get(key) or candidate)
 
     def dispatch(self, params: BackfillParams) -> bool:
         """Publish the chains of a recorded backfill unless done already. True if published now."""

@@ -19,7 +19,7 @@ between the check and the trigger.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 
@@ -32,7 +32,7 @@ class WindowKeys(NamedTuple):
 
     meta: str  # the backfill's hash (its cancel flag)
     windows: str  # the DAG's windows hash
-    index: int  # the window's field in it
+    field: int  # the window's field in it
 
 
 class DagLocks:
@@ -63,14 +63,14 @@ class DagLocks:
         Returns "ended" (the window ended or its backfill was cancelled: nothing kept), or
         another live holder of the lock, if the lock expired and was taken meanwhile."""
         keys = [self.key(dag_id), window.meta, window.windows, *slot_keys]
-        args = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.index]
+        args: list[Any] = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.field]
         return _text(self._hold(keys=keys, args=args))
 
     def arm(self, dag_id: str, token: str, *, window: WindowKeys, member: str, slot_keys: list[str]) -> str:
         """The check just before a trigger (``lock_arm.lua``): "ok", "cancelled", "ended", "lost"
         or "slot"."""
         keys = [self.key(dag_id), window.meta, window.windows, *slot_keys]
-        args = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.index]
+        args: list[Any] = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.field]
         return str(_text(self._arm(keys=keys, args=args)))
 
     def disarm(self, dag_id: str, token: str) -> None:

@@ -52,6 +52,9 @@ class Pace:
 def next_look(pace: Pace, elapsed: float, *, started: float | None = None, floor: float, ceiling: float) -> float:
     """Seconds until the next look at a run triggered ``elapsed`` s ago (``started``: s after the
     trigger at which Airflow started it, once seen), within [``floor``, ``ceiling``]."""
+    expected: float | None
+    dev: float | None
+    scale: float | None
     if started is not None and pace.run:
         expected, dev = started + pace.run, pace.run_dev
         scale = pace.run

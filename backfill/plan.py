@@ -92,11 +92,11 @@ def _no_estimate() -> dict[str, Any]:
 
 def _estimate(airflow: AirflowClient, dag: str, runs: int) -> dict[str, Any]:
     # From trigger (queued_at) to end: a window costs the scheduler's pick-up time too.
-    took = [
-        (r.end_date - (r.queued_at or r.start_date)).total_seconds()
-        for r in airflow.recent_successes(dag)
-        if r.end_date and (r.queued_at or r.start_date)
-    ]
+    took = []
+    for r in airflow.recent_successes(dag):
+        began = r.queued_at or r.start_date
+        if r.end_date and began:
+            took.append((r.end_date - began).total_seconds())
     if not took:
         return _no_estimate()
     median = statistics.median(took)
@@ -115,4 +115,4 @@ def _overall(dags: list[dict[str, Any]], max_parallel: int, global_limit: int) -
         return None
     limits = [k for k in (max_parallel, global_limit) if k > 0]
     bound = sum(each) / min(limits) if limits else 0.0
-    return round(max(max(each), bound), 1)
+    return float(round(max(max(each), bound), 1))

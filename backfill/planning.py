@@ -31,8 +31,8 @@ class Request:
     """What a user asks for, as given (strings, dates or datetimes for the bounds)."""
 
     dags: Sequence[str]
-    start: str | date | datetime
-    end: str | date | datetime
+    start: str | date | datetime | None
+    end: str | date | datetime | None
     batch: str = "daily"
     tz: str | None = None
     reverse: bool = False

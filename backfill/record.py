@@ -21,7 +21,7 @@ import json
 from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -161,7 +161,7 @@ class Record:
         bf, now = params.backfill_id, self.clock.now()
         event = {"ts": now, "kind": "backfill", "state": "planned", "dags": params.dags, "windows": params.total}
         keys = [self.k_meta(bf), f"{self.prefix}:index", self.k_events(bf), *(self.k_dag(bf, d) for d in params.dags)]
-        args = [
+        args: list[Any] = [
             params.to_json(),
             now,
             self.ttl,
@@ -184,10 +184,10 @@ class Record:
         raw = self.redis.hgetall(self.k_meta(bf))
         if not raw:
             raise BackfillNotFound(f"backfill {bf!r}: no such backfill in Redis (expired or never submitted)")
-        return {_s(k): _s(v) for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     def dag(self, bf: str, dag: str) -> dict[str, str]:
-        return {_s(k): _s(v) for k, v in self.redis.hgetall(self.k_dag(bf, dag)).items()}
+        return {text(k): text(v) for k, v in self.redis.hgetall(self.k_dag(bf, dag)).items()}
 
     def window(self, bf: str, dag: str, idx: int) -> dict[str, Any]:
         raw = self.redis.hget(self.k_windows(bf, dag), str(idx))
@@ -211,17 +211,21 @@ class Record:
         now = int(given) if given else int(clock[0][0]) * 1000 + int(clock[0][1]) // 1000
         rec = json.loads(raw) if raw else {"state": "planned"}
         ttl_ms = int(until) - now if holder and until else -2
-        return rec, cancelled == b"1", pace, (_s(holder or b"") if ttl_ms > 0 else "", ttl_ms)
+        return rec, cancelled == b"1", pace, (text(holder or b"") if ttl_ms > 0 else "", ttl_ms)
 
     def windows(self, bf: str, dag: str) -> dict[int, dict[str, Any]]:
-        return {int(k): json.loads(v) for k, v in self.redis.hgetall(self.k_windows(bf, dag)).items()}
+        found = cast(dict[bytes, bytes], self.redis.hgetall(self.k_windows(bf, dag)))
+        return {int(k): json.loads(v) for k, v in found.items()}
 
     def events(self, bf: str, *, after: str = "-", count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
         start = after if after == "-" else f"({after}"
-        return [(_s(i), json.loads(f[b"e"])) for i, f in self.redis.xrange(self.k_events(bf), start, "+", count=count)]
+        found = cast(
+            list[tuple[bytes, dict[bytes, bytes]]], self.redis.xrange(self.k_events(bf), start, "+", count=count)
+        )
+        return [(text(i), json.loads(f[b"e"])) for i, f in found]
 
     def recent(self, limit: int = 20) -> list[str]:
-        return [_s(b) for b in self.redis.zrevrange(f"{self.prefix}:index", 0, limit - 1)]
+        return [text(b) for b in cast(list[bytes], self.redis.zrevrange(f"{self.prefix}:index", 0, limit - 1))]
 
     def is_cancelled(self, bf: str) -> bool:
         return self.redis.hget(self.k_meta(bf), "cancelled") == b"1"
@@ -318,7 +322,7 @@ class Record:
         """Set fields of a DAG's record. ``client``: a pipeline to queue it on."""
         mapping = {k: v for k, v in fields.items() if v is not None}
         if mapping:  # Redis refuses an empty HSET
-            (client or self.redis).hset(self.k_dag(bf, dag), mapping=mapping)
+            (client or self.redis).hset(self.k_dag(bf, dag), mapping=cast(Any, mapping))
 
     def finish_dag(self, params: BackfillParams, dag: str, state: str, *, reason: str | None = None) -> int:
         """Close a DAG (succeeded, failed, stopped or cancelled). Returns DAGs left, -1 if already closed."""
@@ -340,5 +344,6 @@ class Record:
         return count
 
 
-def _s(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients built with or without ``decode_responses``)."""
     return value.decode() if isinstance(value, bytes) else value

@@ -15,6 +15,7 @@ from typing import Any
 
 from backfill.airflow import AirflowClient
 from backfill.record import Record
+from backfill.timefmt import clock, span
 from backfill.verify import describe, serial_check
 
 COLOURS = {
@@ -92,20 +93,6 @@ def collect(record: Record, bf: str, *, airflow: AirflowClient | None = None) ->
     }
 
 
-def _clock(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _span(seconds: float) -> str:
-    return (
-        f"{seconds:.1f} s"
-        if seconds < 120
-        else f"{seconds / 60:.1f} min"
-        if seconds < 7200
-        else f"{seconds / 3600:.1f} h"
-    )
-
-
 def text(data: dict[str, Any], *, width: int = 60, max_rows: int = 100) -> str:
     t0, t1 = data["t0"], data["t1"]
     total = max(t1 - t0, 1e-6)
@@ -114,7 +101,7 @@ def text(data: dict[str, Any], *, width: int = 60, max_rows: int = 100) -> str:
     out = [
         f"backfill {data['backfill_id']}  {data['state'].upper()}  ({data['batch']} windows over "
         f"[{data['range'][0]}, {data['range'][1]}))",
-        f"timeline {_clock(t0)} .. {_clock(t1)} UTC ({_span(t1 - t0)}), one lane per DAG, one mark per window",
+        f"timeline {clock(t0)} .. {clock(t1)} UTC ({span(t1 - t0)}), one lane per DAG, one mark per window",
         "",
     ]
     for dag, bars in lanes.items():
@@ -135,10 +122,10 @@ def text(data: dict[str, Any], *, width: int = 60, max_rows: int = 100) -> str:
     shown = rows if max_rows <= 0 else rows[:max_rows]
     out.append(f"  {'ran (UTC)':<19}  {'took':>8}  {'DAG':<{name_w}}  window")
     for b in shown:
-        took = _span(b.t1 - b.t0) if b.ran else "-"
+        took = span(b.t1 - b.t0) if b.ran else "-"
         run = f" run={b.run_id}" if b.run_id else ""
         why = f" ({b.reason})" if b.reason and b.state != "success" else ""
-        out.append(f"  {_clock(b.t0)}  {took:>8}  {b.dag:<{name_w}}  #{b.seq} [{b.start}, {b.end}) {b.state}{run}{why}")
+        out.append(f"  {clock(b.t0)}  {took:>8}  {b.dag:<{name_w}}  #{b.seq} [{b.start}, {b.end}) {b.state}{run}{why}")
     if len(rows) > len(shown):
         out.append(f"  ... {len(rows) - len(shown)} more (--max-rows 0 shows all)")
     return "\n".join(out)
@@ -193,7 +180,7 @@ def to_html(data: dict[str, Any]) -> str:
             left = (b.t0 - t0) / total * 100
             width = max((b.t1 - b.t0) / total * 100, 0.0)
             tip = f"{dag} #{b.seq} [{b.start}, {b.end}) {b.state}"
-            tip += f"\nran {_clock(b.t0)} .. {_clock(b.t1)} UTC ({_span(b.t1 - b.t0)})" if b.ran else ""
+            tip += f"\nran {clock(b.t0)} .. {clock(b.t1)} UTC ({span(b.t1 - b.t0)})" if b.ran else ""
             tip += f"\nrun {b.run_id}" if b.run_id else ""
             tip += f"\n{b.reason}" if b.reason else ""
             marks.append(
@@ -204,11 +191,11 @@ def to_html(data: dict[str, Any]) -> str:
             f'<div class="lane" data-dag="{e(dag)}"><div class="label" title="{e(dag)}">{e(dag)}</div>'
             f'<div class="track">{"".join(marks)}</div></div>'
         )
-    ticks = "".join(f"<span>{_clock(t0 + total * i / 4)[11:]}</span>" for i in range(5))
+    ticks = "".join(f"<span>{clock(t0 + total * i / 4)[11:]}</span>" for i in range(5))
     legend = "".join(f'<span><i style="background:{c}"></i>{s.replace("_", " ")}</span>' for s, c in COLOURS.items())
     table = "".join(
         f"<tr><td>{e(b.dag)}</td><td>#{b.seq}</td><td>{e(b.start)}</td><td>{e(b.state)}</td>"
-        f"<td>{_clock(b.t0) if b.t0 else ''}</td><td>{_span(b.t1 - b.t0) if b.ran else '-'}</td>"
+        f"<td>{clock(b.t0) if b.t0 else ''}</td><td>{span(b.t1 - b.t0) if b.ran else '-'}</td>"
         f"<td>{e(b.run_id or '')}</td><td>{e(b.reason or '')}</td></tr>"
         for b in sorted((b for bars in lanes.values() for b in bars), key=lambda b: (b.t0, b.dag))
     )
@@ -219,7 +206,7 @@ def to_html(data: dict[str, Any]) -> str:
 <body style="--label:{label_w}px">
 <h1>backfill {e(data["backfill_id"])} &mdash; {e(data["state"])}</h1>
 <div class="sub">{e(data["batch"])} windows over [{e(data["range"][0])}, {e(data["range"][1])}) &middot;
-{len(lanes)} DAG(s), {windows} window(s) &middot; {_clock(t0)} .. {_clock(t1)} UTC ({_span(t1 - t0)})</div>
+{len(lanes)} DAG(s), {windows} window(s) &middot; {clock(t0)} .. {clock(t1)} UTC ({span(t1 - t0)})</div>
 <div class="chart" id="timeline">{"".join(rows)}<div class="axis">{ticks}</div></div>
 <p class="legend">{legend}</p>
 {_serial_html(data.get("serial", {}))}

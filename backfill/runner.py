@@ -495,7 +495,7 @@ class WindowRunner:
         runs = self.airflow.recent_successes(dag, limit=10)
         pace = pacing.seed([(r.end_date - r.start_date).total_seconds() for r in runs if r.end_date and r.start_date])
         if pace.total is not None:
-            self.record.set_dag(params.backfill_id, dag, **pace.to_record())
+            self.record.set_dag(params.backfill_id, dag, client=None, **pace.to_record())
         return pace
 
     def _learn(self, rec: dict[str, Any], run: RunInfo) -> Pace:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
+from typing import Any
 
 from dateutil import rrule
 from dateutil import tz as dttz
@@ -161,7 +162,7 @@ def _cron_rule(summary: str, dtstart: datetime) -> rrule.rrulebase | None:
         if dow is None:
             return None
         dom = None
-    common = {
+    common: dict[str, Any] = {
         # Bounded: a cron that never fires (Feb 30) would otherwise be searched to year 9999.
         "until": dtstart + timedelta(days=9 * 366),
         "dtstart": dtstart.replace(second=0, microsecond=0) + (timedelta(minutes=1) if dtstart.second else timedelta()),
@@ -170,8 +171,10 @@ def _cron_rule(summary: str, dtstart: datetime) -> rrule.rrulebase | None:
         "byhour": hour if hour is not None else list(range(24)),
         "bymonth": month if month is not None else list(range(1, 13)),
     }
-    days = {"bymonthday": dom} if dom is not None else {}
-    weekdays = {"byweekday": sorted({_WEEKDAYS[d] for d in dow}, key=lambda w: w.weekday)} if dow is not None else {}
+    days: dict[str, Any] = {"bymonthday": dom} if dom is not None else {}
+    weekdays: dict[str, Any] = (
+        {"byweekday": sorted({_WEEKDAYS[d] for d in dow}, key=lambda w: w.weekday)} if dow is not None else {}
+    )
     if dom is not None and dow is not None:  # cron: either day field matches
         both = rrule.rruleset()
         both.rrule(rrule.rrule(rrule.MINUTELY, **common, **days))

@@ -88,7 +88,7 @@ class Settings:
     def call_max(self) -> float:
         """The longest one Airflow call can take: every try times out, with the backoff between."""
         tries = max(1, self.airflow.read_attempts)
-        return tries * self.airflow.timeout + 0.25 * (2 ** (tries - 1) - 1)
+        return float(tries * self.airflow.timeout + 0.25 * (2 ** (tries - 1) - 1))
 
     @property
     def write_max(self) -> float:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from backfill.airflow import AirflowClient
 from backfill.record import TERMINAL, Record
+from backfill.timefmt import clock, span
 from backfill.verify import describe, serial_check
 
 
@@ -77,18 +77,14 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def _clock(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
-
-
 def render(data: dict[str, Any]) -> str:
     p = data["params"]
     lines = [
         f"backfill {data['backfill_id']}  {data['state'].upper()}",
         f"  {p['batch']} windows over [{p['start']}, {p['end']}), "
         f"{'newest' if p['reverse'] else 'oldest'} first, on_failure={p['on_failure']}, reprocess={p['reprocess']}",
-        f"  created {_clock(data['created_at'])} UTC"
-        + (f", finished {_clock(data['finished_at'])} UTC" if data["finished_at"] else ""),
+        f"  created {clock(data['created_at'])} UTC"
+        + (f", finished {clock(data['finished_at'])} UTC" if data["finished_at"] else ""),
         "",
     ]
     width = max(len(d["dag_id"]) for d in data["dags"])
@@ -119,22 +115,14 @@ def render(data: dict[str, Any]) -> str:
         if e.get("kind") == "window":
             extra = f" run={e['run']}" if e.get("run") else ""
             why = f" ({e['reason']})" if e.get("reason") else ""
-            lines.append(f"  {_clock(e['ts'])} {e['dag']} [{e['start']}, {e['end']}) {e['state']}{extra}{why}")
+            lines.append(f"  {clock(e['ts'])} {e['dag']} [{e['start']}, {e['end']}) {e['state']}{extra}{why}")
         else:
-            lines.append(f"  {_clock(e['ts'])} {e.get('dag') or 'backfill'} {e['state']}")
+            lines.append(f"  {clock(e['ts'])} {e.get('dag') or 'backfill'} {e['state']}")
     return "\n".join(lines)
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown (no successful run yet)"
-    return (
-        f"{seconds:.0f} s"
-        if seconds < 120
-        else f"{seconds / 60:.1f} min"
-        if seconds < 7200
-        else f"{seconds / 3600:.1f} h"
-    )
+    return "unknown (no successful run yet)" if seconds is None else span(seconds, digits=0)
 
 
 def render_plan(data: dict[str, Any], *, max_rows: int = 10) -> str:

@@ -22,6 +22,7 @@ while its window keeps asking (``stale`` seconds), so a cancelled or lost window
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import redis
 
@@ -61,7 +62,7 @@ class Semaphore:
 
     def acquire(self, member: str, limit: int) -> Grant:
         """Take (or keep) a slot for ``member``; ``limit`` applies unless Redis holds an override."""
-        args = [member, limit, self.clock.script_now(), self._ttl_ms, self._stale_ms]
+        args: list[Any] = [member, limit, self.clock.script_now(), self._ttl_ms, self._stale_ms]
         ok, pos, used, lim = self._acquire(keys=self._keys(), args=args)
         return Grant(bool(ok), int(pos), int(used), int(lim))
 
@@ -79,7 +80,8 @@ class Semaphore:
         """Holders and waiters whose member starts with ``prefix``."""
         out: set[str] = set()
         for k in self._keys()[:2]:
-            out.update(m.decode() for m in self._redis.zrange(k, 0, -1) if m.decode().startswith(prefix))
+            held = cast(list[bytes], self._redis.zrange(k, 0, -1))
+            out.update(m.decode() for m in held if m.decode().startswith(prefix))
         return sorted(out)
 
     def in_use(self) -> int:

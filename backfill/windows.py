@@ -86,7 +86,7 @@ def _check_wall_time(naive: datetime, value: object, *, name: str, zone: tzinfo)
         )
 
 
-def parse_bound(value: str | date | datetime, *, name: str, zone: tzinfo, is_end: bool) -> datetime:
+def parse_bound(value: str | date | datetime | None, *, name: str, zone: tzinfo, is_end: bool) -> datetime:
     """Parse a range bound into an aware datetime.
 
     A date (``2024-03-31``) is a whole day: as ``start`` it means that day's first instant,
@@ -163,8 +163,8 @@ def _anchor(moment: datetime, batch: str, zone: tzinfo) -> datetime:
 
 
 def window_spec(
-    start: str | date | datetime,
-    end: str | date | datetime,
+    start: str | date | datetime | None,
+    end: str | date | datetime | None,
     batch: str,
     *,
     tz: str | None = None,

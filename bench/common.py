@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from backfill.airflow import AirflowClient, AirflowConfig, RunInfo
-from backfill.devstack import Stack
+from devstack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DAGS = REPO / "bench" / "dags"

@@ -178,6 +178,6 @@ def b3(root: Path, *, sample: int = 60) -> list[Figure]:
 
 
 def _free_port() -> int:
-    from backfill.devstack import free_port
+    from devstack import free_port
 
     return free_port()

@@ -29,7 +29,7 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
     dags = [f"bench_{i:03d}" for i in range(DAG_COUNT)]
     standin = Standin(set(dags), duration=duration, jitter=0.1, queued=0.5)
     with bench_stack(root) as b:
-        from backfill.devstack import free_port
+        from devstack import free_port
 
         server = serve(standin, port := free_port())
         threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -266,7 +266,7 @@ def main() -> None:
     if args.airflow_url:
         airflow = AirflowClient(AirflowConfig(url=args.airflow_url, username=args.user, password=args.password))
     else:
-        from backfill.devstack import Stack
+        from devstack import Stack
 
         stack = Stack(REPO / ".stack" / "experiments")
         print("starting airflow standalone with examples/dags ...", flush=True)

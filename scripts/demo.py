@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backfill.devstack import REPO, Stack, _tcp_open, free_port
+from devstack import REPO, Stack, free_port, tcp_open
 
 DAGS = ["etl_orders", "etl_users", "etl_payments"]
 
@@ -38,11 +38,11 @@ def main() -> int:
         print("starting redis-server ...", flush=True)
         stack.start_redis()
         print("starting airflow standalone (about 30-60 s) ...", flush=True)
-        stack.start_airflow(8080 if not _tcp_open(8080) else free_port(), expect_dags=len(DAGS))
+        stack.start_airflow(8080 if not tcp_open(8080) else free_port(), expect_dags=len(DAGS))
         os.environ.update(stack.env())
         print("starting a celery worker (2 processes) and flower ...", flush=True)
         stack.start_worker("demo", concurrency=2)
-        flower_port = 5555 if not _tcp_open(5555) else free_port()
+        flower_port = 5555 if not tcp_open(5555) else free_port()
         stack.start_flower(flower_port)
         print(f"  Airflow UI  {stack.airflow_url}  (user {stack.airflow_user}, password {stack.airflow_password})")
         print(f"  Flower      http://127.0.0.1:{flower_port}")

@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from backfill.devstack import REPO, Proc, Stack, _postgres_bindir, _wait_for, airflow_bin, free_port
+from devstack import REPO, Proc, Stack, airflow_bin, free_port, postgres_bindir, wait_for
 
 COMPOSE = REPO / "docker-compose.yaml"
 AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
@@ -127,7 +127,7 @@ class ComposeStack:
         env = {k: self.translate(str(v)) for k, v in (svc.get("environment") or {}).items()}
         path = [str(airflow_bin().parent)] if name.startswith("airflow") else [str(REPO / ".venv" / "bin")]
         if name == "postgres":
-            path.insert(0, str(_postgres_bindir()))
+            path.insert(0, str(postgres_bindir()))
         if os.geteuid() != 0:
             path.insert(0, str(self._no_chown()))
         base = {"PATH": os.pathsep.join([*path, "/usr/local/bin", "/usr/bin", "/bin"]), "HOSTNAME": self.hostname(name),
@@ -242,14 +242,14 @@ class ComposeStack:
         """PostgreSQL from the system's binaries, with the image's user and database."""
         self.stack.start_postgres(self.ports["postgres"])
         self.procs["postgres"] = self.stack.procs[-1]
-        psql = [str(_postgres_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(self.ports["postgres"]), "-U",
+        psql = [str(postgres_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(self.ports["postgres"]), "-U",
                 "postgres", "-v", "ON_ERROR_STOP=1", "-c"]  # fmt: skip
         password = self.variables["POSTGRES_PASSWORD"]
         subprocess.run([*psql, f"CREATE ROLE airflow LOGIN PASSWORD '{password}'"], check=True, capture_output=True)
         subprocess.run([*psql, "ALTER DATABASE airflow OWNER TO airflow"], check=True, capture_output=True)
         subprocess.run([*psql, "GRANT ALL ON SCHEMA public TO airflow"], check=True, capture_output=True)
         self.started.append("postgres")
-        _wait_for(lambda: self.healthy("postgres").returncode == 0, 30, "the postgres service's healthcheck")
+        wait_for(lambda: self.healthy("postgres").returncode == 0, 30, "the postgres service's healthcheck")
 
     def start_airflow(self, *, expect_dags: int, timeout: float = 300) -> str:
         """airflow-init, then the api-server, scheduler, dag-processor and triggerer."""
@@ -261,7 +261,7 @@ class ComposeStack:
         self.stack.airflow_url = f"http://127.0.0.1:{self.ports['airflow-apiserver']}"
         self.stack.airflow_user = self.variables["AIRFLOW_USERNAME"]
         self.stack.airflow_password = self.variables["AIRFLOW_PASSWORD"]
-        _wait_for(lambda: self.stack._airflow_dag_count() >= expect_dags, timeout, "the DAGs in Airflow")
+        wait_for(lambda: self.stack._airflow_dag_count() >= expect_dags, timeout, "the DAGs in Airflow")
         return self.stack.airflow_url
 
     def up(self, *, expect_dags: int) -> None:

@@ -10,7 +10,7 @@
 - ``orch``: a real ``celery -A workers worker`` subprocess (2 processes) against both, and the
   orchestrator's modules imported in this process with the same configuration.
 
-Every process is started by ``backfill.devstack.Stack`` and stopped by its pid at the end.
+Every process is started by ``devstack.Stack`` and stopped by its pid at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from backfill.airflow import AirflowClient, AirflowConfig
-from backfill.devstack import Stack
+from devstack import Stack
 from tests.compose_stack import ComposeStack
 
 EXAMPLE_DAG_COUNT = 4 + 50 + 12 + 7  # etl_* + fleet_00..49 + exp_* (experiments) + user_* (user_schedules.py)

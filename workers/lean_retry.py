@@ -27,11 +27,11 @@ from celery.exceptions import Retry
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
-class LeanRetryInfo(ExceptionInfo):
+class LeanRetryInfo(ExceptionInfo):  # type: ignore[misc]  # celery ships no types
     """``ExceptionInfo``, without the traceback when the exception is a ``Retry``."""
 
     def __init__(self, exc_info: ExcInfo | None = None, internal: bool = False) -> None:
-        type_, exc, tb = exc_info or sys.exc_info()  # type: ignore[misc]
+        type_, exc, tb = exc_info or sys.exc_info()
         if not isinstance(exc, Retry):
             super().__init__((type_, exc, tb), internal)
             return
@@ -41,4 +41,4 @@ class LeanRetryInfo(ExceptionInfo):
 
 
 def install() -> None:
-    trace.ExceptionInfo = LeanRetryInfo  # type: ignore[misc]
+    trace.ExceptionInfo = LeanRetryInfo

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import replace
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 from celery import Task, chain, group, signals, signature
 from celery.canvas import Signature
@@ -226,10 +226,10 @@ def _again(task: Task, countdown: float, kwargs: dict[str, Any] | None) -> Excep
         task.retry(countdown=countdown, kwargs=kwargs, throw=False)
     except Reject as exc:
         log.warning("%s: could not publish its next look (%s); requeueing", task.request.id, exc.reason)
-        return Reject(exc.reason, requeue=True)
+        return cast(Exception, Reject(exc.reason, requeue=True))
     # Published. The Retry that tells the tracer so need not carry the retried signature (and
     # the rest of the chain) to the worker's main process, as Celery's own does.
-    return Retry(when=countdown)
+    return cast(Exception, Retry(when=countdown))
 
 
 @signals.task_revoked.connect

@@ -28,9 +28,9 @@ EXAMPLE_ID = "bf-20240401-101500-1a2b3c"
 ELSEWHERE = {
     "make demo": "tests/integration/test_demo.py runs scripts/demo.py, the body of `make demo`",
     "make test": ".ci/run runs it; this very suite is its body",
-    "celery -A workers worker -l info": "backfill.devstack.Stack.start_worker, used by every integration test",
-    "celery -A workers worker -l info -c 4": "backfill.devstack.Stack.start_worker (-c is its concurrency)",
-    "celery -A workers flower --port=5555": "backfill.devstack.Stack.start_flower, used by the demo",
+    "celery -A workers worker -l info": "devstack.Stack.start_worker, used by every integration test",
+    "celery -A workers worker -l info -c 4": "devstack.Stack.start_worker (-c is its concurrency)",
+    "celery -A workers flower --port=5555": "devstack.Stack.start_flower, used by the demo",
     "pip install .": "scripts/bootstrap.sh installs the project the same way (editable)",
     # Commands that change a running backfill or the shared cap are run by the tests made for them.
     "backfill cancel ID": "tests/integration/test_operate.py (cancel, then resume)",

@@ -238,7 +238,7 @@ def test_flower_search_lists_one_backfills_tasks_with_readable_kwargs(orch):
     import base64
     import urllib.request
 
-    from backfill.devstack import free_port
+    from devstack import free_port
 
     port = free_port()
     flower = orch.stack.start_flower(port=port, FLOWER_BASIC_AUTH="ops:secret-pw")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from backfill.devstack import free_port
 from backfill.errors import BackfillError
 from backfill.windows import window_spec
+from devstack import free_port
 from tests.integration.helpers import max_concurrent, runs, submit, wait_done, wait_for
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from backfill.airflow import AirflowClient, AirflowConfig
-from backfill.devstack import free_port
 from backfill.errors import AirflowConflict, AirflowNotFound
 from backfill.windows import Window
 from bench.standin import Standin, serve
+from devstack import free_port
 
 
 @pytest.fixture

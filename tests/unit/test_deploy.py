@@ -198,6 +198,31 @@ def restricted_violations(pod: dict, where: str) -> list[str]:
             out.append(f"{name}: capabilities must drop ALL (and add only NET_BIND_SERVICE)")
         if any(p.get("hostPort") for p in c.get("ports", [])):
             out.append(f"{name}: hostPort")
+        out += _baseline_options(csc, name)
+    out += _baseline_options(psc, where)
+    safe_sysctls = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+                    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+                    "net.ipv4.tcp_keepalive_probes"}  # fmt: skip
+    out += [f"{where}: sysctl {s['name']}" for s in psc.get("sysctls", []) if s["name"] not in safe_sysctls]
+    return out
+
+
+def _baseline_options(sc: dict, name: str) -> list[str]:
+    """The rest of the profile (baseline's, which restricted includes): AppArmor, SELinux,
+    /proc mount, Windows host processes."""
+    out = []
+    apparmor = sc.get("appArmorProfile", {}).get("type")
+    if apparmor not in (None, "RuntimeDefault", "Localhost"):
+        out.append(f"{name}: appArmorProfile {apparmor}")
+    selinux = sc.get("seLinuxOptions", {})
+    if selinux.get("type") not in (None, "", "container_t", "container_init_t", "container_kvm_t",
+                                   "container_engine_t") or selinux.get("user") or selinux.get("role"):  # fmt: skip
+        out.append(f"{name}: seLinuxOptions {selinux}")
+    if sc.get("procMount") not in (None, "Default"):
+        out.append(f"{name}: procMount {sc['procMount']}")
+    if sc.get("windowsOptions", {}).get("hostProcess"):
+        out.append(f"{name}: windowsOptions.hostProcess")
     return out
 
 
@@ -210,6 +235,10 @@ def test_kubernetes_pods_pass_pod_security_restricted() -> None:
     # The checker itself rejects what restricted rejects.
     bad = {"containers": [{"name": "c", "securityContext": {"privileged": True}, "ports": [{"hostPort": 80}]}]}
     assert len(restricted_violations(bad, "bad")) == 6
+    odd = {"procMount": "Unmasked", "seLinuxOptions": {"type": "spc_t"}, "appArmorProfile": {"type": "Unconfined"}}
+    bad = {"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]},
+           "containers": [{"name": "c", "securityContext": odd}]}  # fmt: skip
+    assert len(restricted_violations(bad, "bad")) == 4 + 3 + 1  # four as above, these three, the sysctl
     pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
     worker = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "backfill-worker")
     assert pdb["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]

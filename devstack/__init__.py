@@ -1,9 +1,11 @@
 """A local stack for the demo and the tests: redis-server, ``airflow standalone``, Celery
 workers and Flower, each on a private port, each stopped by its pid.
 
-Not used by the orchestrator at run time. Airflow lives in its own virtualenv (by default
+Not part of the orchestrator (not installed with it): the demo, the tests, the benchmarks and
+the experiments use it from the repository. Airflow lives in its own virtualenv (by default
 ``.venv-airflow`` next to the repo, see scripts/bootstrap.sh): it is not a dependency of the
-orchestrator, only of this stack.
+orchestrator, only of this stack. The tests' session stack is docker-compose.yaml's services
+(tests/compose_stack.py), built on this module's processes.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class Stack:
         self._spawn(f"redis-{port}", cmd)
         auth = f":{password}@" if password else ""
         self.redis_url = f"redis://{auth}127.0.0.1:{port}/0"
-        _wait_for(lambda: _tcp_open(port), 20, f"redis-server on :{port}")
+        wait_for(lambda: tcp_open(port), 20, f"redis-server on :{port}")
         return self.redis_url
 
     # -- postgresql -----------------------------------------------------------------------
@@ -127,7 +129,7 @@ class Stack:
     def start_postgres(self, port: int | None = None) -> str:
         """A private PostgreSQL (trust auth on 127.0.0.1) with an ``airflow`` database; returns
         its SQLAlchemy URL. PostgreSQL refuses to run as root: as root it runs as ``postgres``."""
-        bindir = _postgres_bindir()
+        bindir = postgres_bindir()
         port = port or free_port()
         data = self.root / f"postgres-{port}"
         run_as: list[str] = []
@@ -145,9 +147,9 @@ class Stack:
         subprocess.run([*run_as, *initdb], check=True, capture_output=True)
         cmd = [*run_as, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(data)]
         self._spawn(f"postgres-{port}", cmd)
-        _wait_for(lambda: _tcp_open(port), 30, f"postgres on :{port}")
+        wait_for(lambda: tcp_open(port), 30, f"postgres on :{port}")
         createdb = [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "airflow"]
-        _wait_for(lambda: subprocess.run(createdb, capture_output=True).returncode == 0, 30, "createdb airflow")
+        wait_for(lambda: subprocess.run(createdb, capture_output=True).returncode == 0, 30, "createdb airflow")
         return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/airflow"
 
     # -- airflow --------------------------------------------------------------------------
@@ -201,7 +203,7 @@ class Stack:
                               "timeout": timeout, "database_url": database_url}  # fmt: skip
         self._airflow = self._spawn("airflow", [str(exe), "standalone"], env)
         self.airflow_url = f"http://127.0.0.1:{port}"
-        _wait_for(lambda: self._airflow_dag_count() >= expect_dags, timeout, f"airflow standalone on :{port}")
+        wait_for(lambda: self._airflow_dag_count() >= expect_dags, timeout, f"airflow standalone on :{port}")
         return self.airflow_url
 
     def _airflow_dag_count(self) -> int:
@@ -235,7 +237,7 @@ class Stack:
         cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-l", "info"]
         cmd += ["-c", str(concurrency), "-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
         proc = self._spawn(f"worker-{name}", cmd, self.env(**env))
-        _wait_for(lambda: "ready." in proc.tail(200) or not proc.alive(), 60, f"celery worker {name}")
+        wait_for(lambda: "ready." in proc.tail(200) or not proc.alive(), 60, f"celery worker {name}")
         if not proc.alive():
             raise RuntimeError(f"worker {name} died:\n{proc.tail()}")
         return proc
@@ -243,7 +245,7 @@ class Stack:
     def start_flower(self, port: int = 5555, **env: str) -> Proc:
         cmd = [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}", "--address=127.0.0.1"]
         proc = self._spawn("flower", cmd, self.env(**env))
-        _wait_for(lambda: _tcp_open(port) or not proc.alive(), 60, f"flower on :{port}")
+        wait_for(lambda: tcp_open(port) or not proc.alive(), 60, f"flower on :{port}")
         # Workers send task events only when asked (celeryconfig.py); Flower asks every 5 s.
         # Ask now, so that what runs from here on is seen.
         control = [sys.executable, "-m", "celery", "-A", "workers", "control", "enable_events"]
@@ -264,7 +266,7 @@ class Stack:
         self.scratch.clear()
 
 
-def _postgres_bindir() -> Path:
+def postgres_bindir() -> Path:
     for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (candidate / "postgres").exists():
             return candidate
@@ -274,13 +276,13 @@ def _postgres_bindir() -> Path:
     return Path(found).resolve().parent
 
 
-def _tcp_open(port: int) -> bool:
+def tcp_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _wait_for(check: object, timeout: float, what: str) -> None:
+def wait_for(check: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():  # type: ignore[operator]
