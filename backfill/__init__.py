@@ -24,8 +24,11 @@ _EXPORTS = {
     # the model and its record in Redis
     "BackfillParams": "backfill.record",
     "Record": "backfill.record",
-    "WINDOW_STATES": "backfill.record",
-    "TERMINAL": "backfill.record",
+    "WINDOW_STATES": "backfill.states",
+    "TERMINAL": "backfill.states",
+    "WindowState": "backfill.states",
+    "DagState": "backfill.states",
+    "RunState": "backfill.states",
     # configuration and Airflow
     "Settings": "backfill.settings",
     "AirflowClient": "backfill.airflow",
@@ -49,12 +52,15 @@ __all__ = [
     "BackfillError",
     "BackfillNotFound",
     "BackfillParams",
+    "DagState",
     "InputError",
     "Record",
     "Request",
+    "RunState",
     "Settings",
     "Window",
     "WindowSpec",
+    "WindowState",
     "validate",
     "window_spec",
 ]
@@ -63,8 +69,9 @@ if TYPE_CHECKING:
     from backfill.airflow import AirflowClient, AirflowConfig
     from backfill.errors import AirflowError, AirflowUnavailable, BackfillError, BackfillNotFound, InputError
     from backfill.planning import Request, validate
-    from backfill.record import TERMINAL, WINDOW_STATES, BackfillParams, Record
+    from backfill.record import BackfillParams, Record
     from backfill.settings import Settings
+    from backfill.states import TERMINAL, WINDOW_STATES, DagState, RunState, WindowState
     from backfill.windows import BATCHES, Window, WindowSpec, window_spec
 
 

@@ -41,10 +41,10 @@ from backfill.errors import (
     AirflowUnavailable,
     InputError,
 )
+from backfill.states import ACTIVE_RUN_STATES, RunState
 from backfill.windows import Window
 
 T = TypeVar("T")
-ACTIVE_STATES = ("queued", "running")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +119,7 @@ class RunInfo:
 
     @property
     def active(self) -> bool:
-        return self.state in ACTIVE_STATES
+        return self.state in ACTIVE_RUN_STATES
 
     def covers(self, window: Window) -> bool:
         return self.data_interval_start == window.start and self.data_interval_end == window.end
@@ -388,12 +388,12 @@ class AirflowClient:
 
     def active_runs(self, dag_id: str) -> list[RunInfo]:
         """Queued and running runs of the DAG, whoever started them."""
-        query = [("state", list(ACTIVE_STATES)), ("order_by", ["logical_date"])]
+        query = [("state", list(ACTIVE_RUN_STATES)), ("order_by", ["logical_date"])]
         return self._list(f"active runs of DAG {dag_id!r}", dag_id, query, limit=20)
 
     def recent_successes(self, dag_id: str, limit: int = 20) -> list[RunInfo]:
         """The DAG's latest successful runs, newest first (for duration estimates)."""
-        query = [("state", ["success"]), ("order_by", ["-end_date"])]
+        query = [("state", [RunState.SUCCESS]), ("order_by", ["-end_date"])]
         return self._list(f"recent runs of DAG {dag_id!r}", dag_id, query, limit=limit)
 
     def runs_by_prefix(self, dag_id: str, prefix: str, *, active: bool = False) -> list[RunInfo]:
@@ -402,7 +402,7 @@ class AirflowClient:
         # run_id_pattern (a substring match, 3.1+; 3.0 ignores it: the check below still holds).
         query = [("run_id_pattern", prefix), ("order_by", ["logical_date"])]
         if active:
-            query.append(("state", list(ACTIVE_STATES)))
+            query.append(("state", list(ACTIVE_RUN_STATES)))
         runs = self._list(f"runs {prefix}* of DAG {dag_id!r}", dag_id, query)
         # A LIKE pattern: '_' matches any character, so check the prefix here.
         return [r for r in runs if r.run_id.startswith(prefix)]
@@ -431,7 +431,7 @@ class AirflowClient:
     def fail_run(self, dag_id: str, run_id: str) -> None:
         self._call(f"fail run {run_id!r} of DAG {dag_id!r}", self._json, "PATCH",
                    "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}", path_params={"dag_id": dag_id, "dag_run_id": run_id},
-                   query=[("update_mask", ["state"])], body={"state": "failed"})  # fmt: skip
+                   query=[("update_mask", ["state"])], body={"state": RunState.FAILED})  # fmt: skip
 
 
 def _tls_message(url: str, detail: str) -> str:

@@ -32,10 +32,10 @@ from backfill.errors import InputError
 from backfill.lifecycle import Lifecycle
 from backfill.planning import new_backfill_id
 from backfill.record import BackfillParams
+from backfill.states import DONE, FINISHED, DagState
 
 log = logging.getLogger("backfill")
 
-FINISHED = ("succeeded", "failed", "cancelled")
 SWEEPS = 6  # --fail-running: at most this many looks for active runs, SWEEP_PAUSE apart
 SWEEP_PAUSE = 1.0
 
@@ -51,7 +51,7 @@ def cancel(
     """Cancel backfill ``bf`` (see the module docstring). Touches nothing of another backfill."""
     params = ctx.record.params(bf)
     state = ctx.record.meta(bf).get("state")
-    if state in ("succeeded", "failed"):
+    if state in (DagState.SUCCEEDED, DagState.FAILED):
         raise InputError(f"backfill {bf}: already {state}, nothing to cancel")
     ctx.record.request_cancel(bf, fail_running=fail_running)
     if revoke is not None:
@@ -110,7 +110,7 @@ def resume_params(ctx: Context, bf: str) -> BackfillParams:
     only: dict[str, list[list[int]]] = {}
     for dag in old.dags:
         recs = ctx.record.windows(bf, dag)
-        todo = sorted(i for i in old.indices(dag) if recs.get(i, {}).get("state") not in ("success", "skipped"))
+        todo = sorted(i for i in old.indices(dag) if recs.get(i, {}).get("state") not in DONE)
         if todo:
             only[dag] = _ranges(todo)
     if not only:

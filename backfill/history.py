@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from backfill.airflow import AirflowClient, RunInfo
 from backfill.record import BackfillParams
 from backfill.schedule import Schedule
+from backfill.states import RunState
 from backfill.windows import Window
 
 ON_CONFLICT = ("refuse", "skip")
@@ -65,11 +66,11 @@ def decide(
     if run.active:
         return Verdict("wait", run, f"logical date {window.key} held by run {run.run_id} ({run.state})")
     earlier = run.run_id.partition("__")[0] in set(lineage)
-    if earlier and run.state == "success":
+    if earlier and run.state == RunState.SUCCESS:
         return Verdict("skip", run, f"already succeeded in run {run.run_id} of an earlier attempt")
-    if earlier or reprocess == "completed" or (reprocess == "failed" and run.state == "failed"):
+    if earlier or reprocess == "completed" or (reprocess == "failed" and run.state == RunState.FAILED):
         return Verdict("rerun", run, f"re-running existing run {run.run_id} (was {run.state}, reprocess={reprocess})")
-    outcome = "succeeded" if run.state == "success" else run.state
+    outcome = "succeeded" if run.state == RunState.SUCCESS else run.state
     return Verdict("skip", run, f"already {outcome} in run {run.run_id} (reprocess={reprocess})")
 
 

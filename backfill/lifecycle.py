@@ -34,8 +34,18 @@ from redis.exceptions import RedisError
 from backfill.context import Context
 from backfill.errors import AirflowUnavailable, BackfillNotFound, WindowFailed
 from backfill.planning import check_history, check_in_airflow, concurrency_warnings, new_backfill_id, with_schedules
-from backfill.record import TERMINAL, BackfillParams, text
+from backfill.record import BackfillParams, text
 from backfill.runner import Step, slot_member
+from backfill.states import FINISHED, IN_FLIGHT, TERMINAL, DagState, WindowState
+
+# The order the DAG's closing log line gives its counts in.
+TERMINAL_ORDER = (
+    WindowState.SUCCESS,
+    WindowState.FAILED,
+    WindowState.SKIPPED,
+    WindowState.NOT_RUN,
+    WindowState.CANCELLED,
+)
 
 log = logging.getLogger("backfill")
 
@@ -208,7 +218,7 @@ class Lifecycle:
         """Fail a window the orchestrator cannot advance; the chain then does as ``on_failure`` says."""
         params = self.ctx.record.params(bf)
         idx = params.index_at(seq, dag)
-        self.ctx.record.transition(params, dag, idx, "failed", reason=reason)
+        self.ctx.record.transition(params, dag, idx, WindowState.FAILED, reason=reason)
         state = self.ctx.record.window(bf, dag, idx)
         step = Step(done=True, state=state["state"], reason=state.get("reason"), repeat=True)
         self.ctx.runner.release(params, dag, seq)
@@ -218,14 +228,14 @@ class Lifecycle:
         """What follows a window's end. Idempotent: a redelivery does it again."""
         window = params.window_at(seq, dag)
         result = {"dag": dag, "seq": seq, "window": window.label(), "state": step.state, "reason": step.reason}
-        if step.state == "cancelled":
+        if step.state == WindowState.CANCELLED:
             self.close_dag(params, dag, reason="backfill cancelled")
             return Next(chain=False, result=result)
-        if step.state == "failed" and params.on_failure == "stop":
+        if step.state == WindowState.FAILED and params.on_failure == "stop":
             return self.stop_dag(params, dag, seq, window.label(), step.reason, result)
         if repeat_check and step.repeat and seq + 1 < params.count(dag):
             nxt = self.ctx.record.window(params.backfill_id, dag, params.index_at(seq + 1, dag))
-            if nxt["state"] != "planned":
+            if nxt["state"] != WindowState.PLANNED:
                 # Handed on already (this is a duplicate or a redelivery): the chain goes on there.
                 return Next(chain=False, result={**result, "duplicate": True})
         return Next(result=result)
@@ -266,18 +276,17 @@ class Lifecycle:
         """Record the end of ``dag``'s part (once) and, with the last DAG, of the backfill."""
         ctx = self.ctx
         counts = ctx.record.dag(params.backfill_id, dag)
-        if ctx.record.is_cancelled(params.backfill_id) or int(counts.get("cancelled", 0)):
-            state = "cancelled"
-        elif int(counts.get("failed", 0)) or int(counts.get("not_run", 0)):
-            state = "failed"
+        if ctx.record.is_cancelled(params.backfill_id) or int(counts.get(WindowState.CANCELLED, 0)):
+            state = DagState.CANCELLED
+        elif int(counts.get(WindowState.FAILED, 0)) or int(counts.get(WindowState.NOT_RUN, 0)):
+            state = DagState.FAILED
         else:
-            state = "succeeded"
+            state = DagState.SUCCEEDED
         left = ctx.record.finish_dag(params, dag, state, reason=reason)
         if left >= 0:
             log.info(
                 "%s %s DAG %s: %s success, %s failed, %s skipped, %s not run, %s cancelled%s",
-                params.backfill_id, dag, state.upper(), counts.get("success", 0), counts.get("failed", 0),
-                counts.get("skipped", 0), counts.get("not_run", 0), counts.get("cancelled", 0),
+                params.backfill_id, dag, state.upper(), *(counts.get(s, 0) for s in TERMINAL_ORDER),
                 f" ({reason})" if reason else "",
             )  # fmt: skip
         if left == 0:
@@ -302,10 +311,10 @@ class Lifecycle:
             if rec.get("state") in TERMINAL:
                 continue
             why = reason
-            if rec.get("run") and rec.get("state") in ("triggered", "running"):
+            if rec.get("run") and rec.get("state") in IN_FLIGHT:
                 fate = "marked failed" if fail_running else "left to finish in Airflow"
                 why = f"{reason}; run {rec['run']} {fate}"
-            n += ctx.record.transition(params, dag, idx, "cancelled", reason=why, run=rec.get("run"))
+            n += ctx.record.transition(params, dag, idx, WindowState.CANCELLED, reason=why, run=rec.get("run"))
         ctx.locks.release_idle(dag, f"{bf}__")
         ctx.throttle.release(bf, *(slot_member(dag, params.run_id(params.spec.window(i))) for i in params.indices(dag)))
         self.close_dag(params, dag, reason=reason)
@@ -319,7 +328,7 @@ class Lifecycle:
         params = self.ctx.record.params(bf)
         if whole_backfill:
             self.ctx.record.request_cancel(bf)
-        if self.ctx.record.dag(bf, dag).get("state") not in ("succeeded", "failed", "cancelled"):
+        if self.ctx.record.dag(bf, dag).get("state") not in FINISHED:
             self.cancel_dag(params, dag, reason="task revoked")
         else:
             self.ctx.locks.release_idle(dag, f"{bf}__")

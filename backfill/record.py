@@ -29,10 +29,9 @@ from backfill.clock import SYSTEM, Clock
 from backfill.errors import BackfillNotFound
 from backfill.lua import source
 from backfill.pacing import FIELDS as PACE_FIELDS
+from backfill.states import WINDOW_STATES, WindowState
 from backfill.windows import Window, WindowSpec, window_spec
 
-WINDOW_STATES = ("planned", "waiting", "triggered", "running", "success", "failed", "skipped", "not_run", "cancelled")
-TERMINAL = frozenset({"success", "failed", "skipped", "not_run", "cancelled"})
 EVENT_FIELDS = frozenset({"run", "duration"})
 
 
@@ -159,7 +158,13 @@ class Record:
     def create(self, params: BackfillParams) -> bool:
         """Store a new backfill's plan, in one script. False if a backfill with that id exists."""
         bf, now = params.backfill_id, self.clock.now()
-        event = {"ts": now, "kind": "backfill", "state": "planned", "dags": params.dags, "windows": params.total}
+        event = {
+            "ts": now,
+            "kind": "backfill",
+            "state": WindowState.PLANNED,
+            "dags": params.dags,
+            "windows": params.total,
+        }
         keys = [self.k_meta(bf), f"{self.prefix}:index", self.k_events(bf), *(self.k_dag(bf, d) for d in params.dags)]
         args: list[Any] = [
             params.to_json(),
@@ -191,7 +196,7 @@ class Record:
 
     def window(self, bf: str, dag: str, idx: int) -> dict[str, Any]:
         raw = self.redis.hget(self.k_windows(bf, dag), str(idx))
-        return json.loads(raw) if raw else {"state": "planned"}
+        return json.loads(raw) if raw else {"state": WindowState.PLANNED}
 
     def snapshot(
         self, bf: str, dag: str, idx: int, *, lock_key: str
@@ -209,7 +214,7 @@ class Record:
             pipe.time()
         raw, cancelled, pace, (holder, until), *clock = pipe.execute()
         now = int(given) if given else int(clock[0][0]) * 1000 + int(clock[0][1]) // 1000
-        rec = json.loads(raw) if raw else {"state": "planned"}
+        rec = json.loads(raw) if raw else {"state": WindowState.PLANNED}
         ttl_ms = int(until) - now if holder and until else -2
         return rec, cancelled == b"1", pace, (text(holder or b"") if ttl_ms > 0 else "", ttl_ms)
 
@@ -340,7 +345,7 @@ class Record:
         """Record every window of ``dag`` from ``from_seq`` on as not run, with the reason."""
         count = 0
         for seq in range(from_seq, params.count(dag)):
-            count += self.transition(params, dag, params.index_at(seq, dag), "not_run", reason=reason)
+            count += self.transition(params, dag, params.index_at(seq, dag), WindowState.NOT_RUN, reason=reason)
         return count
 
 

@@ -28,15 +28,15 @@ from backfill.history import decide
 from backfill.locks import DagLocks, WindowKeys
 from backfill.pacing import Pace
 from backfill.planning import schedule_of
-from backfill.record import TERMINAL, BackfillParams, Record
+from backfill.record import BackfillParams, Record
 from backfill.settings import Settings
+from backfill.states import IN_FLIGHT, PENDING, TERMINAL, RunState, WindowState
 from backfill.throttle import Throttle
 from backfill.windows import Window
 
 log = logging.getLogger("backfill")
 
 WAIT_OUTAGE = "Airflow unavailable, retrying with backoff"
-KNOWN_STATES = ("queued", "running", "success", "failed")  # Airflow 3's DagRunState
 MAX_UNEXPLAINED_CONFLICTS = 8  # 409s with no run at the window's date before the window fails
 
 
@@ -85,14 +85,14 @@ class WindowRunner:
         if rec["state"] in TERMINAL:
             return self._repeat(params, dag, window, rec)
         if cancelled:
-            return self._finish(params, dag, idx, window, "cancelled", reason="backfill cancelled")
+            return self._finish(params, dag, idx, window, WindowState.CANCELLED, reason="backfill cancelled")
         try:
             step = self._advance(params, dag, idx, window, run_id, rec)
         except AirflowUnavailable as exc:
             step = self._outage(params, dag, idx, window, run_id, rec, exc)
         except AirflowError as exc:
             # 401/403/404/4xx: retrying cannot help; say why and stop this window.
-            return self._finish(params, dag, idx, window, "failed", reason=str(exc))
+            return self._finish(params, dag, idx, window, WindowState.FAILED, reason=str(exc))
         else:
             if rec.get("unavailable_since"):
                 self.record.note(params, dag, idx, unavailable_since=None, outage_attempts=0)
@@ -109,7 +109,7 @@ class WindowRunner:
     @staticmethod
     def _in_flight(rec: dict[str, Any]) -> bool:
         """Whether the window has a run in Airflow it follows: one it triggered, or re-ran."""
-        return rec["state"] in ("triggered", "running") and bool(rec.get("run"))
+        return rec["state"] in IN_FLIGHT and bool(rec.get("run"))
 
     def _advance(
         self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str, rec: dict[str, Any]
@@ -123,8 +123,8 @@ class WindowRunner:
             except AirflowNotFound:
                 # Deleted in Airflow behind our back: start this window over.
                 self.record.note(params, dag, idx, run_id=None, run=None, prev_end=None, clear_at=None)
-                self._set(params, dag, idx, window, "waiting", reason=f"run {rec['run']} was deleted in Airflow",
-                          force=True)  # fmt: skip
+                deleted = f"run {rec['run']} was deleted in Airflow"
+                self._set(params, dag, idx, window, WindowState.WAITING, reason=deleted, force=True)
                 self._flying = False
                 return Step(done=False, delay=self.settings.poll_min)
             return self._follow(params, dag, idx, window, run, rec)
@@ -153,7 +153,7 @@ class WindowRunner:
         armed = self.locks.arm(dag, run_id, window=self._keys(params, dag, idx), member=member,
                                slot_keys=self._slot_keys(params))  # fmt: skip
         if armed == "cancelled":
-            return self._finish(params, dag, idx, window, "cancelled", reason="backfill cancelled")
+            return self._finish(params, dag, idx, window, WindowState.CANCELLED, reason="backfill cancelled")
         if armed == "ended":  # ended by another delivery meanwhile: the next look says how
             return Step(done=False, delay=self.settings.poll_min)
         if armed != "ok":  # the lock or a slot expired during this step (a slow Airflow): look again
@@ -174,7 +174,7 @@ class WindowRunner:
         now = self.clock.now()
         # Our clock minus Airflow's (plus half a round trip): places Airflow's start date on ours.
         skew = round(now - run.queued_at.timestamp(), 3) if run.queued_at else 0.0
-        self._set(params, dag, idx, window, "triggered", run=run_id, triggered_at=now, skew=skew)
+        self._set(params, dag, idx, window, WindowState.TRIGGERED, run=run_id, triggered_at=now, skew=skew)
         self.locks.disarm(dag, run_id)
         rec["triggered_at"] = now
         if self.record.is_cancelled(params.backfill_id):
@@ -198,11 +198,11 @@ class WindowRunner:
             if taken is not None:
                 reason = (f"run id {run_id} is taken in Airflow by a run at another logical date "
                           f"({_iso(taken.logical_date)}); delete that run to backfill this window")  # fmt: skip
-                return self._finish(params, dag, idx, window, "failed", reason=reason)
+                return self._finish(params, dag, idx, window, WindowState.FAILED, reason=reason)
             tries = int(rec.get("conflicts_unexplained") or 0) + 1
             if tries >= MAX_UNEXPLAINED_CONFLICTS:
                 reason = f"Airflow refused the trigger {tries} times (409) with no run at {window.key}"
-                return self._finish(params, dag, idx, window, "failed", reason=reason)
+                return self._finish(params, dag, idx, window, WindowState.FAILED, reason=reason)
             self.record.note(params, dag, idx, conflicts_unexplained=tries)
             return Step(done=False, delay=min(self.settings.busy_poll, self.settings.poll_min * 2**tries))
         verdict = decide(held[0], window, own_run_id=run_id, schedule=schedule_of(params, dag),
@@ -218,10 +218,10 @@ class WindowRunner:
             return self._wait(params, dag, idx, window, verdict.reason, self.settings.busy_poll)
         if verdict.action == "conflict":
             # Appeared after the submit (the submit refuses or skips those it finds).
-            state = "skipped" if params.on_conflict == "skip" else "failed"
+            state = WindowState.SKIPPED if params.on_conflict == "skip" else WindowState.FAILED
             return self._finish(params, dag, idx, window, state, reason=verdict.reason, run=run.run_id)
         if verdict.action == "skip":
-            return self._finish(params, dag, idx, window, "skipped", reason=verdict.reason, run=run.run_id)
+            return self._finish(params, dag, idx, window, WindowState.SKIPPED, reason=verdict.reason, run=run.run_id)
         if verdict.action != "rerun":  # no other verdict for a held date: a bug, never a clear
             raise AssertionError(f"unexpected verdict {verdict.action!r} for run {run.run_id}")
         # The DAG was found free and our slot taken just before the trigger.
@@ -253,7 +253,7 @@ class WindowRunner:
     def _cancelled(self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str) -> Step:
         if self.record.meta(params.backfill_id).get("fail_running") == "1":
             self.airflow.fail_run(dag, run_id)
-        return self._finish(params, dag, idx, window, "cancelled", reason="backfill cancelled", run=run_id)
+        return self._finish(params, dag, idx, window, WindowState.CANCELLED, reason="backfill cancelled", run=run_id)
 
     def _claimed(
         self, params: BackfillParams, dag: str, idx: int, window: Window, claimed: str, rec: dict[str, Any]
@@ -301,7 +301,16 @@ class WindowRunner:
             return Step(done=False, delay=self.settings.poll_min)  # someone else is on it: follow
         self.airflow.clear(dag, run.run_id)
         reason = f"re-running existing run {run.run_id} ({run.run_type}, was {run.state}, reprocess={params.reprocess})"
-        self._set(params, dag, idx, window, "triggered", reason=reason, run=run.run_id, triggered_at=self.clock.now())
+        self._set(
+            params,
+            dag,
+            idx,
+            window,
+            WindowState.TRIGGERED,
+            reason=reason,
+            run=run.run_id,
+            triggered_at=self.clock.now(),
+        )
         self.locks.disarm(dag, params.run_id(window))
         if self.record.is_cancelled(params.backfill_id):  # as after a trigger: the cancel may have swept before
             return self._cancelled(params, dag, idx, window, run.run_id)
@@ -312,12 +321,12 @@ class WindowRunner:
     ) -> Step:
         now = self.clock.now()
         elapsed = now - float(rec.get("triggered_at") or now)
-        if run.state not in KNOWN_STATES:
+        if run.state not in tuple(RunState):
             why = f"run {run.run_id} is in a state this orchestrator does not know ({run.state!r})"
             return self._stalled(params, dag, idx, window, run, rec, why)
-        if run.state == "queued":
-            if rec["state"] not in ("triggered",):
-                self._set(params, dag, idx, window, "triggered", run=run.run_id, triggered_at=now)
+        if run.state == RunState.QUEUED:
+            if rec["state"] != WindowState.TRIGGERED:
+                self._set(params, dag, idx, window, WindowState.TRIGGERED, run=run.run_id, triggered_at=now)
             elif elapsed > max(5.0, 2 * self.settings.busy_poll):
                 # Queued for a while: the usual cause is a DAG paused after the submit. Say so
                 # (status shows it) and keep waiting: unpausing it lets the run go on.
@@ -329,9 +338,9 @@ class WindowRunner:
                 # (and ask about the pause) no more often than at a busy DAG.
                 return Step(done=False, delay=max(self.settings.busy_poll, self._poll_delay(rec, elapsed)))
             return Step(done=False, delay=self._poll_delay(rec, elapsed))
-        if run.state == "running":
-            if rec["state"] != "running":
-                self._set(params, dag, idx, window, "running", run=run.run_id, started=_iso(run.start_date))
+        if run.state == RunState.RUNNING:
+            if rec["state"] != WindowState.RUNNING:
+                self._set(params, dag, idx, window, WindowState.RUNNING, run=run.run_id, started=_iso(run.start_date))
             elif elapsed > max(60.0, 3 * (rec["pace"].total or 0.0)) and self.airflow.get_dag(dag).is_paused:
                 # Later than usual, and paused: Airflow does not schedule the tasks of a paused
                 # DAG's running run, so it stalls. Say so, and give up if it lasts.
@@ -340,18 +349,18 @@ class WindowRunner:
             else:
                 self._unstalled(params, dag, idx, window, run, rec)
             return Step(done=False, delay=self._poll_delay(rec, elapsed, run))
-        if rec["state"] != "running" and run.start_date is not None:
+        if rec["state"] != WindowState.RUNNING and run.start_date is not None:
             # Paced looks can miss the running phase of a short run: record it anyway, so the
             # events show every window's start in order, live or afterwards.
-            self._set(params, dag, idx, window, "running", run=run.run_id, started=_iso(run.start_date))
+            self._set(params, dag, idx, window, WindowState.RUNNING, run=run.run_id, started=_iso(run.start_date))
         duration = (run.end_date - run.start_date).total_seconds() if run.end_date and run.start_date else None
-        if run.state == "success":
+        if run.state == RunState.SUCCESS:
             return self._finish(
-                params, dag, idx, window, "success", run=run.run_id, learnt=self._learn(rec, run),
+                params, dag, idx, window, WindowState.SUCCESS, run=run.run_id, learnt=self._learn(rec, run),
                 started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
             )  # fmt: skip
         return self._finish(
-            params, dag, idx, window, "failed", reason=f"Airflow run {run.run_id} failed",
+            params, dag, idx, window, WindowState.FAILED, reason=f"Airflow run {run.run_id} failed",
             run=run.run_id, started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
         )  # fmt: skip
 
@@ -365,8 +374,8 @@ class WindowRunner:
         since = float(rec.get("stalled_since") or now)
         if now - since > self.settings.give_up_after:
             reason = f"{why}, for {now - since:.0f} s (BACKFILL_GIVE_UP_AFTER); the run is left as it is"
-            return self._finish(params, dag, idx, window, "failed", reason=reason, run=run.run_id)
-        state = rec["state"] if rec["state"] in ("triggered", "running") else "triggered"
+            return self._finish(params, dag, idx, window, WindowState.FAILED, reason=reason, run=run.run_id)
+        state = rec["state"] if rec["state"] in IN_FLIGHT else WindowState.TRIGGERED
         if rec.get("reason") != why:
             log.warning("%s %s %s: %s", params.backfill_id, dag, window.label(), why)
         self._set(params, dag, idx, window, state, reason=why, run=run.run_id)
@@ -389,7 +398,7 @@ class WindowRunner:
     # -- outcomes -------------------------------------------------------------------------
 
     def _wait(self, params: BackfillParams, dag: str, idx: int, window: Window, reason: str, delay: float) -> Step:
-        if self._set(params, dag, idx, window, "waiting", reason=reason) == 0:
+        if self._set(params, dag, idx, window, WindowState.WAITING, reason=reason) == 0:
             # In flight or ended meanwhile (a duplicate delivery got further): look again at once.
             return Step(done=False, delay=self.settings.poll_min)
         return Step(done=False, delay=delay, reason=reason)
@@ -444,14 +453,14 @@ class WindowRunner:
         attempts = int(rec.get("outage_attempts") or 0) + 1
         if now - since > self.settings.give_up_after:
             reason = f"Airflow unreachable for {now - since:.0f} s (BACKFILL_GIVE_UP_AFTER): {exc}"
-            return self._finish(params, dag, idx, window, "failed", reason=reason)
+            return self._finish(params, dag, idx, window, WindowState.FAILED, reason=reason)
         self.record.note(params, dag, idx, unavailable_since=since, outage_attempts=attempts)
         delay = min(self.settings.retry_max, self.settings.poll_min * 2**attempts)
         log.warning(
             "%s %s %s: %s (attempt %d, next in %.1f s)", params.backfill_id, dag, window.label(), exc, attempts, delay
         )
-        if rec["state"] in ("planned", "waiting"):
-            self._set(params, dag, idx, window, "waiting", reason=WAIT_OUTAGE)
+        if rec["state"] in PENDING:
+            self._set(params, dag, idx, window, WindowState.WAITING, reason=WAIT_OUTAGE)
         return Step(done=False, delay=delay, reason=WAIT_OUTAGE)
 
     def _set(
@@ -467,7 +476,7 @@ class WindowRunner:
         **extra: Any,
     ) -> int:
         """Record a state (``Record.transition_code``'s answer: 0 if nothing changed)."""
-        if state in ("triggered", "running") and extra.get("run"):
+        if state in IN_FLIGHT and extra.get("run"):
             self._flying = True
         code = self.record.transition_code(params, dag, idx, state, reason=reason, force=force, **extra)
         if code == 2:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from backfill.airflow import AirflowClient
-from backfill.record import TERMINAL, Record
+from backfill.record import Record
+from backfill.states import FINISHED, IN_FLIGHT, TERMINAL, WindowState
 from backfill.timefmt import clock, span
 from backfill.verify import describe, serial_check
 
@@ -36,7 +37,7 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
         failures = [
             {"start": params.spec.window(i).start.isoformat(), "run_id": w.get("run"), "reason": w.get("reason")}
             for i, w in sorted(record.windows(bf, dag).items())
-            if w.get("state") == "failed"
+            if w.get("state") == WindowState.FAILED
         ]
         dags.append(
             {
@@ -95,11 +96,11 @@ def render(data: dict[str, Any]) -> str:
         if extras:
             line += " (" + ", ".join(extras) + ")"
         cur = d["current"]
-        if cur and d["state"] not in ("succeeded", "failed", "cancelled"):
+        if cur and d["state"] not in FINISHED:
             line += f"\n  {'':<{width}}  now #{cur['seq']} [{cur['start']}, {cur['end']}) {cur['state']}"
             if cur["run_id"]:
                 line += f" run={cur['run_id']}"
-            if cur["reason"] and cur["state"] in ("waiting", "triggered", "running"):
+            if cur["reason"] and cur["state"] in (WindowState.WAITING, *IN_FLIGHT):
                 line += f"\n  {'':<{width}}  waiting: {cur['reason']}"
         if d.get("serial") is not None:
             line += "".join(f"\n  {'':<{width}}  {text}" for text in describe(d["serial"]))

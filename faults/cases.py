@@ -19,8 +19,9 @@ import faults.run
 from backfill import lifecycle, runner, settings
 from backfill.lifecycle import Lifecycle, Next
 from backfill.locks import DagLocks, WindowKeys
-from backfill.record import TERMINAL, Record
+from backfill.record import Record
 from backfill.runner import Step, WindowRunner
+from backfill.states import TERMINAL
 from faults.airflow import Dag
 from faults.run import BackfillSpec, Schedule, UserAction
 from faults.world import Fault, Rates, WorldClock

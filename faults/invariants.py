@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
-from backfill.record import TERMINAL
+from backfill.states import TERMINAL
 
 if TYPE_CHECKING:
     from faults.run import Sim

@@ -16,9 +16,10 @@ from backfill.lifecycle import TRANSIENT, Lifecycle, settle
 from backfill.locks import DagLocks
 from backfill.lua import source
 from backfill.planning import Request, validate
-from backfill.record import TERMINAL, BackfillParams, Record
+from backfill.record import BackfillParams, Record
 from backfill.runner import WindowRunner
 from backfill.settings import Settings
+from backfill.states import TERMINAL
 from backfill.throttle import Throttle
 from faults.airflow import Dag, FakeAirflow, day
 from faults.invariants import check

@@ -11,8 +11,15 @@ from __future__ import annotations
 from functools import cache
 from importlib.resources import files
 
-# Prepended to every script: now_ms(arg) is ``arg`` as a number, or Redis's clock.
-_PRELUDE = """
+from backfill.states import TERMINAL
+
+# Prepended to every script: now_ms(arg) is ``arg`` as a number, or Redis's clock; ``terminal``
+# the window states that end a window (backfill.states.TERMINAL, defined there only).
+_PRELUDE = (
+    "\nlocal terminal = {"
+    + ", ".join(f"{state}=1" for state in sorted(TERMINAL))
+    + "}\n"
+    + """
 local function now_ms(arg)
   local n = tonumber(arg)
   if n then return n end
@@ -20,6 +27,7 @@ local function now_ms(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 """
+)
 
 
 @cache

@@ -11,7 +11,6 @@ local ttl = tonumber(ARGV[2])
 if redis.call('HGET', KEYS[2], 'cancelled') == '1' then return 'cancelled' end
 local raw = redis.call('HGET', KEYS[3], ARGV[6])
 if raw then
-  local terminal = {success=1, failed=1, skipped=1, not_run=1, cancelled=1}
   if terminal[cjson.decode(raw)['state']] then return 'ended' end
 end
 local cur = redis.call('HMGET', KEYS[1], 'token', 'until')

@@ -10,7 +10,6 @@ local now = now_ms(ARGV[3])
 if redis.call('HGET', KEYS[2], 'cancelled') == '1' then return 'ended' end
 local raw = redis.call('HGET', KEYS[3], ARGV[6])
 if raw then
-  local terminal = {success=1, failed=1, skipped=1, not_run=1, cancelled=1}
   if terminal[cjson.decode(raw)['state']] then return 'ended' end
 end
 local ttl = tonumber(ARGV[2])

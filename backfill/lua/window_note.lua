@@ -7,7 +7,6 @@
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 local cur = {state = 'planned'}
 if raw then cur = cjson.decode(raw) end
-local terminal = {success=1, failed=1, skipped=1, not_run=1, cancelled=1}
 if terminal[cur['state']] then return 0 end
 if ARGV[3] ~= '' then
   local have = cur[ARGV[3]]

@@ -13,7 +13,6 @@ local merged = new
 local changed = true
 if old then
   local prev = cjson.decode(old)
-  local terminal = {success=1, failed=1, skipped=1, not_run=1, cancelled=1}
   if terminal[prev['state']] then return 0 end
   if new['state'] == 'waiting' and (prev['state'] == 'triggered' or prev['state'] == 'running')
       and ARGV[4] ~= 'force' then
