@@ -12,6 +12,7 @@ AIRFLOW_USERNAME               (none)                       user for POST /auth/
 AIRFLOW_PASSWORD               (none)                       its password (or AIRFLOW_PASSWORD_FILE)
 AIRFLOW_PASSWORD_FILE          (none)                       file holding the password
 AIRFLOW_TIMEOUT                10                           seconds per Airflow request
+AIRFLOW_READ_ATTEMPTS          3                            tries of a read on a transient error, in the call
 AIRFLOW_TOKEN                  (none)                       a static bearer token (instead of a user)
 AIRFLOW_TOKEN_FILE             (none)                       file holding a bearer token, re-read when it changes
 AIRFLOW_CA_BUNDLE              (none)                       PEM file of the CAs to trust for Airflow's TLS
@@ -32,6 +33,8 @@ BACKFILL_KEY_PREFIX            backfill                     prefix of every Redi
 BACKFILL_MAX_PARALLEL_DAGS     0                            DAGs of a backfill running at once (0: all)
 BACKFILL_GLOBAL_MAX_RUNS       0                            windows in flight, all backfills (0: no cap)
 BACKFILL_LOG_FORMAT            text                         json: one JSON object per log line
+BACKFILL_REDIS_SOCKET_TIMEOUT  10                           seconds a Redis command may take
+BACKFILL_SLOT_STALE            0                            a throttle waiter unseen this long loses its place (0: auto)
 =============================  ===========================  =========================================
 """
 

@@ -26,7 +26,9 @@ class Context:
 
     @classmethod
     def build(cls, settings: Settings) -> Context:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=settings.redis_socket_timeout, health_check_interval=30
+        )
         airflow = AirflowClient(settings.airflow)
         record = Record(client, prefix=settings.key_prefix, ttl=settings.record_ttl)
         locks = DagLocks(client, prefix=settings.key_prefix, ttl=settings.lock_ttl, slot_ttl=settings.slot_ttl)
@@ -34,7 +36,7 @@ class Context:
             client,
             prefix=settings.key_prefix,
             ttl=settings.slot_ttl,
-            stale=max(10.0, 4 * settings.busy_poll),
+            stale=settings.waiter_stale,
             global_limit=settings.global_max_runs,
         )
         runner = WindowRunner(settings=settings, airflow=airflow, record=record, locks=locks, throttle=throttle)

@@ -39,6 +39,8 @@ class Settings:
     max_parallel_dags: int = 0  # default of the submit option; 0 = every DAG at once
     global_max_runs: int = 0  # windows in flight across all backfills; 0 = no cap
     log_format: str = "text"  # or "json": one JSON object per line, for log shippers
+    redis_socket_timeout: float = 10.0  # seconds a Redis command may take before it counts as an error
+    slot_stale: float = 0.0  # a waiter not seen this long leaves the throttle's line; 0: max(10, 4 x busy_poll)
 
     def __post_init__(self) -> None:
         for name in (
@@ -50,10 +52,11 @@ class Settings:
             "busy_poll",
             "retry_max",
             "late_margin",
+            "redis_socket_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise InputError(f"setting {name}: must be greater than 0, got {getattr(self, name)!r}")
-        for name in ("max_parallel_dags", "global_max_runs"):
+        for name in ("max_parallel_dags", "global_max_runs", "slot_stale"):
             if getattr(self, name) < 0:
                 raise InputError(f"setting {name}: must be 0 (no limit) or more, got {getattr(self, name)!r}")
         if self.log_format not in ("text", "json"):
@@ -75,6 +78,12 @@ class Settings:
                 f"{MAX_CALLS_PER_STEP} Airflow calls of up to {self.call_max:g} s each), or a live holder could lose "
                 f"its lock between two looks: raise BACKFILL_LOCK_TTL to {longest + self.lease_margin:g} or more"
             )
+
+    @property
+    def waiter_stale(self) -> float:
+        """How long a waiter of the throttle may go unseen before it loses its place in line:
+        a few of its looks (``busy_poll``), at least 10 s."""
+        return self.slot_stale or max(10.0, 4 * self.busy_poll)
 
     @property
     def slot_ttl(self) -> float:
@@ -126,6 +135,7 @@ class Settings:
             ca_bundle=env.get("AIRFLOW_CA_BUNDLE") or None,
             headers=_headers(env.get("AIRFLOW_EXTRA_HEADERS")),
             timeout=_number(env, "AIRFLOW_TIMEOUT", 10.0),
+            read_attempts=int(_number(env, "AIRFLOW_READ_ATTEMPTS", 3, integer=True)),
         )
         redis_url = env.get("BACKFILL_REDIS_URL")
         if redis_url is None and env.get("BACKFILL_REDIS_URL_FILE"):  # a mounted secret (it holds a password)

@@ -130,7 +130,8 @@ def test_configuration_table_matches_the_code():
     in_celeryconfig = set(re.findall(r"^([A-Z_]{6,})\s{2,}", (REPO / "celeryconfig.py").read_text(), flags=re.M))
     read_by_code = {f"BACKFILL_{f.name.upper()}" for f in fields(Settings) if f.name not in ("airflow",)}
     read_by_code |= {"AIRFLOW_API_URL", "AIRFLOW_USERNAME", "AIRFLOW_PASSWORD", "AIRFLOW_PASSWORD_FILE"}
-    read_by_code |= {"AIRFLOW_TIMEOUT", "AIRFLOW_TOKEN", "AIRFLOW_TOKEN_FILE", "AIRFLOW_CA_BUNDLE"}
+    read_by_code |= {"AIRFLOW_TIMEOUT", "AIRFLOW_READ_ATTEMPTS", "AIRFLOW_TOKEN", "AIRFLOW_TOKEN_FILE"}
+    read_by_code |= {"AIRFLOW_CA_BUNDLE"}
     read_by_code |= {"AIRFLOW_VERIFY_SSL", "AIRFLOW_EXTRA_HEADERS", "BACKFILL_REDIS_URL_FILE"}
     assert documented == read_by_code
     assert in_celeryconfig == read_by_code

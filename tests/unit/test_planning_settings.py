@@ -104,6 +104,9 @@ def test_settings_from_env_reads_every_variable(tmp_path):
         "BACKFILL_SEGMENT_SIZE": "7",
         "BACKFILL_POLL_MAX": "4.5",
         "BACKFILL_KEY_PREFIX": "bfx",
+        "AIRFLOW_READ_ATTEMPTS": "2",
+        "BACKFILL_REDIS_SOCKET_TIMEOUT": "2.5",
+        "BACKFILL_SLOT_STALE": "30",
     }
     s = Settings.from_env(env)
     assert (s.redis_url, s.airflow.url, s.airflow.username, s.airflow.password) == (
@@ -113,6 +116,8 @@ def test_settings_from_env_reads_every_variable(tmp_path):
         "s3cret",
     )
     assert (s.segment_size, s.poll_max, s.key_prefix) == (7, 4.5, "bfx")
+    assert (s.airflow.read_attempts, s.redis_socket_timeout, s.waiter_stale) == (2, 2.5, 30)
+    assert Settings(busy_poll=1).waiter_stale == 10 and Settings(busy_poll=5).waiter_stale == 20
     assert "s3cret" not in repr(s)
     with pytest.raises(InputError, match="BACKFILL_SEGMENT_SIZE: expected a number, got 'many'"):
         Settings.from_env({"BACKFILL_SEGMENT_SIZE": "many"})
