@@ -19,11 +19,13 @@ _EXPORTS = {
     "WindowSpec": "backfill.windows",
     "window_spec": "backfill.windows",
     # a request, checked before anything is triggered
-    "Request": "backfill.planning",
-    "validate": "backfill.planning",
+    "Request": "backfill.request",
+    "validate": "backfill.request",
     # the model and its record in Redis
-    "BackfillParams": "backfill.record",
+    "BackfillParams": "backfill.model",
     "Record": "backfill.record",
+    "WindowRecord": "backfill.record",
+    "DagRecord": "backfill.record",
     "WINDOW_STATES": "backfill.states",
     "TERMINAL": "backfill.states",
     "WindowState": "backfill.states",
@@ -52,6 +54,7 @@ __all__ = [
     "BackfillError",
     "BackfillNotFound",
     "BackfillParams",
+    "DagRecord",
     "DagState",
     "InputError",
     "Record",
@@ -59,6 +62,7 @@ __all__ = [
     "RunState",
     "Settings",
     "Window",
+    "WindowRecord",
     "WindowSpec",
     "WindowState",
     "validate",
@@ -68,8 +72,9 @@ __all__ = [
 if TYPE_CHECKING:
     from backfill.airflow import AirflowClient, AirflowConfig
     from backfill.errors import AirflowError, AirflowUnavailable, BackfillError, BackfillNotFound, InputError
-    from backfill.planning import Request, validate
-    from backfill.record import BackfillParams, Record
+    from backfill.model import BackfillParams
+    from backfill.record import DagRecord, Record, WindowRecord
+    from backfill.request import Request, validate
     from backfill.settings import Settings
     from backfill.states import TERMINAL, WINDOW_STATES, DagState, RunState, WindowState
     from backfill.windows import BATCHES, Window, WindowSpec, window_spec

@@ -18,9 +18,9 @@ import redis
 
 from backfill.context import Context
 from backfill.errors import BackfillError
-from backfill.planning import check_conf
+from backfill.request import check_conf
 from backfill.settings import DEFAULT_REDIS_URL, Settings
-from backfill.status import render, render_plan, status
+from backfill.status import render, status
 from backfill.windows import BATCHES
 
 EXIT_FAILED = 4  # status --wait: the backfill ended failed (a window failed or was not run)
@@ -48,18 +48,18 @@ class _Group(click.Group):
             raise _UserError(message, 3) from None
 
 
-def _context() -> Context:
+def _services() -> Context:
     """Redis and Airflow clients from the environment, as the workers build them. Not through
     ``workers``: commands that only read or write the record need no Celery app (and none of
     the worker's process-wide patches); ``submit``, ``resume`` and ``cancel`` load it when they
     publish or revoke."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        _CONTEXT = Context.build(Settings.from_env())
-    return _CONTEXT
+    global _SERVICES
+    if _SERVICES is None:
+        _SERVICES = Context.build(Settings.from_env())
+    return _SERVICES
 
 
-_CONTEXT: Context | None = None
+_SERVICES: Context | None = None
 
 
 @click.group(cls=_Group)
@@ -158,19 +158,19 @@ def plan(as_json: bool, max_rows: int, **opts: Any) -> None:
 
     Exits with 2 when Airflow would refuse the backfill (unknown or paused DAGs).
     """
-    from backfill.plan import plan as make_plan
-    from backfill.planning import Request, validate
+    from backfill.preview import preview, render
+    from backfill.request import Request, validate
 
-    ctx = _context()
+    svc = _services()
     request = _request(opts)
     if request["max_parallel_dags"] is None:
-        request["max_parallel_dags"] = ctx.settings.max_parallel_dags
-    params = validate(Request(**request), max_windows=ctx.settings.max_windows)
-    data = make_plan(ctx.airflow, params, unpause=request["unpause"], global_limit=ctx.settings.global_max_runs)
+        request["max_parallel_dags"] = svc.settings.max_parallel_dags
+    params = validate(Request(**request), max_windows=svc.settings.max_windows)
+    data = preview(svc.airflow, params, unpause=request["unpause"], global_limit=svc.settings.global_max_runs)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(render_plan(data, max_rows=max_rows))
+        click.echo(render(data, max_rows=max_rows))
     if data["problems"]:
         raise _UserError("the backfill would be refused: " + "; ".join(data["problems"]), 2)
 
@@ -204,13 +204,13 @@ def resume(backfill_id: str, timeout: float, as_json: bool, on_conflict: str | N
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def cancel(backfill_id: str, fail_running: bool, as_json: bool) -> None:
     """Stop every remaining window of BACKFILL_ID (and nothing of another backfill)."""
-    from backfill.control import cancel as do_cancel
+    from backfill.commands import cancel as do_cancel
     from workers.app import app
 
     def revoke(bf: str) -> None:
         app.control.revoke_by_stamped_headers({"backfill_id": bf})
 
-    out = do_cancel(_context(), backfill_id, fail_running=fail_running, revoke=revoke)
+    out = do_cancel(_services(), backfill_id, fail_running=fail_running, revoke=revoke)
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
@@ -232,8 +232,8 @@ def report(backfill_id: str, html_file: str | None, width: int, max_rows: int, n
     """The timeline of BACKFILL_ID: one lane per DAG, one bar per window, by outcome."""
     from backfill import report as rep
 
-    ctx = _context()
-    data = rep.collect(ctx.record, backfill_id, airflow=None if no_verify else ctx.airflow)
+    svc = _services()
+    data = rep.collect(svc.record, backfill_id, airflow=None if no_verify else svc.airflow)
     if html_file:
         with open(html_file, "w", encoding="utf-8") as fh:
             fh.write(rep.to_html(data))
@@ -247,8 +247,8 @@ def report(backfill_id: str, html_file: str | None, width: int, max_rows: int, n
               "returns to BACKFILL_GLOBAL_MAX_RUNS; 0 means no cap.")  # fmt: skip
 def throttle(global_: str | None) -> None:
     """Show or change the global cap, for every worker at once (kept in Redis)."""
-    ctx = _context()
-    sem = ctx.throttle.glob
+    svc = _services()
+    sem = svc.throttle.glob
     if global_ is not None:
         if global_ == "off":
             sem.set_limit(None)
@@ -257,7 +257,7 @@ def throttle(global_: str | None) -> None:
         else:
             raise _UserError(f"--global: expected a whole number >= 0 or 'off', got {global_!r}", 2)
     override = sem.limit_override()
-    limit = ctx.settings.global_max_runs if override is None else override
+    limit = svc.settings.global_max_runs if override is None else override
     source = "BACKFILL_GLOBAL_MAX_RUNS" if override is None else "set with backfill throttle"
     click.echo(f"global cap: {limit or 'none'} ({source}); runs in flight now: {sem.in_use()}")
 
@@ -280,14 +280,14 @@ def status_cmd(
 ) -> None:
     """Show a backfill: progress per DAG, the current window, why a DAG waits, failures, and
     whether each DAG's runs were serial, checked from Airflow's records."""
-    ctx = _context()
+    svc = _services()
     while True:
         # --watch and --wait check Airflow's records once, at the end, not at every refresh.
         later = watch or wait
-        data = status(ctx.record, backfill_id, events=events, airflow=None if no_verify or later else ctx.airflow)
+        data = status(svc.record, backfill_id, events=events, airflow=None if no_verify or later else svc.airflow)
         ended = data["state"] not in ("running", "cancelling")
         if later and ended and not no_verify:
-            data = status(ctx.record, backfill_id, events=events, airflow=ctx.airflow)
+            data = status(svc.record, backfill_id, events=events, airflow=svc.airflow)
         if not wait or ended:
             if as_json:
                 click.echo(json.dumps(data, indent=2))
@@ -308,7 +308,7 @@ def status_cmd(
 @click.option("--limit", default=20, show_default=True)
 def list_cmd(limit: int) -> None:
     """Recent backfills, newest first."""
-    record = _context().record
+    record = _services().record
     for bf in record.recent(limit):
         try:
             data = status(record, bf)

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from backfill.airflow import AirflowClient, RunInfo
-from backfill.record import BackfillParams
+from backfill.model import BackfillParams
 from backfill.schedule import Schedule
 from backfill.states import RunState
 from backfill.windows import Window

@@ -33,10 +33,11 @@ from redis.exceptions import RedisError
 
 from backfill.context import Context
 from backfill.errors import AirflowUnavailable, BackfillNotFound, WindowFailed
-from backfill.planning import check_history, check_in_airflow, concurrency_warnings, new_backfill_id, with_schedules
-from backfill.record import BackfillParams, text
+from backfill.model import BackfillParams
+from backfill.record import WindowRecord, text
+from backfill.request import check_history, check_in_airflow, concurrency_warnings, new_backfill_id, with_schedules
 from backfill.runner import Step, slot_member
-from backfill.states import FINISHED, IN_FLIGHT, TERMINAL, DagState, WindowState
+from backfill.states import FINISHED, TERMINAL, DagState, WindowState
 
 # The order the DAG's closing log line gives its counts in.
 TERMINAL_ORDER = (
@@ -219,8 +220,8 @@ class Lifecycle:
         params = self.ctx.record.params(bf)
         idx = params.index_at(seq, dag)
         self.ctx.record.transition(params, dag, idx, WindowState.FAILED, reason=reason)
-        state = self.ctx.record.window(bf, dag, idx)
-        step = Step(done=True, state=state["state"], reason=state.get("reason"), repeat=True)
+        rec = self.ctx.record.window(bf, dag, idx)
+        step = Step(done=True, state=rec.state, reason=rec.reason, repeat=True)
         self.ctx.runner.release(params, dag, seq)
         return self.after(params, dag, seq, step, repeat_check=False)
 
@@ -235,7 +236,7 @@ class Lifecycle:
             return self.stop_dag(params, dag, seq, window.label(), step.reason, result)
         if repeat_check and step.repeat and seq + 1 < params.count(dag):
             nxt = self.ctx.record.window(params.backfill_id, dag, params.index_at(seq + 1, dag))
-            if nxt["state"] != WindowState.PLANNED:
+            if nxt.state != WindowState.PLANNED:
                 # Handed on already (this is a duplicate or a redelivery): the chain goes on there.
                 return Next(chain=False, result={**result, "duplicate": True})
         return Next(result=result)
@@ -275,10 +276,10 @@ class Lifecycle:
     def close_dag(self, params: BackfillParams, dag: str, *, reason: str | None = None) -> dict[str, Any]:
         """Record the end of ``dag``'s part (once) and, with the last DAG, of the backfill."""
         ctx = self.ctx
-        counts = ctx.record.dag(params.backfill_id, dag)
-        if ctx.record.is_cancelled(params.backfill_id) or int(counts.get(WindowState.CANCELLED, 0)):
+        counts = ctx.record.dag(params.backfill_id, dag).counts
+        if ctx.record.is_cancelled(params.backfill_id) or counts[WindowState.CANCELLED]:
             state = DagState.CANCELLED
-        elif int(counts.get(WindowState.FAILED, 0)) or int(counts.get(WindowState.NOT_RUN, 0)):
+        elif counts[WindowState.FAILED] or counts[WindowState.NOT_RUN]:
             state = DagState.FAILED
         else:
             state = DagState.SUCCEEDED
@@ -286,7 +287,7 @@ class Lifecycle:
         if left >= 0:
             log.info(
                 "%s %s DAG %s: %s success, %s failed, %s skipped, %s not run, %s cancelled%s",
-                params.backfill_id, dag, state.upper(), *(counts.get(s, 0) for s in TERMINAL_ORDER),
+                params.backfill_id, dag, state.upper(), *(counts[s] for s in TERMINAL_ORDER),
                 f" ({reason})" if reason else "",
             )  # fmt: skip
         if left == 0:
@@ -307,14 +308,14 @@ class Lifecycle:
         done = ctx.record.windows(bf, dag)
         n = 0
         for idx in params.indices(dag):
-            rec = done.get(idx, {})
-            if rec.get("state") in TERMINAL:
+            rec = done.get(idx) or WindowRecord()
+            if rec.state in TERMINAL:
                 continue
             why = reason
-            if rec.get("run") and rec.get("state") in IN_FLIGHT:
+            if rec.in_flight:
                 fate = "marked failed" if fail_running else "left to finish in Airflow"
-                why = f"{reason}; run {rec['run']} {fate}"
-            n += ctx.record.transition(params, dag, idx, WindowState.CANCELLED, reason=why, run=rec.get("run"))
+                why = f"{reason}; run {rec.run} {fate}"
+            n += ctx.record.transition(params, dag, idx, WindowState.CANCELLED, reason=why, run=rec.run)
         ctx.locks.release_idle(dag, f"{bf}__")
         ctx.throttle.release(bf, *(slot_member(dag, params.run_id(params.spec.window(i))) for i in params.indices(dag)))
         self.close_dag(params, dag, reason=reason)
@@ -328,7 +329,7 @@ class Lifecycle:
         params = self.ctx.record.params(bf)
         if whole_backfill:
             self.ctx.record.request_cancel(bf)
-        if self.ctx.record.dag(bf, dag).get("state") not in FINISHED:
+        if self.ctx.record.dag(bf, dag).state not in FINISHED:
             self.cancel_dag(params, dag, reason="task revoked")
         else:
             self.ctx.locks.release_idle(dag, f"{bf}__")

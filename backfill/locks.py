@@ -44,19 +44,19 @@ class DagLocks:
         self._ttl_ms = int(ttl * 1000)
         self._slot_ttl_ms = int((slot_ttl or ttl) * 1000)  # the throttle's: see Settings.slot_ttl
         self.clock = clock
-        self._acquire = client.register_script(source("lock_acquire"))
-        self._hold = client.register_script(source("lock_hold"))
-        self._arm = client.register_script(source("lock_arm"))
-        self._release = client.register_script(source("lock_release"))
-        self._release_idle = client.register_script(source("lock_release_idle"))
-        self._disarm = client.register_script(source("lock_disarm"))
+        self._lua_acquire = client.register_script(source("lock_acquire"))
+        self._lua_hold = client.register_script(source("lock_hold"))
+        self._lua_arm = client.register_script(source("lock_arm"))
+        self._lua_release = client.register_script(source("lock_release"))
+        self._lua_release_idle = client.register_script(source("lock_release_idle"))
+        self._lua_disarm = client.register_script(source("lock_disarm"))
 
     def key(self, dag_id: str) -> str:
         return f"{self._prefix}:lock:{dag_id}"
 
     def acquire(self, dag_id: str, token: str) -> str | None:
         """Take or renew the DAG's lock. Returns None when ``token`` holds it, else the holder."""
-        return _text(self._acquire(keys=[self.key(dag_id)], args=[token, self._ttl_ms, self.clock.script_now()]))
+        return _text(self._lua_acquire(keys=[self.key(dag_id)], args=[token, self._ttl_ms, self.clock.script_now()]))
 
     def hold(self, dag_id: str, token: str, *, window: WindowKeys, member: str, slot_keys: list[str]) -> str | None:
         """Renew the lock and the slots of a window whose run is in flight (``lock_hold.lua``).
@@ -64,31 +64,31 @@ class DagLocks:
         another live holder of the lock, if the lock expired and was taken meanwhile."""
         keys = [self.key(dag_id), window.meta, window.windows, *slot_keys]
         args: list[Any] = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.field]
-        return _text(self._hold(keys=keys, args=args))
+        return _text(self._lua_hold(keys=keys, args=args))
 
     def arm(self, dag_id: str, token: str, *, window: WindowKeys, member: str, slot_keys: list[str]) -> str:
         """The check just before a trigger (``lock_arm.lua``): "ok", "cancelled", "ended", "lost"
         or "slot"."""
         keys = [self.key(dag_id), window.meta, window.windows, *slot_keys]
         args: list[Any] = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.field]
-        return str(_text(self._arm(keys=keys, args=args)))
+        return str(_text(self._lua_arm(keys=keys, args=args)))
 
     def disarm(self, dag_id: str, token: str) -> None:
         """The armed trigger is recorded: a cancel may free the lock again."""
-        self._disarm(keys=[self.key(dag_id)], args=[token])
+        self._lua_disarm(keys=[self.key(dag_id)], args=[token])
 
     def release(self, dag_id: str, token: str) -> bool:
         """Drop the lock if ``token`` still holds it."""
-        return bool(self._release(keys=[self.key(dag_id)], args=[token]))
+        return bool(self._lua_release(keys=[self.key(dag_id)], args=[token]))
 
     def release_on(self, pipe: redis.client.Pipeline, dag_id: str, token: str) -> None:
         """``release``, queued on a pipeline (one round trip with the slots' release)."""
-        self._release(keys=[self.key(dag_id)], args=[token], client=pipe)
+        self._lua_release(keys=[self.key(dag_id)], args=[token], client=pipe)
 
     def release_idle(self, dag_id: str, prefix: str) -> int:
         """Drop the lock if a token starting with ``prefix`` holds it and has no trigger armed and
         unrecorded: 1 dropped, 0 not held by such a token, -1 left (armed; its holder releases it)."""
-        return int(self._release_idle(keys=[self.key(dag_id)], args=[prefix, self.clock.script_now()]))
+        return int(self._lua_release_idle(keys=[self.key(dag_id)], args=[prefix, self.clock.script_now()]))
 
     def holder(self, dag_id: str) -> str | None:
         """The live holder's token, if any."""

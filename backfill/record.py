@@ -18,9 +18,7 @@ written, so the worker log and the record tell the same story.
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
@@ -28,98 +26,96 @@ import redis
 from backfill.clock import SYSTEM, Clock
 from backfill.errors import BackfillNotFound
 from backfill.lua import source
+from backfill.model import BackfillParams
 from backfill.pacing import FIELDS as PACE_FIELDS
-from backfill.states import WINDOW_STATES, WindowState
-from backfill.windows import Window, WindowSpec, window_spec
+from backfill.pacing import Pace
+from backfill.states import IN_FLIGHT, TERMINAL, WINDOW_STATES, DagState, WindowState
 
 EVENT_FIELDS = frozenset({"run", "duration"})
 
 
-@dataclass(frozen=True, kw_only=True)
-class BackfillParams:
-    """A validated backfill: everything needed to recompute any of its windows."""
+@dataclass(slots=True, kw_only=True)
+class WindowRecord:
+    """One window's entry (``P:bf:ID:win:DAG``, field: its index), as every reader sees it.
 
-    backfill_id: str
-    dags: list[str]
-    start: str  # ISO instant, inclusive
-    end: str  # ISO instant, exclusive
-    batch: str
-    tz: str | None = None
-    reverse: bool = False
-    conf: dict[str, Any] = field(default_factory=dict)
-    on_failure: str = "stop"
-    reprocess: str = "none"
-    created_at: float = 0.0
-    max_parallel_dags: int = 0  # 0: no limit; else at most this many DAGs with a run in flight
-    # A resumed backfill runs only some windows: per DAG, [start, stop) ranges of chronological
-    # window indices. None: every window of the range, for every DAG.
-    only: dict[str, list[list[int]]] | None = None
-    # Backfills this one resumes (oldest first): their runs at our windows' dates are ours to re-run.
-    lineage: list[str] = field(default_factory=list)
-    # A window whose logical date is held by a run covering something else: "refuse" (refused at
-    # submit; one appearing later fails its window) or "skip" (backfill.history).
-    on_conflict: str = "refuse"
-    # Per DAG, its schedule as Airflow states it: [timetable_summary, timezone] (backfill.schedule).
-    schedules: dict[str, list[str | None]] = field(default_factory=dict)
+    Written only through the Lua scripts (a transition sets ``state``, ``reason``, ``at`` and
+    the facts given with it; a note sets facts alone); fields stored as null read as absent.
+    An entry that does not exist is a planned window."""
 
-    @cached_property
-    def spec(self) -> WindowSpec:
-        return window_spec(self.start, self.end, self.batch, tz=self.tz)
-
-    @cached_property
-    def _offsets(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for dag, ranges in (self.only or {}).items():
-            acc, offs = 0, []
-            for a, b in ranges:
-                offs.append(acc)
-                acc += b - a
-            offs.append(acc)
-            out[dag] = offs
-        return out
-
-    def count(self, dag: str) -> int:
-        """How many windows ``dag`` runs in this backfill."""
-        return self.spec.count if self.only is None else self._offsets.get(dag, [0])[-1]
-
-    @property
-    def total(self) -> int:
-        return sum(self.count(d) for d in self.dags)
-
-    def index_at(self, seq: int, dag: str) -> int:
-        """Chronological window index of the ``seq``-th window ``dag`` runs."""
-        k = self.count(dag) - 1 - seq if self.reverse else seq
-        if self.only is None:
-            return k
-        offs = self._offsets[dag]
-        i = bisect_right(offs, k) - 1
-        return self.only[dag][i][0] + k - offs[i]
-
-    def seq_of(self, idx: int, dag: str) -> int:
-        """Position in ``dag``'s run order of the window with chronological index ``idx``."""
-        k = idx
-        if self.only is not None:
-            ranges = self.only[dag]
-            i = bisect_right([a for a, _ in ranges], idx) - 1
-            k = self._offsets[dag][i] + idx - ranges[i][0]
-        return self.count(dag) - 1 - k if self.reverse else k
-
-    def window_at(self, seq: int, dag: str) -> Window:
-        return self.spec.window(self.index_at(seq, dag))
-
-    def run_id(self, window: Window) -> str:
-        return f"{self.backfill_id}__{window.key}"
-
-    def indices(self, dag: str) -> list[int]:
-        """``dag``'s chronological window indices in run order."""
-        return [self.index_at(s, dag) for s in range(self.count(dag))]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+    state: WindowState = WindowState.PLANNED
+    reason: str | None = None
+    at: float | None = None  # when the state was recorded (the worker's clock)
+    run: str | None = None  # the Airflow run the window follows: triggered by it, or re-run
+    run_id: str | None = None  # a run claimed for a re-run, set before the clear is sent
+    prev_end: str | None = None  # that run's end before the clear: tells a cleared run from one not yet
+    clear_at: float | None = None  # when the clear was claimed
+    triggered_at: float | None = None
+    skew: float = 0.0  # our clock minus Airflow's, measured at the trigger
+    started: str | None = None  # the run's start and end, as Airflow recorded them (ISO)
+    ended: str | None = None
+    duration: float | None = None  # seconds, start to end in Airflow
+    api_calls: int | None = None  # Airflow requests the window made, recorded at its end
+    unavailable_since: float | None = None  # Airflow unreachable since (an outage in progress)
+    outage_attempts: int = 0
+    stalled_since: float | None = None  # its run cannot end by itself since (a paused DAG)
+    conflicts_unexplained: int = 0  # 409s with no run at the window's date so far
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> BackfillParams:
-        return cls(**json.loads(text))
+    def from_json(cls, raw: bytes | str | None) -> WindowRecord:
+        if not raw:
+            return cls()
+        data = {k: v for k, v in json.loads(raw).items() if k in _WINDOW_FIELDS and v is not None}
+        data["state"] = WindowState(data.get("state", WindowState.PLANNED))
+        rec = cls(**data)
+        rec.reason = rec.reason or None  # stored as "" (Lua sees JSON null as truthy)
+        return rec
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether the window follows a run of its own in Airflow (triggered, or re-run)."""
+        return self.state in IN_FLIGHT and bool(self.run)
+
+
+_WINDOW_FIELDS = frozenset(WindowRecord.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DagRecord:
+    """A DAG's part of a backfill (``P:bf:ID:dag:DAG``): its state, the window that changed
+    last, a counter per outcome and the durations learnt from its runs (``backfill.pacing``)."""
+
+    state: str = DagState.PENDING
+    total: int = 0  # windows this DAG runs in the backfill
+    current: int | None = None  # index of the window whose state changed last
+    current_state: str | None = None
+    reason: str | None = None  # that change's reason (a waiting window's: why it waits)
+    started_at: float | None = None
+    finished_at: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # per terminal window state, every one present
+    pace: Pace = field(default_factory=Pace)
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> DagRecord:
+        def num(name: str) -> float | None:
+            value = raw.get(name)
+            return float(value) if value not in (None, "") else None
+
+        current = raw.get("current")
+        return cls(
+            state=raw.get("state", DagState.PENDING),
+            total=int(raw.get("total") or 0),
+            current=int(current) if current not in (None, "") else None,
+            current_state=raw.get("current_state") or None,
+            reason=raw.get("reason") or None,
+            started_at=num("started_at"),
+            finished_at=num("finished_at"),
+            counts={s: int(raw.get(s) or 0) for s in sorted(TERMINAL)},
+            pace=Pace.from_record([raw.get(f) for f in PACE_FIELDS]),
+        )
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
 
 
 class Record:
@@ -128,10 +124,10 @@ class Record:
         self.prefix = prefix
         self.ttl = ttl
         self.clock = clock
-        self._transition = client.register_script(source("window_transition"))
-        self._finish_dag = client.register_script(source("dag_finish"))
-        self._note = client.register_script(source("window_note"))
-        self._create = client.register_script(source("backfill_create"))
+        self._lua_transition = client.register_script(source("window_transition"))
+        self._lua_finish_dag = client.register_script(source("dag_finish"))
+        self._lua_note = client.register_script(source("window_note"))
+        self._lua_create = client.register_script(source("backfill_create"))
         self._params: dict[str, BackfillParams] = {}
 
     # -- keys -----------------------------------------------------------------------------
@@ -174,7 +170,7 @@ class Record:
             len(params.dags),
             *(params.count(d) for d in params.dags),
         ]
-        return bool(self._create(keys=keys, args=args))
+        return bool(self._lua_create(keys=keys, args=args))
 
     def params(self, bf: str) -> BackfillParams:
         cached = self._params.get(bf)
@@ -191,16 +187,15 @@ class Record:
             raise BackfillNotFound(f"backfill {bf!r}: no such backfill in Redis (expired or never submitted)")
         return {text(k): text(v) for k, v in raw.items()}
 
-    def dag(self, bf: str, dag: str) -> dict[str, str]:
-        return {text(k): text(v) for k, v in self.redis.hgetall(self.k_dag(bf, dag)).items()}
+    def dag(self, bf: str, dag: str) -> DagRecord:
+        return DagRecord.from_hash({text(k): text(v) for k, v in self.redis.hgetall(self.k_dag(bf, dag)).items()})
 
-    def window(self, bf: str, dag: str, idx: int) -> dict[str, Any]:
-        raw = self.redis.hget(self.k_windows(bf, dag), str(idx))
-        return json.loads(raw) if raw else {"state": WindowState.PLANNED}
+    def window(self, bf: str, dag: str, idx: int) -> WindowRecord:
+        return WindowRecord.from_json(cast(bytes | None, self.redis.hget(self.k_windows(bf, dag), str(idx))))
 
     def snapshot(
         self, bf: str, dag: str, idx: int, *, lock_key: str
-    ) -> tuple[dict[str, Any], bool, list[Any], tuple[str, int]]:
+    ) -> tuple[WindowRecord, bool, Pace, tuple[str, int]]:
         """What one poll needs, in one round trip: the window, the cancel flag, the DAG's learnt
         durations (``backfill.pacing.FIELDS``), and its lock's holder and milliseconds to live
         (on Redis's clock: its ``TIME`` is read in the same round trip)."""
@@ -214,13 +209,14 @@ class Record:
             pipe.time()
         raw, cancelled, pace, (holder, until), *clock = pipe.execute()
         now = int(given) if given else int(clock[0][0]) * 1000 + int(clock[0][1]) // 1000
-        rec = json.loads(raw) if raw else {"state": WindowState.PLANNED}
         ttl_ms = int(until) - now if holder and until else -2
-        return rec, cancelled == b"1", pace, (text(holder or b"") if ttl_ms > 0 else "", ttl_ms)
+        lock = (text(holder or b"") if ttl_ms > 0 else "", ttl_ms)
+        return WindowRecord.from_json(raw), cancelled == b"1", Pace.from_record(pace), lock
 
-    def windows(self, bf: str, dag: str) -> dict[int, dict[str, Any]]:
+    def windows(self, bf: str, dag: str) -> dict[int, WindowRecord]:
+        """The windows that left ``planned``, by index (a window absent here is planned)."""
         found = cast(dict[bytes, bytes], self.redis.hgetall(self.k_windows(bf, dag)))
-        return {int(k): json.loads(v) for k, v in found.items()}
+        return {int(k): WindowRecord.from_json(v) for k, v in found.items()}
 
     def events(self, bf: str, *, after: str = "-", count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
         start = after if after == "-" else f"({after}"
@@ -251,23 +247,14 @@ class Record:
 
     # -- changing -------------------------------------------------------------------------
 
-    def transition(
-        self,
-        params: BackfillParams,
-        dag: str,
-        idx: int,
-        state: str,
-        *,
-        reason: str | None = None,
-        force: bool = False,
-        **extra: Any,
-    ) -> bool:
-        """Move a window to ``state``. True when that is a change worth an event (and a log line).
+    def transition(self, params: BackfillParams, dag: str, idx: int, state: str, **kw: Any) -> bool:
+        """Move a window to ``state`` (``transition_code``'s keywords: ``reason``, ``force``, the
+        facts to record). True when that is a change worth an event (and a log line).
 
         Terminal states are final: once a window is success/failed/skipped/not_run/cancelled,
         later transitions are ignored. A window in flight goes back to waiting only if ``force``.
         """
-        return self.transition_code(params, dag, idx, state, reason=reason, force=force, **extra) == 2
+        return self.transition_code(params, dag, idx, state, **kw) == 2
 
     def transition_code(
         self,
@@ -302,7 +289,7 @@ class Record:
         }
         bf = params.backfill_id
         keys = [self.k_windows(bf, dag), self.k_dag(bf, dag), self.k_events(bf)]
-        result = self._transition(
+        result = self._lua_transition(
             keys=keys, args=[str(idx), json.dumps(data), json.dumps(event), "force" if force else ""]
         )
         return int(result)
@@ -321,7 +308,7 @@ class Record:
         self, params: BackfillParams, dag: str, idx: int, fields: dict[str, Any], field: str, expect: Any
     ) -> int:
         keys = [self.k_windows(params.backfill_id, dag)]
-        return int(self._note(keys=keys, args=[str(idx), json.dumps(fields), field, json.dumps(expect)]))
+        return int(self._lua_note(keys=keys, args=[str(idx), json.dumps(fields), field, json.dumps(expect)]))
 
     def set_dag(self, bf: str, dag: str, *, client: redis.client.Pipeline | None = None, **fields: Any) -> None:
         """Set fields of a DAG's record. ``client``: a pipeline to queue it on."""
@@ -335,7 +322,7 @@ class Record:
         event = {"ts": now, "kind": "dag", "dag": dag, "state": state, "reason": reason}
         bf = params.backfill_id
         keys = [self.k_dag(bf, dag), self.k_meta(bf), self.k_events(bf)]
-        left = int(self._finish_dag(keys=keys, args=[state, now, json.dumps(event)]))
+        left = int(self._lua_finish_dag(keys=keys, args=[state, now, json.dumps(event)]))
         if left == 0:
             for key in self.keys_of(bf, params.dags):
                 self.redis.expire(key, self.ttl)

@@ -15,7 +15,7 @@ from typing import Any
 
 from backfill.airflow import AirflowClient
 from backfill.record import Record
-from backfill.states import IN_FLIGHT, WindowState
+from backfill.states import IN_FLIGHT
 from backfill.timefmt import clock, span
 from backfill.verify import describe, serial_check
 
@@ -68,16 +68,15 @@ def collect(record: Record, bf: str, *, airflow: AirflowClient | None = None) ->
             if not rec:
                 continue  # never reached (the backfill is still running)
             window = params.spec.window(idx)
-            at = float(rec.get("at") or 0.0)
-            t0 = _ts(rec.get("started")) or _ts(rec.get("triggered_at")) or at
-            t1 = _ts(rec.get("ended")) or (at if rec.get("state") in IN_FLIGHT else t0)
-            if rec.get("state") in IN_FLIGHT:
+            at = rec.at or 0.0
+            t0 = _ts(rec.started) or rec.triggered_at or at
+            t1 = _ts(rec.ended) or (at if rec.state in IN_FLIGHT else t0)
+            if rec.state in IN_FLIGHT:
                 t1 = max(t1, datetime.now(UTC).timestamp())
             bars.append(
                 Bar(
                     dag=dag, seq=seq + 1, start=window.start.isoformat(), end=window.end.isoformat(),
-                    state=rec.get("state", WindowState.PLANNED), run_id=rec.get("run"), t0=t0, t1=max(t0, t1),
-                    reason=rec.get("reason") or None,
+                    state=rec.state, run_id=rec.run, t0=t0, t1=max(t0, t1), reason=rec.reason,
                 )
             )  # fmt: skip
         lanes[dag] = bars

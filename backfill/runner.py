@@ -26,9 +26,9 @@ from backfill.airflow import AirflowClient, RunInfo
 from backfill.errors import AirflowConflict, AirflowError, AirflowNotFound, AirflowUnavailable
 from backfill.history import decide
 from backfill.locks import DagLocks, WindowKeys
+from backfill.model import BackfillParams
 from backfill.pacing import Pace
-from backfill.planning import schedule_of
-from backfill.record import BackfillParams, Record
+from backfill.record import Record, WindowRecord
 from backfill.settings import Settings
 from backfill.states import IN_FLIGHT, PENDING, TERMINAL, RunState, WindowState
 from backfill.throttle import Throttle
@@ -58,6 +58,7 @@ class WindowRunner:
         self._step_start = 0.0
         self._idx = 0
         self._flying = False
+        self._pace = Pace()  # this step's view of the DAG's learnt durations
         self.settings = settings
         self.airflow = airflow
         self.record = record
@@ -75,14 +76,13 @@ class WindowRunner:
         idx = self._idx = params.index_at(seq, dag)
         window = params.spec.window(idx)
         run_id = params.run_id(window)
-        rec, cancelled, pace, (holder, ttl_ms) = self.record.snapshot(
+        rec, cancelled, self._pace, (lock_holder, ttl_ms) = self.record.snapshot(
             params.backfill_id, dag, idx, lock_key=self.locks.key(dag)
         )
-        rec["pace"] = Pace.from_record(pace)  # this step's view of the DAG's learnt durations
         # Until when (this process's clock) the lock is ours, as far as this step knows.
-        self._lease_until = self.clock.now() + ttl_ms / 1000 if holder == run_id else 0.0
-        self._flying = self._in_flight(rec)  # kept up to date by _set
-        if rec["state"] in TERMINAL:
+        self._lease_until = self.clock.now() + ttl_ms / 1000 if lock_holder == run_id else 0.0
+        self._flying = rec.in_flight  # kept up to date by _set
+        if rec.state in TERMINAL:
             return self._repeat(params, dag, window, rec)
         if cancelled:
             return self._finish(params, dag, idx, window, WindowState.CANCELLED, reason="backfill cancelled")
@@ -94,46 +94,42 @@ class WindowRunner:
             # 401/403/404/4xx: retrying cannot help; say why and stop this window.
             return self._finish(params, dag, idx, window, WindowState.FAILED, reason=str(exc))
         else:
-            if rec.get("unavailable_since"):
+            if rec.unavailable_since:
                 self.record.note(params, dag, idx, unavailable_since=None, outage_attempts=0)
         if not step.done and self._flying:
             self._keep(params, dag, run_id, step.delay)
         return step
 
-    def _repeat(self, params: BackfillParams, dag: str, window: Window, rec: dict[str, Any]) -> Step:
+    def _repeat(self, params: BackfillParams, dag: str, window: Window, rec: WindowRecord) -> Step:
         """The window ended before: a redelivery, or a worker that died between the final state
         and the release. Release again (a no-op if done, or if someone else holds them now)."""
         self._release(params, dag, window)
-        return Step(done=True, state=rec["state"], reason=rec.get("reason"), repeat=True)
-
-    @staticmethod
-    def _in_flight(rec: dict[str, Any]) -> bool:
-        """Whether the window has a run in Airflow it follows: one it triggered, or re-ran."""
-        return rec["state"] in IN_FLIGHT and bool(rec.get("run"))
+        return Step(done=True, state=rec.state, reason=rec.reason, repeat=True)
 
     def _advance(
-        self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str, rec: dict[str, Any]
+        self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str, rec: WindowRecord
     ) -> Step:
         # The run this window follows (one it triggered or re-ran) is followed whoever holds
         # the lock now (ours expired and was taken: the taker's busy check sees our run and
         # waits); the lock and slots are kept at the step's end.
-        if self._in_flight(rec):
+        if rec.in_flight and rec.run:
             try:
-                run = self.airflow.get_run(dag, rec["run"])
+                run = self.airflow.get_run(dag, rec.run)
             except AirflowNotFound:
                 # Deleted in Airflow behind our back: start this window over.
                 self.record.note(params, dag, idx, run_id=None, run=None, prev_end=None, clear_at=None)
-                deleted = f"run {rec['run']} was deleted in Airflow"
+                deleted = f"run {rec.run} was deleted in Airflow"
                 self._set(params, dag, idx, window, WindowState.WAITING, reason=deleted, force=True)
                 self._flying = False
                 return Step(done=False, delay=self.settings.poll_min)
             return self._follow(params, dag, idx, window, run, rec)
 
-        holder = self.locks.acquire(dag, run_id)
-        if holder is not None:
-            return self._wait(params, dag, idx, window, f"DAG locked by {_describe(holder)}", self.settings.busy_poll)
+        lock_holder = self.locks.acquire(dag, run_id)
+        if lock_holder is not None:
+            locked = f"DAG locked by {_describe(lock_holder)}"
+            return self._wait(params, dag, idx, window, locked, self.settings.busy_poll)
         self._lease_until = self.clock.now() + self.locks.ttl
-        claimed = rec.get("run_id")  # a run this window set out to re-run (clear)
+        claimed = rec.run_id  # a run this window set out to re-run (clear)
         why = self._busy(dag, run_id, claimed)
         if why:
             return self._wait(params, dag, idx, window, why, self.settings.busy_poll)
@@ -142,8 +138,8 @@ class WindowRunner:
             step, rerun = self._claimed(params, dag, idx, window, claimed, rec)
             if step is not None:
                 return step
-        if rec["pace"].total is None and params.seq_of(idx, dag) == 0:
-            rec["pace"] = self._seed_pace(params, dag)
+        if self._pace.total is None and params.seq_of(idx, dag) == 0:
+            self._pace = self._seed_pace(params, dag)
         # The slots last, then the final check: nothing between a grant and the trigger but
         # one script (lock_arm.lua) that verifies lock, slots and cancel flag together.
         why = self._slot(params, dag, run_id)
@@ -170,20 +166,20 @@ class WindowRunner:
         except AirflowConflict:
             # The logical date is taken (by an earlier run, or our own earlier try). Triggering
             # first and looking only on a conflict saves a request on every window.
-            return self._held(params, dag, idx, window, run_id, rec)
+            return self._date_taken(params, dag, idx, window, run_id, rec)
         now = self.clock.now()
         # Our clock minus Airflow's (plus half a round trip): places Airflow's start date on ours.
         skew = round(now - run.queued_at.timestamp(), 3) if run.queued_at else 0.0
         self._set(params, dag, idx, window, WindowState.TRIGGERED, run=run_id, triggered_at=now, skew=skew)
         self.locks.disarm(dag, run_id)
-        rec["triggered_at"] = now
+        rec.triggered_at = now
         if self.record.is_cancelled(params.backfill_id):
             # Cancelled while we triggered: the cancel may have listed the runs before ours.
             return self._cancelled(params, dag, idx, window, run_id)
         return Step(done=False, delay=self._poll_delay(rec, 0.0))
 
-    def _held(
-        self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str, rec: dict[str, Any]
+    def _date_taken(
+        self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str, rec: WindowRecord
     ) -> Step:
         """The trigger found the window's logical date taken: what the run holding it means for
         this window is ``backfill.history``'s rule, the same one ``plan`` and ``submit`` apply."""
@@ -199,20 +195,20 @@ class WindowRunner:
                 reason = (f"run id {run_id} is taken in Airflow by a run at another logical date "
                           f"({_iso(taken.logical_date)}); delete that run to backfill this window")  # fmt: skip
                 return self._finish(params, dag, idx, window, WindowState.FAILED, reason=reason)
-            tries = int(rec.get("conflicts_unexplained") or 0) + 1
+            tries = rec.conflicts_unexplained + 1
             if tries >= MAX_UNEXPLAINED_CONFLICTS:
                 reason = f"Airflow refused the trigger {tries} times (409) with no run at {window.key}"
                 return self._finish(params, dag, idx, window, WindowState.FAILED, reason=reason)
             self.record.note(params, dag, idx, conflicts_unexplained=tries)
             return Step(done=False, delay=min(self.settings.busy_poll, self.settings.poll_min * 2**tries))
-        verdict = decide(held[0], window, own_run_id=run_id, schedule=schedule_of(params, dag),
+        verdict = decide(held[0], window, own_run_id=run_id, schedule=params.schedule_of(dag),
                          reprocess=params.reprocess, lineage=params.lineage)  # fmt: skip
         run = held[0]
         if verdict.action == "follow":
             return self._follow(params, dag, idx, window, run, rec)
         if verdict.action == "wait":
             fresh = self.record.window(params.backfill_id, dag, idx)
-            if run.run_id in (fresh.get("run_id"), fresh.get("run")):  # re-run by a duplicate delivery: ours
+            if run.run_id in (fresh.run_id, fresh.run):  # re-run by a duplicate delivery: ours
                 return Step(done=False, delay=self.settings.poll_min)
             self.throttle.release(params.backfill_id, slot_member(dag, run_id))
             return self._wait(params, dag, idx, window, verdict.reason, self.settings.busy_poll)
@@ -256,7 +252,7 @@ class WindowRunner:
         return self._finish(params, dag, idx, window, WindowState.CANCELLED, reason="backfill cancelled", run=run_id)
 
     def _claimed(
-        self, params: BackfillParams, dag: str, idx: int, window: Window, claimed: str, rec: dict[str, Any]
+        self, params: BackfillParams, dag: str, idx: int, window: Window, claimed: str, rec: WindowRecord
     ) -> tuple[Step | None, RunInfo | None]:
         """The window claimed run ``claimed`` to clear it, and did not record the clear: did it go
         through (follow the run), may it still (wait), or did it never (clear again: the run)?"""
@@ -265,9 +261,9 @@ class WindowRunner:
         except AirflowNotFound:
             self.record.note(params, dag, idx, run_id=None, prev_end=None, clear_at=None)
             return Step(done=False, delay=self.settings.poll_min), None
-        if run.active or _iso(run.end_date) != rec.get("prev_end"):
+        if run.active or _iso(run.end_date) != rec.prev_end:
             return self._follow(params, dag, idx, window, run, rec), None  # cleared: ours to follow
-        wait = self.settings.write_max - (self.clock.now() - float(rec.get("clear_at") or 0))
+        wait = self.settings.write_max - (self.clock.now() - (rec.clear_at or 0.0))
         if wait > 0:  # a clear in flight (ours, or a duplicate delivery's) may yet land
             return Step(done=False, delay=min(wait, self.settings.busy_poll)), None
         return None, run
@@ -287,7 +283,7 @@ class WindowRunner:
         idx: int,
         window: Window,
         run: RunInfo,
-        rec: dict[str, Any],
+        rec: WindowRecord,
         *,
         again: bool = False,
     ) -> Step:
@@ -295,7 +291,7 @@ class WindowRunner:
         # tell "cleared and finished again" from "died before the clear went through"; of two
         # deliveries racing here, only the one that wins the claim clears.
         now = self.clock.now()
-        claim = ("clear_at", rec.get("clear_at")) if again else ("run_id", None)
+        claim = ("clear_at", rec.clear_at) if again else ("run_id", None)
         if not self.record.claim(params, dag, idx, *claim, run_id=run.run_id, prev_end=_iso(run.end_date),
                                  clear_at=now):  # fmt: skip
             return Step(done=False, delay=self.settings.poll_min)  # someone else is on it: follow
@@ -317,15 +313,15 @@ class WindowRunner:
         return Step(done=False, delay=self._poll_delay(rec, 0.0))
 
     def _follow(
-        self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: dict[str, Any]
+        self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: WindowRecord
     ) -> Step:
         now = self.clock.now()
-        elapsed = now - float(rec.get("triggered_at") or now)
+        elapsed = now - (rec.triggered_at or now)
         if run.state not in tuple(RunState):
             why = f"run {run.run_id} is in a state this orchestrator does not know ({run.state!r})"
             return self._stalled(params, dag, idx, window, run, rec, why)
         if run.state == RunState.QUEUED:
-            if rec["state"] != WindowState.TRIGGERED:
+            if rec.state != WindowState.TRIGGERED:
                 self._set(params, dag, idx, window, WindowState.TRIGGERED, run=run.run_id, triggered_at=now)
             elif elapsed > max(5.0, 2 * self.settings.busy_poll):
                 # Queued for a while: the usual cause is a DAG paused after the submit. Say so
@@ -339,9 +335,9 @@ class WindowRunner:
                 return Step(done=False, delay=max(self.settings.busy_poll, self._poll_delay(rec, elapsed)))
             return Step(done=False, delay=self._poll_delay(rec, elapsed))
         if run.state == RunState.RUNNING:
-            if rec["state"] != WindowState.RUNNING:
+            if rec.state != WindowState.RUNNING:
                 self._set(params, dag, idx, window, WindowState.RUNNING, run=run.run_id, started=_iso(run.start_date))
-            elif elapsed > max(60.0, 3 * (rec["pace"].total or 0.0)) and self.airflow.get_dag(dag).is_paused:
+            elif elapsed > max(60.0, 3 * (self._pace.total or 0.0)) and self.airflow.get_dag(dag).is_paused:
                 # Later than usual, and paused: Airflow does not schedule the tasks of a paused
                 # DAG's running run, so it stalls. Say so, and give up if it lasts.
                 why = f"DAG {dag} is paused in Airflow: run {run.run_id} is stalled until it is unpaused"
@@ -349,14 +345,14 @@ class WindowRunner:
             else:
                 self._unstalled(params, dag, idx, window, run, rec)
             return Step(done=False, delay=self._poll_delay(rec, elapsed, run))
-        if rec["state"] != WindowState.RUNNING and run.start_date is not None:
+        if rec.state != WindowState.RUNNING and run.start_date is not None:
             # Paced looks can miss the running phase of a short run: record it anyway, so the
             # events show every window's start in order, live or afterwards.
             self._set(params, dag, idx, window, WindowState.RUNNING, run=run.run_id, started=_iso(run.start_date))
         duration = (run.end_date - run.start_date).total_seconds() if run.end_date and run.start_date else None
         if run.state == RunState.SUCCESS:
             return self._finish(
-                params, dag, idx, window, WindowState.SUCCESS, run=run.run_id, learnt=self._learn(rec, run),
+                params, dag, idx, window, WindowState.SUCCESS, run=run.run_id, learnt=self._learn(run),
                 started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
             )  # fmt: skip
         return self._finish(
@@ -365,30 +361,30 @@ class WindowRunner:
         )  # fmt: skip
 
     def _stalled(
-        self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: dict[str, Any], why: str
+        self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: WindowRecord, why: str
     ) -> Step:
         """The run cannot end by itself (a paused DAG, a state we do not know): say so in the
         record and the log, look again at the busy pace, and fail the window if it lasts
         longer than ``give_up_after`` (the run is left as it is in Airflow)."""
         now = self.clock.now()
-        since = float(rec.get("stalled_since") or now)
+        since = rec.stalled_since or now
         if now - since > self.settings.give_up_after:
             reason = f"{why}, for {now - since:.0f} s (BACKFILL_GIVE_UP_AFTER); the run is left as it is"
             return self._finish(params, dag, idx, window, WindowState.FAILED, reason=reason, run=run.run_id)
-        state = rec["state"] if rec["state"] in IN_FLIGHT else WindowState.TRIGGERED
-        if rec.get("reason") != why:
+        state = rec.state if rec.state in IN_FLIGHT else WindowState.TRIGGERED
+        if rec.reason != why:
             log.warning("%s %s %s: %s", params.backfill_id, dag, window.label(), why)
         self._set(params, dag, idx, window, state, reason=why, run=run.run_id)
-        if not rec.get("stalled_since"):
+        if not rec.stalled_since:
             self.record.note(params, dag, idx, stalled_since=since)
         return Step(done=False, delay=self.settings.busy_poll, reason=why)
 
     def _unstalled(
-        self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: dict[str, Any]
+        self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: WindowRecord
     ) -> None:
-        if rec.get("stalled_since"):
+        if rec.stalled_since:
             self.record.note(params, dag, idx, stalled_since=None)
-            self._set(params, dag, idx, window, rec["state"], reason=None, run=run.run_id)
+            self._set(params, dag, idx, window, rec.state, reason=None, run=run.run_id)
 
     def calls(self) -> int:
         """Airflow requests of the current window so far, this step's included."""
@@ -420,7 +416,7 @@ class WindowRunner:
         self._release(params, dag, window, learnt=learnt)
         if code == 0:  # another delivery ended it first: that one hands on
             ended = self.record.window(params.backfill_id, dag, idx)
-            return Step(done=True, state=ended["state"], reason=ended.get("reason"), repeat=True)
+            return Step(done=True, state=ended.state, reason=ended.reason, repeat=True)
         return Step(done=True, state=state, reason=reason)
 
     def release(self, params: BackfillParams, dag: str, seq: int) -> None:
@@ -445,12 +441,12 @@ class WindowRunner:
         idx: int,
         window: Window,
         run_id: str,
-        rec: dict[str, Any],
+        rec: WindowRecord,
         exc: AirflowUnavailable,
     ) -> Step:
         now = self.clock.now()
-        since = float(rec.get("unavailable_since") or now)
-        attempts = int(rec.get("outage_attempts") or 0) + 1
+        since = rec.unavailable_since or now
+        attempts = rec.outage_attempts + 1
         if now - since > self.settings.give_up_after:
             reason = f"Airflow unreachable for {now - since:.0f} s (BACKFILL_GIVE_UP_AFTER): {exc}"
             return self._finish(params, dag, idx, window, WindowState.FAILED, reason=reason)
@@ -459,7 +455,7 @@ class WindowRunner:
         log.warning(
             "%s %s %s: %s (attempt %d, next in %.1f s)", params.backfill_id, dag, window.label(), exc, attempts, delay
         )
-        if rec["state"] in PENDING:
+        if rec.state in PENDING:
             self._set(params, dag, idx, window, WindowState.WAITING, reason=WAIT_OUTAGE)
         return Step(done=False, delay=delay, reason=WAIT_OUTAGE)
 
@@ -490,13 +486,13 @@ class WindowRunner:
 
     # -- polling --------------------------------------------------------------------------
 
-    def _poll_delay(self, rec: dict[str, Any], elapsed: float, run: RunInfo | None = None) -> float:
+    def _poll_delay(self, rec: WindowRecord, elapsed: float, run: RunInfo | None = None) -> float:
         """When to look again at the window's run (``backfill.pacing``)."""
         started = None
-        if run is not None and run.start_date is not None and rec.get("triggered_at"):
-            started = run.start_date.timestamp() + float(rec.get("skew") or 0.0) - float(rec["triggered_at"])
+        if run is not None and run.start_date is not None and rec.triggered_at:
+            started = run.start_date.timestamp() + rec.skew - rec.triggered_at
         return pacing.next_look(
-            rec["pace"], elapsed, started=started, floor=self.settings.poll_min, ceiling=self.settings.poll_max
+            self._pace, elapsed, started=started, floor=self.settings.poll_min, ceiling=self.settings.poll_max
         )
 
     def _seed_pace(self, params: BackfillParams, dag: str) -> Pace:
@@ -507,9 +503,9 @@ class WindowRunner:
             self.record.set_dag(params.backfill_id, dag, client=None, **pace.to_record())
         return pace
 
-    def _learn(self, rec: dict[str, Any], run: RunInfo) -> Pace:
+    def _learn(self, run: RunInfo) -> Pace:
         run_time = (run.end_date - run.start_date).total_seconds() if run.end_date and run.start_date else None
-        return pacing.learn(rec["pace"], _trigger_to_end(run), run_time)
+        return pacing.learn(self._pace, _trigger_to_end(run), run_time)
 
 
 def _trigger_to_end(run: RunInfo) -> float | None:

@@ -18,6 +18,7 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_AIRFLOW_URL = "http://localhost:8080"
 # Airflow calls one step of a window makes while it holds its lease, at most (backfill.runner).
 MAX_CALLS_PER_STEP = 4
+MAX_READ_ATTEMPTS = 8  # beyond it one call's backoff alone runs past a minute
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,9 +57,20 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise InputError(f"setting {name}: must be greater than 0, got {getattr(self, name)!r}")
-        for name in ("max_parallel_dags", "global_max_runs", "slot_stale"):
+        for name in ("max_parallel_dags", "global_max_runs"):
             if getattr(self, name) < 0:
                 raise InputError(f"setting {name}: must be 0 (no limit) or more, got {getattr(self, name)!r}")
+        if self.slot_stale and self.slot_stale < 2 * self.busy_poll:
+            # A waiter looks every busy_poll: dropped sooner, it loses its place between two looks.
+            raise InputError(
+                f"setting slot_stale ({self.slot_stale!r} s): must be 0 (automatic) or at least twice busy_poll "
+                f"({2 * self.busy_poll:g} s), or a waiting window loses its place in line between two of its looks"
+            )
+        if not 1 <= self.airflow.read_attempts <= MAX_READ_ATTEMPTS:
+            raise InputError(
+                f"setting AIRFLOW_READ_ATTEMPTS: must be 1 to {MAX_READ_ATTEMPTS} (tries of a read, with backoff "
+                f"between them), got {self.airflow.read_attempts!r}"
+            )
         if self.log_format not in ("text", "json"):
             raise InputError(f"setting log_format: must be 'text' or 'json', got {self.log_format!r}")
         if self.poll_min > self.poll_max:
@@ -77,6 +89,11 @@ class Settings:
                 f"countdown may run (late_margin, {self.late_margin:g} s) and the slowest step ({self.step_max:g} s: "
                 f"{MAX_CALLS_PER_STEP} Airflow calls of up to {self.call_max:g} s each), or a live holder could lose "
                 f"its lock between two looks: raise BACKFILL_LOCK_TTL to {longest + self.lease_margin:g} or more"
+                + (
+                    ", or lower AIRFLOW_TIMEOUT or AIRFLOW_READ_ATTEMPTS (they make the slowest step)"
+                    if self.step_max > longest
+                    else ""
+                )
             )
 
     @property
@@ -96,7 +113,7 @@ class Settings:
     @property
     def call_max(self) -> float:
         """The longest one Airflow call can take: every try times out, with the backoff between."""
-        tries = max(1, self.airflow.read_attempts)
+        tries = self.airflow.read_attempts
         return float(tries * self.airflow.timeout + 0.25 * (2 ** (tries - 1) - 1))
 
     @property

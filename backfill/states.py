@@ -27,9 +27,11 @@ DONE = frozenset({WindowState.SUCCESS, WindowState.SKIPPED})  # nothing left to 
 
 
 class DagState(StrEnum):
-    """A DAG's chain within a backfill, and the backfill itself (``cancelling``: only shown)."""
+    """A DAG's chain within a backfill, and the backfill itself."""
 
+    PENDING = "pending"  # a DAG none of whose windows changed state yet
     RUNNING = "running"
+    CANCELLING = "cancelling"  # a backfill flagged cancelled, still running: shown, never stored
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -6,8 +6,8 @@ from typing import Any
 
 from backfill.airflow import AirflowClient
 from backfill.record import Record
-from backfill.states import FINISHED, IN_FLIGHT, TERMINAL, WindowState
-from backfill.timefmt import clock, span
+from backfill.states import FINISHED, IN_FLIGHT, DagState, WindowState
+from backfill.timefmt import clock
 from backfill.verify import describe, serial_check
 
 
@@ -20,32 +20,31 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
     dags = []
     for dag in params.dags:
         info = record.dag(bf, dag)
-        counts = {s: int(info.get(s, 0)) for s in sorted(TERMINAL)}
         current = None
-        if "current" in info:
-            idx = int(info["current"])
+        if info.current is not None:
+            idx = info.current
             window = params.spec.window(idx)
             detail = record.window(bf, dag, idx)
             current = {
                 "seq": params.seq_of(idx, dag) + 1,
                 "start": window.start.isoformat(),
                 "end": window.end.isoformat(),
-                "state": detail.get("state"),
-                "run_id": detail.get("run"),
-                "reason": detail.get("reason") or None,
+                "state": detail.state,
+                "run_id": detail.run,
+                "reason": detail.reason,
             }
         failures = [
-            {"start": params.spec.window(i).start.isoformat(), "run_id": w.get("run"), "reason": w.get("reason")}
+            {"start": params.spec.window(i).start.isoformat(), "run_id": w.run, "reason": w.reason}
             for i, w in sorted(record.windows(bf, dag).items())
-            if w.get("state") == WindowState.FAILED
+            if w.state == WindowState.FAILED
         ]
         dags.append(
             {
                 "dag_id": dag,
-                "state": info.get("state", "pending"),
+                "state": info.state,
                 "total": params.count(dag),
-                "done": sum(counts.values()),
-                "counts": counts,
+                "done": info.done,
+                "counts": info.counts,
                 "current": current,
                 "failures": failures,
                 "serial": checks.get(dag),
@@ -53,7 +52,9 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
         )
     out: dict[str, Any] = {
         "backfill_id": bf,
-        "state": "cancelling" if meta.get("cancelled") == "1" and meta.get("state") == "running" else meta["state"],
+        "state": DagState.CANCELLING
+        if meta.get("cancelled") == "1" and meta.get("state") == DagState.RUNNING
+        else meta["state"],
         "created_at": float(meta["created_at"]),
         "finished_at": float(meta["finished_at"]) if meta.get("finished_at") else None,
         "params": {
@@ -120,48 +121,3 @@ def render(data: dict[str, Any]) -> str:
         else:
             lines.append(f"  {clock(e['ts'])} {e.get('dag') or 'backfill'} {e['state']}")
     return "\n".join(lines)
-
-
-def _duration(seconds: float | None) -> str:
-    return "unknown (no successful run yet)" if seconds is None else span(seconds, digits=0)
-
-
-def render_plan(data: dict[str, Any], *, max_rows: int = 10) -> str:
-    """The text view of ``backfill plan``."""
-    limit = f", at most {data['max_parallel_dags']} DAG(s) at once" if data["max_parallel_dags"] else ""
-    lines = [
-        f"plan: {len(data['dags'])} DAG(s), {data['windows']} {data['batch']} window(s) over "
-        f"[{data['range'][0]}, {data['range'][1]}), {data['order']}, one window at a time per DAG{limit}",
-        f"estimated duration: {_duration(data['estimated_seconds'])}",
-        "nothing has been triggered",
-        "",
-    ]
-    for d in data["dags"]:
-        est = ""
-        if d["median_run_seconds"] is not None:
-            est = f", ~{_duration(d['estimated_seconds'])} "
-            est += f"({d['median_run_seconds']} s/run over {d['recent_runs']} recent runs)"
-        sched = f", schedule {d['schedule']}" if d.get("schedule") else ""
-        lines.append(f"  {d['dag_id']}: {d['count']} window(s), Airflow: {d['airflow']}{sched}{est}")
-        counts = d.get("counts")
-        if counts:
-            lines.append("    " + ", ".join(f"{n} {_COUNT_WORDS[a]}" for a, n in counts.items() if n))
-        actions = d.get("actions") or [{"action": "new"}] * len(d["windows"])
-        shown = list(zip(d["windows"], actions, strict=True))
-        shown = shown if max_rows <= 0 else shown[:max_rows]
-        for i, (w, act) in enumerate(shown, 1):
-            what = _ACTION_WORDS[act["action"]]
-            detail = f": {act['reason']}" if act.get("reason") else ""
-            lines.append(f"    {i:>5}. [{w[0]}, {w[1]})  {what}{detail}")
-        if len(d["windows"]) > len(shown):
-            lines.append(f"    ... {len(d['windows']) - len(shown)} more (--max-rows 0 lists all)")
-    if data.get("warnings"):
-        lines += ["", "warnings:"] + [f"  {w}" for w in data["warnings"]]
-    if data["problems"]:
-        lines += ["", "problems:"] + [f"  {p}" for p in data["problems"]]
-    return "\n".join(lines)
-
-
-_ACTION_WORDS = {"new": "new run", "skip": "skip", "rerun": "re-run", "wait": "wait", "conflict": "CONFLICT"}
-_COUNT_WORDS = {"new": "new", "skip": "skipped", "rerun": "re-run", "wait": "wait for a run in flight",
-                "conflict": "conflict(s)"}  # fmt: skip

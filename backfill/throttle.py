@@ -55,7 +55,7 @@ class Semaphore:
         self.limit_key = limit_key or f"{key}:limit"
         self._ttl_ms = int(ttl * 1000)
         self._stale_ms = int(stale * 1000)
-        self._acquire = client.register_script(source("slot_acquire"))
+        self._lua_acquire = client.register_script(source("slot_acquire"))
 
     def _keys(self) -> list[str]:
         return [self.key, f"{self.key}:line", f"{self.key}:seen", self.limit_key, f"{self.key}:tickets"]
@@ -63,7 +63,7 @@ class Semaphore:
     def acquire(self, member: str, limit: int) -> Grant:
         """Take (or keep) a slot for ``member``; ``limit`` applies unless Redis holds an override."""
         args: list[Any] = [member, limit, self.clock.script_now(), self._ttl_ms, self._stale_ms]
-        ok, pos, used, lim = self._acquire(keys=self._keys(), args=args)
+        ok, pos, used, lim = self._lua_acquire(keys=self._keys(), args=args)
         return Grant(bool(ok), int(pos), int(used), int(lim))
 
     def release(self, *members: str, client: redis.client.Pipeline | None = None) -> None:

@@ -27,7 +27,7 @@ def serial_check(airflow: AirflowClient, record: Record, bf: str) -> dict[str, d
     out: dict[str, dict[str, Any]] = {}
     for dag in params.dags:
         # Runs a window triggered or re-ran (not the runs a skipped or conflicting window names).
-        ours_ids = {str(w["run"]) for w in record.windows(bf, dag).values() if w.get("run") and w.get("triggered_at")}
+        ours_ids = {w.run for w in record.windows(bf, dag).values() if w.run and w.triggered_at}
         ran = sorted(
             (r for r in airflow.runs_active_between(dag, since, until) if r.start_date is not None),
             key=lambda r: _span(r, now),

@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from backfill.control import cancel
-from backfill.planning import Request, validate
+from backfill.commands import cancel
+from backfill.request import Request, validate
 from bench.common import Figure, bench_stack, wait_backfill, wait_until
 from bench.standin import Standin, serve
 
@@ -82,13 +82,13 @@ def _one(tasks: Any, redis_url: str, root: Path, years: int, sample: int, start:
     memory_at_submit = record_memory(ctx.redis, ctx.record.k_meta(bf))
 
     def sampled() -> bool:
-        return all(int(ctx.record.dag(bf, d).get("success") or 0) >= sample for d in DAGS)
+        return all(ctx.record.dag(bf, d).counts["success"] >= sample for d in DAGS)
 
     wait_until(sampled, 900, f"{sample} windows of every DAG", every=1)
     cancel(ctx, bf, revoke=lambda b: tasks.app.control.revoke_by_stamped_headers({"backfill_id": b}, terminate=False))
     wait_backfill(tasks, bf, 120)
     time.sleep(1)
-    finished = sum(int(ctx.record.dag(bf, d).get("success") or 0) for d in DAGS)
+    finished = sum(ctx.record.dag(bf, d).counts["success"] for d in DAGS)
     sizes = mon.stop()
     print(
         f"  B3 {years:2d} y: {sub['windows']:,} windows, submit {submit_s:.2f} s, {len(sizes)} messages, "

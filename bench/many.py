@@ -46,11 +46,11 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
             wall = time.time() - t0
             cpu = process_cpu([worker.pid]) - cpu0
             record = tasks.context().record
-            states = [w["state"] for d in dags for w in record.windows(sub["backfill_id"], d).values()]
+            states = [w.state for d in dags for w in record.windows(sub["backfill_id"], d).values()]
             recs = [(i, w) for d in dags for i, w in record.windows(sub["backfill_id"], d).items()]
-            calls = [w.get("api_calls", 0) for _, w in recs]
-            first_calls = [w.get("api_calls", 0) for i, w in recs if i == 0]
-            later_calls = [w.get("api_calls", 0) for i, w in recs if i > 0]
+            calls = [w.api_calls or 0 for _, w in recs]
+            first_calls = [w.api_calls or 0 for i, w in recs if i == 0]
+            later_calls = [w.api_calls or 0 for i, w in recs if i > 0]
         finally:
             server.shutdown()
             tasks.app.close()

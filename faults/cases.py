@@ -19,7 +19,7 @@ import faults.run
 from backfill import lifecycle, runner, settings
 from backfill.lifecycle import Lifecycle, Next
 from backfill.locks import DagLocks, WindowKeys
-from backfill.record import Record
+from backfill.record import Record, WindowRecord
 from backfill.runner import Step, WindowRunner
 from backfill.states import TERMINAL
 from faults.airflow import Dag
@@ -65,7 +65,7 @@ def _after_duplicate_first(
     # "duplicate" branch before it looks at why the window ended.
     if repeat_check and step.repeat and seq + 1 < params.count(dag):
         nxt = self.ctx.record.window(params.backfill_id, dag, params.index_at(seq + 1, dag))
-        if nxt["state"] != "planned":
+        if nxt.state != "planned":
             return Next(chain=False, result={"duplicate": True})
     return ORIGINAL["after"](self, params, dag, seq, step, repeat_check=False)
 
@@ -154,7 +154,8 @@ def _worker_clock(self: Any) -> str:
 
 
 def _note_in_python(self: Record, params: Any, dag: str, idx: int, **fields: Any) -> bool:
-    current = self.window(params.backfill_id, dag, idx)
+    raw = self.redis.hget(self.k_windows(params.backfill_id, dag), str(idx))
+    current = json.loads(raw) if raw else {"state": "planned"}
     if current.get("state") in TERMINAL:
         return False
     current.update(fields)
@@ -168,16 +169,16 @@ def _wait_forever(
     return Step(done=False, delay=self.settings.busy_poll, reason=why)
 
 
-def _no_release_on_repeat(self: WindowRunner, params: Any, dag: str, window: Any, rec: dict[str, Any]) -> Step:
-    return Step(done=True, state=rec["state"], reason=rec.get("reason"), repeat=True)
+def _no_release_on_repeat(self: WindowRunner, params: Any, dag: str, window: Any, rec: WindowRecord) -> Step:
+    return Step(done=True, state=rec.state, reason=rec.reason, repeat=True)
 
 
-def _held_retry_forever(
+def _date_taken_retry_forever(
     self: WindowRunner, params: Any, dag: str, idx: int, window: Any, run_id: str, rec: Any
 ) -> Step:
     if not self.airflow.runs_at(dag, window.start):
         return Step(done=False, delay=self.settings.poll_min)
-    return ORIGINAL["_held"](self, params, dag, idx, window, run_id, rec)
+    return ORIGINAL["_date_taken"](self, params, dag, idx, window, run_id, rec)
 
 
 def _unknown_is_failed(
@@ -203,12 +204,12 @@ def _old_create(self: Record, params: Any) -> bool:
 
 
 def _advance_recovering_unlocked(self: WindowRunner, params: Any, dag: str, idx: int, window: Any, run_id: str,
-                                 rec: dict[str, Any]) -> Step:  # fmt: skip
+                                 rec: WindowRecord) -> Step:  # fmt: skip
     # A window that had claimed a run to clear followed it at once, and cleared it again if the
     # clear had not taken effect: without the DAG's lock, busy check or slot.
-    if rec.get("run_id") and not self._in_flight(rec):
-        run = self.airflow.get_run(dag, rec["run_id"])
-        if run.state in ("success", "failed") and rec.get("prev_end") == runner._iso(run.end_date):
+    if rec.run_id and not rec.in_flight:
+        run = self.airflow.get_run(dag, rec.run_id)
+        if run.state in ("success", "failed") and rec.prev_end == runner._iso(run.end_date):
             return self._rerun(params, dag, idx, window, run, rec, again=True)
         return self._follow(params, dag, idx, window, run, rec)
     return ORIGINAL["_advance"](self, params, dag, idx, window, run_id, rec)
@@ -218,7 +219,7 @@ def _revoked_if_open(self: Lifecycle, bf: str, dag: str, *, whole_backfill: bool
     params = self.ctx.record.params(bf)
     if whole_backfill:
         self.ctx.record.request_cancel(bf)
-    if self.ctx.record.dag(bf, dag).get("state") not in ("succeeded", "failed", "cancelled"):
+    if self.ctx.record.dag(bf, dag).state not in ("succeeded", "failed", "cancelled"):
         self.cancel_dag(params, dag, reason="task revoked")
 
 
@@ -246,7 +247,7 @@ def _settle_unguarded(delivery: Any, nxt: Next, *, retry_max: float, window: boo
 ORIGINAL: dict[str, Any] = {
     "after": Lifecycle.after,
     "_advance": WindowRunner._advance,
-    "_held": WindowRunner._held,
+    "_date_taken": WindowRunner._date_taken,
     "_stalled": WindowRunner._stalled,
 }
 
@@ -391,7 +392,7 @@ def cases() -> list[Case]:
                 history=[("d0", 0, "window", "failed")],
                 users=[UserAction(60, "cancel_fail", "bf-s111-0")],
             ),
-            patched(__import__("backfill.control").control, "_reran", lambda ctx, params: []),
+            patched(__import__("backfill.commands").commands, "_reran", lambda ctx, params: []),
             "10",
         ),
         Case(
@@ -416,7 +417,7 @@ def cases() -> list[Case]:
             small(
                 114, backfills=[bf(114)], horizon=900.0, faults=[Fault("airflow", "trigger", "conflict", times=10**9)]
             ),
-            patched(WindowRunner, "_held", _held_retry_forever),
+            patched(WindowRunner, "_date_taken", _date_taken_retry_forever),
             "6",
         ),
         Case(

@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
+from backfill.record import WindowRecord
 from backfill.states import TERMINAL
 
 if TYPE_CHECKING:
@@ -46,26 +47,26 @@ def check(sim: Sim) -> list[str]:
         for dag in p.dags:
             wins = record.windows(bf, dag)
             d = record.dag(bf, dag)
-            if not d.get("finished_at"):
+            if not d.finished_at:
                 out.append(f"6 {bf} {dag}: the DAG was never closed")
             counts = Counter()
             for idx in p.indices(dag):
-                w = wins.get(idx, {"state": "planned"})
-                if w["state"] not in TERMINAL:
-                    out.append(f"4 {bf} {dag} window {idx}: never ended (state {w['state']}, {w.get('reason')})")
+                w = wins.get(idx) or WindowRecord()
+                if w.state not in TERMINAL:
+                    out.append(f"4 {bf} {dag} window {idx}: never ended (state {w.state}, {w.reason})")
                     continue
-                counts[w["state"]] += 1
+                counts[w.state] += 1
                 if finals[(dag, idx)] != 1:
                     out.append(f"4 {bf} {dag} window {idx}: {finals[(dag, idx)]} final events")
-                run = airflow.runs[dag].get(w.get("run") or "")
-                if w["state"] == "success" and not _ended(run, "success"):
-                    out.append(f"9 {bf} {dag} window {idx}: recorded success, its run {w.get('run')} never succeeded")
-                failed_run = str(w.get("reason")).startswith("Airflow run")
-                if w["state"] == "failed" and failed_run and not _ended(run, "failed"):
-                    out.append(f"9 {bf} {dag} window {idx}: recorded failed, its run {w.get('run')} never failed")
+                run = airflow.runs[dag].get(w.run or "")
+                if w.state == "success" and not _ended(run, "success"):
+                    out.append(f"9 {bf} {dag} window {idx}: recorded success, its run {w.run} never succeeded")
+                failed_run = str(w.reason).startswith("Airflow run")
+                if w.state == "failed" and failed_run and not _ended(run, "failed"):
+                    out.append(f"9 {bf} {dag} window {idx}: recorded failed, its run {w.run} never failed")
             for state in COUNTED:
-                if int(d.get(state, 0)) != counts[state]:
-                    out.append(f"5 {bf} {dag}: counter {state}={d.get(state, 0)}, windows say {counts[state]}")
+                if d.counts[state] != counts[state]:
+                    out.append(f"5 {bf} {dag}: counter {state}={d.counts[state]}, windows say {counts[state]}")
 
     # 10: cancel --fail-running.
     for bf, done in sim.cancel_done.items():

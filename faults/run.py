@@ -9,14 +9,15 @@ from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from typing import Any
 
+from backfill.commands import cancel, resume_params
 from backfill.context import Context
-from backfill.control import cancel, resume_params
 from backfill.errors import BackfillNotFound, InputError, WindowFailed
 from backfill.lifecycle import TRANSIENT, Lifecycle, settle
 from backfill.locks import DagLocks
 from backfill.lua import source
-from backfill.planning import Request, validate
-from backfill.record import BackfillParams, Record
+from backfill.model import BackfillParams
+from backfill.record import Record
+from backfill.request import Request, validate
 from backfill.runner import WindowRunner
 from backfill.settings import Settings
 from backfill.states import TERMINAL
@@ -177,7 +178,7 @@ class Sim:
         )  # fmt: skip
         world.call_max, world.late_margin = self.settings.call_max, self.settings.late_margin
         world.visibility_timeout = float(self.settings.visibility_timeout)
-        self.redis = SimRedis(world, socket_timeout=10, **_parse(redis_url))
+        self.redis = SimRedis(world, socket_timeout=self.settings.redis_socket_timeout, **_parse(redis_url))
         self.redis.script_names = {hashlib.sha1(source(n).encode()).hexdigest(): n for n in SCRIPTS}
         self.redis.flushdb()
         for name in SCRIPTS:  # loaded up front: a schedule replays the same whatever ran before it
@@ -188,7 +189,7 @@ class Sim:
                                 ended_at=self.ended_at)  # fmt: skip
         st = self.settings
         self.locks = DagLocks(self.redis, prefix="bf", ttl=st.lock_ttl, slot_ttl=st.slot_ttl, clock=clock)
-        self.throttle = Throttle(self.redis, prefix="bf", ttl=st.slot_ttl, stale=max(10.0, 4 * 20),
+        self.throttle = Throttle(self.redis, prefix="bf", ttl=st.slot_ttl, stale=st.waiter_stale,
                                  global_limit=schedule.global_max_runs, clock=clock)  # fmt: skip
         self.submitted: dict[str, str] = {}  # backfill id -> "recorded" or why it was refused
         self.cancels: dict[str, float] = {}  # backfill id -> when a cancel was asked

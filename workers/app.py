@@ -28,7 +28,8 @@ def _check_redis(**_: Any) -> None:
     from backfill.redis_check import redis_problems
 
     try:
-        client = redis.Redis.from_url(app.conf.backfill_settings.redis_url, socket_timeout=10)
+        settings = app.conf.backfill_settings
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
         problems = redis_problems(client)
     except redis.RedisError as exc:
         logging.getLogger("backfill").warning("could not check Redis's configuration: %s", exc)

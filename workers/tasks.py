@@ -27,17 +27,17 @@ from celery.exceptions import Reject, Retry
 from celery.utils.functional import maybe_list
 from celery.worker import state as worker_state
 
+from backfill.commands import resume_params
 from backfill.context import Context
-from backfill.control import resume_params
 from backfill.errors import BackfillNotFound, WindowFailed
 from backfill.lifecycle import TRANSIENT, Lifecycle, Next, settle
-from backfill.plan import plan
-from backfill.planning import (
+from backfill.model import BackfillParams
+from backfill.preview import preview
+from backfill.request import (
     Request,
     check_on_conflict,
     validate,
 )
-from backfill.record import BackfillParams
 from workers.app import app
 
 log = logging.getLogger("backfill")
@@ -116,7 +116,7 @@ def submit_backfill(
         )  # fmt: skip
         params = validate(request, max_windows=ctx.settings.max_windows)
     if dry_run:
-        return plan(ctx.airflow, params, unpause=unpause, global_limit=ctx.settings.global_max_runs)
+        return preview(ctx.airflow, params, unpause=unpause, global_limit=ctx.settings.global_max_runs)
     life = lifecycle()
     try:
         params, warnings, published = life.submit(params, task_id=self.request.id, unpause=unpause)
@@ -141,14 +141,7 @@ def summary(params: BackfillParams) -> dict[str, Any]:
     return {
         "backfill_id": params.backfill_id,
         "batches": {dag: params.count(dag) for dag in params.dags},
-        "windows": params.total,
-        "batch": params.batch,
-        "range": [params.start, params.end],
-        "order": "newest first" if params.reverse else "oldest first",
-        "on_failure": params.on_failure,
-        "reprocess": params.reprocess,
-        "on_conflict": params.on_conflict,
-        "max_parallel_dags": params.max_parallel_dags,
+        **params.outline(),
         "resumes": params.lineage[-1] if params.lineage else None,
         "status": f"backfill status {params.backfill_id}",
     }

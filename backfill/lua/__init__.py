@@ -14,12 +14,22 @@ from importlib.resources import files
 from backfill.states import TERMINAL
 
 # Prepended to every script: now_ms(arg) is ``arg`` as a number, or Redis's clock; ``terminal``
-# the window states that end a window (backfill.states.TERMINAL, defined there only).
+# the window states that end a window (backfill.states.TERMINAL, defined there only);
+# window_gone() what lets a window hold nothing more (a cancel, or its end).
 _PRELUDE = (
     "\nlocal terminal = {"
     + ", ".join(f"{state}=1" for state in sorted(TERMINAL))
     + "}\n"
     + """
+-- Whether a window may no longer hold anything: "cancelled" (its backfill is), "ended" (it
+-- is: a duplicate delivery may have ended it), or false.
+local function window_gone(backfill_key, windows_key, index)
+  if redis.call('HGET', backfill_key, 'cancelled') == '1' then return 'cancelled' end
+  local raw = redis.call('HGET', windows_key, index)
+  if raw and terminal[cjson.decode(raw)['state']] then return 'ended' end
+  return false
+end
+
 local function now_ms(arg)
   local n = tonumber(arg)
   if n then return n end

@@ -8,11 +8,8 @@
 -- Returns "ok", "cancelled", "ended", "lost" (the lock) or "slot" (a slot expired).
 local now = now_ms(ARGV[3])
 local ttl = tonumber(ARGV[2])
-if redis.call('HGET', KEYS[2], 'cancelled') == '1' then return 'cancelled' end
-local raw = redis.call('HGET', KEYS[3], ARGV[6])
-if raw then
-  if terminal[cjson.decode(raw)['state']] then return 'ended' end
-end
+local gone = window_gone(KEYS[2], KEYS[3], ARGV[6])
+if gone then return gone end
 local cur = redis.call('HMGET', KEYS[1], 'token', 'until')
 if cur[1] ~= ARGV[1] or tonumber(cur[2]) <= now then return 'lost' end
 for i = 4, #KEYS do

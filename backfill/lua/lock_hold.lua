@@ -7,11 +7,8 @@
 -- Returns nothing, "ended" (nothing kept), or the token of another live holder of the lock
 -- (the slots are kept anyway).
 local now = now_ms(ARGV[3])
-if redis.call('HGET', KEYS[2], 'cancelled') == '1' then return 'ended' end
-local raw = redis.call('HGET', KEYS[3], ARGV[6])
-if raw then
-  if terminal[cjson.decode(raw)['state']] then return 'ended' end
-end
+local gone = window_gone(KEYS[2], KEYS[3], ARGV[6])
+if gone then return 'ended' end
 local ttl = tonumber(ARGV[2])
 local cur = redis.call('HMGET', KEYS[1], 'token', 'until')
 local other = false

@@ -26,8 +26,8 @@ if old then
 end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(merged))
 if not changed then return 1 end
-local counters = {success=1, failed=1, skipped=1, not_run=1, cancelled=1}
-if counters[new['state']] then redis.call('HINCRBY', KEYS[2], new['state'], 1) end
+-- One counter per terminal state (the prelude's set): DagRecord.counts reads them.
+if terminal[new['state']] then redis.call('HINCRBY', KEYS[2], new['state'], 1) end
 redis.call('HSET', KEYS[2], 'current', ARGV[1], 'current_state', new['state'], 'reason', new['reason'])
 if redis.call('HGET', KEYS[2], 'state') == 'pending' then
   redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', cjson.decode(ARGV[3])['ts'])

@@ -21,7 +21,7 @@ from airflow_client.client.api.pool_api import PoolApi
 from celery import group
 
 from backfill.errors import InputError
-from backfill.planning import Request, validate
+from backfill.request import Request, validate
 from backfill.settings import Settings
 from backfill.windows import Window, window_spec
 from tests.integration.helpers import (
@@ -72,7 +72,7 @@ def test_serial_per_dag_parallel_across_dags_each_run_carries_its_window(orch):
     assert max(r.end_date for r in all_runs["etl_users"]) < max(r.end_date for r in all_runs["etl_payments"])
     # The record agrees, and no lock is left behind.
     for dag in ETL:
-        assert orch.record.dag(bf, dag)["success"] == "5"
+        assert orch.record.dag(bf, dag).counts["success"] == 5
     assert lock_keys(orch) == []
     # The worker's log and the record tell the same story, line by line.
     recorded = [(e["dag"], e["start"], e["state"].upper()) for _, e in orch.record.events(bf) if e["kind"] == "window"]
@@ -102,7 +102,7 @@ def test_a_run_it_did_not_start_makes_the_window_wait(orch):
 
     first = orch.record.params(bf).spec.window(0)
     waiting = wait_for(
-        lambda: (w := orch.record.window(bf, "etl_orders", 0))["state"] == "waiting" and w, 15, "waiting window"
+        lambda: (w := orch.record.window(bf, "etl_orders", 0)).state == "waiting" and w, 15, "waiting window"
     )
     assert waiting["reason"] == f"DAG busy: run {ext.run_id} is running" or ext.run_id in waiting["reason"]
     assert wait_done(orch.record, bf)["state"] == "succeeded"
@@ -152,12 +152,12 @@ def test_a_failing_window_stops_its_dag_only(orch):
     assert [r.state for r in others] == ["success"] * spec.count
 
     windows = orch.record.windows(bf, "etl_orders")
-    assert windows[1]["state"] == "failed" and failing[1].run_id in windows[1]["reason"]
+    assert windows[1].state == "failed" and failing[1].run_id in str(windows[1].reason)
     for idx in range(2, spec.count):
-        assert windows[idx]["state"] == "not_run"
-        assert "on_failure=stop" in windows[idx]["reason"] and bad.start.isoformat() in windows[idx]["reason"]
-    assert orch.record.dag(bf, "etl_orders")["state"] == "failed"
-    assert orch.record.dag(bf, "etl_users")["state"] == "succeeded"
+        assert windows[idx].state == "not_run"
+        assert "on_failure=stop" in str(windows[idx].reason) and bad.start.isoformat() in str(windows[idx].reason)
+    assert orch.record.dag(bf, "etl_orders").state == "failed"
+    assert orch.record.dag(bf, "etl_users").state == "succeeded"
     assert lock_keys(orch) == []
 
 
@@ -169,8 +169,8 @@ def test_on_failure_continue_goes_on(orch):
     )["backfill_id"]
     assert wait_done(orch.record, bf)["state"] == "failed"
     assert [r.state for r in runs(orch.airflow, "etl_users", bf)] == ["success", "failed", "success", "success"]
-    counts = orch.record.dag(bf, "etl_users")
-    assert (counts["success"], counts["failed"]) == ("3", "1")
+    counts = orch.record.dag(bf, "etl_users").counts
+    assert (counts["success"], counts["failed"]) == (3, 1)
 
 
 def test_logical_date_rule_and_reprocess(orch):
@@ -185,14 +185,14 @@ def test_logical_date_rule_and_reprocess(orch):
     assert wait_done(orch.record, none)["state"] == "succeeded"
     assert runs(orch.airflow, dag, none) == []
     w = orch.record.windows(none, dag)
-    assert [w[0]["state"], w[1]["state"]] == ["skipped", "skipped"]
-    assert r1.run_id in w[0]["reason"] and "reprocess=none" in w[0]["reason"]
+    assert [w[0].state, w[1].state] == ["skipped", "skipped"]
+    assert r1.run_id in str(w[0].reason) and "reprocess=none" in str(w[0].reason)
 
     # failed: only the failed one is run again (the existing run is cleared: same interval).
     failed = submit(orch, dags=[dag], start=start, end=end, batch="daily", reprocess="failed")["backfill_id"]
     assert wait_done(orch.record, failed)["state"] == "succeeded"
     w = orch.record.windows(failed, dag)
-    assert [w[0]["state"], w[1]["state"]] == ["skipped", "success"]
+    assert [w[0].state, w[1].state] == ["skipped", "success"]
     assert lock_keys(orch) == []  # the window that re-ran another run's id released its own lock
     again1, again2 = orch.airflow.get_run(dag, r1.run_id), orch.airflow.get_run(dag, r2.run_id)
     assert again1.end_date == r1.end_date
@@ -217,15 +217,15 @@ def test_logical_date_rule_and_reprocess(orch):
     orch.airflow.trigger(dag, "manual__late_conflict", Window(w.start, w.start + (w.end - w.start) * 2), conf={})
     assert wait_done(orch.record, late)["state"] == "failed"
     ws = orch.record.windows(late, dag)
-    assert ws[1]["state"] == "failed" and "manual__late_conflict" in ws[1]["reason"]
-    assert orch.record.dag(late, "etl_payments")["state"] == "succeeded"
+    assert ws[1].state == "failed" and "manual__late_conflict" in str(ws[1].reason)
+    assert orch.record.dag(late, "etl_payments").state == "succeeded"
     assert lock_keys(orch) == []
     # Its resume is refused for that conflict, unless told to skip such windows.
     assert "conflicts: 1 window(s)" in run_cli("resume", late, code=2)
     resumed = json.loads(run_cli("resume", late, "--on-conflict", "skip", "--json"))["backfill_id"]
     assert wait_done(orch.record, resumed)["state"] == "succeeded"
     (only,) = orch.record.windows(resumed, dag).values()
-    assert only["state"] == "skipped" and "manual__late_conflict" in only["reason"]
+    assert only.state == "skipped" and "manual__late_conflict" in str(only.reason)
     assert runs(orch.airflow, dag, resumed) == []
 
 
@@ -287,7 +287,7 @@ def test_two_worker_processes_carry_fifty_dags_in_flight(orch):
         bf = submit(orch, dags=fleet, start="2008-01-01", end="2008-01-01", batch="daily")["backfill_id"]
 
         def in_flight():
-            states = [orch.record.window(bf, dag, 0)["state"] for dag in fleet]
+            states = [orch.record.window(bf, dag, 0).state for dag in fleet]
             return sum(s in ("triggered", "running") for s in states) == 50
 
         wait_for(in_flight, 120, "50 windows in flight")

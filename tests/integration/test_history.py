@@ -75,8 +75,8 @@ def test_daily_windows_over_the_schedulers_own_history_apply_reprocess(orch, dag
     assert any("max_active_runs=2" in w for w in s["warnings"])
     assert wait_done(orch.record, s["backfill_id"])["state"] == "succeeded"
     w = orch.record.windows(s["backfill_id"], dag)
-    assert [w[i]["state"] for i in range(3)] == ["skipped"] * 3
-    assert [w[i]["run"] for i in range(3)] == [r1.run_id, r2.run_id, r3.run_id]
+    assert [w[i].state for i in range(3)] == ["skipped"] * 3
+    assert [w[i].run for i in range(3)] == [r1.run_id, r2.run_id, r3.run_id]
     assert runs(orch.airflow, dag, s["backfill_id"]) == []
 
     # failed: the failed scheduled run executes again (new end date, new try); the others not.
@@ -84,7 +84,7 @@ def test_daily_windows_over_the_schedulers_own_history_apply_reprocess(orch, dag
     s = submit(orch, **ask, reprocess="failed")
     assert wait_done(orch.record, s["backfill_id"])["state"] == "succeeded"
     w = orch.record.windows(s["backfill_id"], dag)
-    assert [w[i]["state"] for i in range(3)] == ["skipped", "success", "skipped"] and w[1]["run"] == r2.run_id
+    assert [w[i].state for i in range(3)] == ["skipped", "success", "skipped"] and w[1].run == r2.run_id
     again = orch.airflow.get_run(dag, r2.run_id)
     assert again.state == "success" and again.end_date > submitted and max(tries(orch, dag, r2.run_id)) >= 2
     assert orch.airflow.get_run(dag, r1.run_id).end_date == r1.end_date
@@ -122,7 +122,7 @@ def test_weekly_windows_over_a_daily_dag_conflict_known_before_anything_starts(o
     s = submit(orch, **ask, on_conflict="skip")
     assert wait_done(orch.record, s["backfill_id"])["state"] == "succeeded"
     w = orch.record.windows(s["backfill_id"], dag)[0]
-    assert w["state"] == "skipped" and w["run"] in history and "covering only its logical date" in w["reason"]
+    assert w.state == "skipped" and w.run in history and "covering only its logical date" in str(w.reason)
     assert runs(orch.airflow, dag, s["backfill_id"]) == []
 
 
@@ -157,7 +157,7 @@ def test_once_none_and_asset_schedules(orch):
     s = submit(orch, **ask, on_conflict="skip", conf={"sleep": 0.1})
     assert wait_done(orch.record, s["backfill_id"])["state"] == "succeeded"
     w = orch.record.windows(s["backfill_id"], dag)
-    assert [w[i]["state"] for i in range(3)] == ["skipped", "skipped", "success"]
+    assert [w[i].state for i in range(3)] == ["skipped", "skipped", "success"]
 
     # Asset-scheduled: runs made by asset events have no logical date, so they hold none.
     orch.airflow._call("trigger", orch.airflow._json, "POST", "/api/v2/dags/{dag_id}/dagRuns",
@@ -184,7 +184,7 @@ def test_status_and_report_verify_serial_runs_from_airflows_records(orch, tmp_pa
     dag, day = "user_manual", DAYS[1].date().isoformat()  # after the DAG's start date: its task runs
     s = submit(orch, dags=[dag], start=day, end=day, conf={"sleep": 8})
     bf = s["backfill_id"]
-    wait_for(lambda: orch.record.window(bf, dag, 0)["state"] == "running", 60, "our run running")
+    wait_for(lambda: orch.record.window(bf, dag, 0).state == "running", 60, "our run running")
     # max_active_runs=3: Airflow lets a person start another run beside ours.
     other = Window(DAYS[2], TODAY)
     orch.airflow.trigger(dag, "manual__beside_ours", other, conf={"sleep": 2})
@@ -241,9 +241,9 @@ def test_cancel_fail_running_also_fails_a_run_of_others_that_the_backfill_re_ran
     set_state(orch, dag, "manual__long", "failed")  # a failed run of someone else's: ours to re-run
     s = submit(orch, dags=[dag], start=TODAY.date().isoformat(), end=TODAY.date().isoformat(), reprocess="failed")
     bf = s["backfill_id"]
-    wait_for(lambda: orch.record.window(bf, dag, 0).get("state") == "running", 60, "the re-run running")
+    wait_for(lambda: orch.record.window(bf, dag, 0).state == "running", 60, "the re-run running")
     out = json.loads(run_cli("cancel", bf, "--fail-running", "--json"))
     assert f"{dag}/manual__long" in out["failed_runs"]
     run = orch.airflow.get_run(dag, "manual__long")
     assert run.state == "failed" and (run.end_date - run.start_date).total_seconds() < 25  # stopped, not finished
-    assert orch.record.window(bf, dag, 0)["state"] == "cancelled"
+    assert orch.record.window(bf, dag, 0).state == "cancelled"

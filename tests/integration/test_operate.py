@@ -129,7 +129,7 @@ def test_cancel_stops_only_its_backfill_fails_its_running_runs_and_resume_runs_t
         # succeeded just as the cancel came is in the resume but skipped, not run again.
         resumed = orch.record.params(r)
         outcome = {
-            resumed.spec.window(i).start.date().isoformat(): w["state"] for i, w in orch.record.windows(r, dag).items()
+            resumed.spec.window(i).start.date().isoformat(): w.state for i, w in orch.record.windows(r, dag).items()
         }
         had_succeeded = {x.logical_date.date().isoformat() for x in seen[dag] if x.state == "success"}
         assert {d for d, st in outcome.items() if st == "success"} == set(by_date) - had_succeeded, dag

@@ -42,7 +42,7 @@ def start_and_wait_for_a_first_window(
     """Submit through the celery CLI; return the backfill id once a first window succeeded."""
     celery_submit(env, dags=dags, start=start, end=end, conf={"sleep": 2})
     bf = wait_for(lambda: (record.recent(1) or [None])[0], timeout=60, what="the backfill's record")
-    wait_for(lambda: any(record.dag(bf, d).get("success") for d in dags), 120, "a first window done")
+    wait_for(lambda: any(record.dag(bf, d).counts["success"] for d in dags), 120, "a first window done")
     return bf
 
 
@@ -97,7 +97,7 @@ def redis_restart(orch, start: str, end: str) -> None:
         print(f"worker restarts after the Redis restart: {restarts}")
         assert_each_window_ran_once_serially(orch, bf, dags, start, end)
         for dag in dags:
-            assert record.dag(bf, dag)["success"] == str(window_spec(start, end, "daily").count)
+            assert record.dag(bf, dag).counts["success"] == window_spec(start, end, "daily").count
     finally:
         client.close()
         stack.stop(worker)
@@ -128,14 +128,14 @@ def test_airflow_api_unreachable_for_30_s_windows_wait_then_complete(orch):
 
         def noticed() -> bool:
             return any(
-                w.get("unavailable_since") or w.get("reason") == "Airflow unavailable, retrying with backoff"
-                for d in dags for w in record.windows(bf, d).values() if w.get("state") not in ("success",)
+                w.unavailable_since or w.reason == "Airflow unavailable, retrying with backoff"
+                for d in dags for w in record.windows(bf, d).values() if w.state not in ("success",)
             )  # fmt: skip
 
         wait_for(noticed, timeout=30, what="the windows noticing the outage")
         time.sleep(max(0.0, 30 - (time.monotonic() - cut_at)))
         assert record.meta(bf)["state"] == "running"
-        assert not any(int(record.dag(bf, d).get("failed", 0)) for d in dags), "failed during the outage"
+        assert not any(record.dag(bf, d).counts["failed"] for d in dags), "failed during the outage"
         proxy.restore()
         assert wait_done(record, bf, timeout=300)["state"] == "succeeded"
         assert_each_window_ran_once_serially(orch, bf, dags, "2022-05-01", "2022-05-05")

@@ -29,7 +29,7 @@ def test_a_dag_paused_after_submit_is_the_reason_shown_and_nothing_fails(orch):
 
         def reason() -> str | None:
             cur = orch.record.dag(bf, "etl_orders")
-            return cur.get("reason") if "is paused in Airflow" in cur.get("reason", "") else None
+            return cur.reason if "is paused in Airflow" in (cur.reason or "") else None
 
         why = wait_for(reason, timeout=90, what="the paused reason")
         assert why.startswith("DAG etl_orders is paused in Airflow: run ") and "stays queued" in why
@@ -60,7 +60,7 @@ def test_the_same_backfill_submitted_twice_at_once_runs_every_window_once(orch):
         days = sorted(r.logical_date.date().isoformat() for r in both)
         assert days == ["2022-02-01", "2022-02-02", "2022-02-03"], f"{dag}: one run per window"
         assert all(r.state == "success" for r in both) and max_concurrent(both) == 1
-        outcomes = [orch.record.window(bf, dag, i)["state"] for bf in (a, b) for i in range(3)]
+        outcomes = [orch.record.window(bf, dag, i).state for bf in (a, b) for i in range(3)]
         assert sorted(outcomes) == ["skipped"] * 3 + ["success"] * 3, f"{dag}: {outcomes}"
 
 
@@ -169,7 +169,7 @@ def test_a_dead_holders_lock_expires_and_the_dag_goes_on(orch):
     key, now = orch.ctx.locks.key("etl_users"), orch.ctx.locks.now_ms()  # a lock as lock_acquire.lua writes it
     orch.ctx.redis.hset(key, mapping={"token": dead, "until": now + 6000})
     bf = submit(orch, dags=["etl_users"], start="2022-07-01", end="2022-07-02", conf={"sleep": 0.2})["backfill_id"]
-    why = wait_for(lambda: orch.record.dag(bf, "etl_users").get("reason"), timeout=30, what="the waiting reason")
+    why = wait_for(lambda: orch.record.dag(bf, "etl_users").reason, timeout=30, what="the waiting reason")
     assert why == "DAG locked by backfill bf-20000101-000000-dead00 (window starting 2022-07-01T00:00:00+00:00)"
     assert runs(orch.airflow, "etl_users", bf) == []  # nothing ran while the lock was alive
     assert wait_done(orch.record, bf)["state"] == "succeeded"

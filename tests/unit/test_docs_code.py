@@ -40,7 +40,7 @@ import click
 
 from backfill.cli import cli
 from backfill.history import ON_CONFLICT
-from backfill.planning import ON_FAILURE, REPROCESS
+from backfill.request import ON_FAILURE, REPROCESS
 from backfill.windows import BATCHES
 
 REPO = Path(__file__).resolve().parents[2]

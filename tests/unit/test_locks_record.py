@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 
 from backfill.locks import DagLocks, WindowKeys
-from backfill.planning import Request, validate
-from backfill.record import Record
+from backfill.record import DagRecord, Record
+from backfill.request import Request, validate
+from backfill.states import TERMINAL
+
+EMPTY = {s: 0 for s in sorted(TERMINAL)}
 
 
 def test_lock_has_one_owner_expires_without_renewal_and_is_released_only_by_its_owner(scratch_redis):
@@ -40,13 +43,13 @@ def test_window_states_are_final_and_counted_once(scratch_redis):
     # A redelivered task cannot move a finished window nor count it twice.
     assert record.transition(params, "a", 0, "success", run="r0") is False
     assert record.transition(params, "a", 0, "failed", reason="late") is False
-    assert record.window(bf, "a", 0)["state"] == "success"
-    assert record.dag(bf, "a")["success"] == "1"
+    assert record.window(bf, "a", 0).state == "success"
+    assert record.dag(bf, "a").counts["success"] == 1
     states = [e["state"] for _, e in record.events(bf) if e.get("dag") == "a"]
     assert states == ["waiting", "triggered", "success"]
 
     assert record.mark_not_run(params, "a", 1, reason="not run: window 0 failed") == 2
-    assert record.dag(bf, "a")["not_run"] == "2"
+    assert record.dag(bf, "a").counts["not_run"] == 2
     assert record.finish_dag(params, "a", "failed") == 1
     assert record.finish_dag(params, "a", "failed") == -1  # closed once only
     assert record.meta(bf)["state"] == "running"
@@ -97,10 +100,10 @@ def test_a_note_never_revives_a_final_window_and_a_claim_has_one_winner(scratch_
     assert record.claim(params, "a", 0, "run_id", None, run_id="r1", clear_at=1.5) is True
     assert record.claim(params, "a", 0, "run_id", None, run_id="r2") is False  # claimed already
     assert record.claim(params, "a", 0, "clear_at", 1.5, clear_at=9.0) is True  # compare-and-set
-    assert record.window(params.backfill_id, "a", 0)["run_id"] == "r1"
+    assert record.window(params.backfill_id, "a", 0).run_id == "r1"
     record.transition(params, "a", 0, "cancelled", reason="backfill cancelled")
     assert record.note(params, "a", 0, unavailable_since=1.0) is False
-    assert record.window(params.backfill_id, "a", 0)["state"] == "cancelled"
+    assert record.window(params.backfill_id, "a", 0).state == "cancelled"
 
 
 def test_a_backfill_is_recorded_whole_or_not_at_all(scratch_redis):
@@ -109,6 +112,6 @@ def test_a_backfill_is_recorded_whole_or_not_at_all(scratch_redis):
     assert record.create(params) is True
     meta = record.meta(params.backfill_id)
     assert meta["state"] == "running" and meta["dags_left"] == "2"
-    assert record.dag(params.backfill_id, "b") == {"state": "pending", "total": str(params.count("b"))}
+    assert record.dag(params.backfill_id, "b") == DagRecord(state="pending", total=params.count("b"), counts=EMPTY)
     assert [e["state"] for _, e in record.events(params.backfill_id)] == ["planned"]
     assert params.backfill_id in record.recent()

@@ -10,19 +10,22 @@ from typing import Any
 
 from backfill.airflow import AirflowClient
 from backfill.history import Verdict, survey
-from backfill.planning import concurrency_warnings, look_up, schedule_of, with_schedules
-from backfill.record import BackfillParams
+from backfill.model import BackfillParams
+from backfill.request import concurrency_warnings, refusals, with_schedules
+from backfill.timefmt import span
 
 
-def plan(
+def preview(
     airflow: AirflowClient, params: BackfillParams, *, unpause: bool = False, global_limit: int = 0
 ) -> dict[str, Any]:
-    """The plan of ``params``; ``problems`` lists what would make the submit refuse it,
-    ``warnings`` what the user should know (a DAG that lets others run beside ours)."""
-    infos, unknown = look_up(airflow, params.dags)
+    """What ``params`` will do (``backfill plan``, ``dry_run=True``). ``problems`` lists what
+    would make the submit refuse it, ``warnings`` what the user should know (a DAG that lets
+    others run beside ours)."""
+    infos, unknown, paused = refusals(airflow, params.dags, unpause=unpause)
     params = with_schedules(params, infos)
     dags: list[dict[str, Any]] = []
     problems = [f"{dag}: unknown to Airflow at {airflow.config.url}" for dag in unknown]
+    problems += [f"{dag}: paused in Airflow (submit with --unpause / unpause=True to unpause it)" for dag in paused]
     for dag in params.dags:
         info = infos.get(dag)
         if info is None:
@@ -30,10 +33,8 @@ def plan(
             continue
         status = "ok"
         if info.is_paused:
-            status = "paused (will be unpaused)" if unpause else "paused"
-            if not unpause:
-                problems.append(f"{dag}: paused in Airflow (submit with --unpause / unpause=True to unpause it)")
-        schedule = schedule_of(params, dag)
+            status = "paused" if dag in paused else "paused (will be unpaused)"
+        schedule = params.schedule_of(dag)
         verdicts = survey(airflow, params, dag, schedule)
         conflicts = sum(v.action == "conflict" for v in verdicts)
         if conflicts and params.on_conflict == "refuse":
@@ -50,13 +51,7 @@ def plan(
     return {
         "dry_run": True,
         "dags": dags,
-        "windows": params.total,
-        "batch": params.batch,
-        "range": [params.start, params.end],
-        "order": "newest first" if params.reverse else "oldest first",
-        "reprocess": params.reprocess,
-        "on_conflict": params.on_conflict,
-        "max_parallel_dags": params.max_parallel_dags,
+        **params.outline(),
         "estimated_seconds": _overall(dags, params.max_parallel_dags, global_limit),
         "problems": problems,
         "warnings": concurrency_warnings(infos),
@@ -116,3 +111,48 @@ def _overall(dags: list[dict[str, Any]], max_parallel: int, global_limit: int) -
     limits = [k for k in (max_parallel, global_limit) if k > 0]
     bound = sum(each) / min(limits) if limits else 0.0
     return float(round(max(max(each), bound), 1))
+
+
+def render(data: dict[str, Any], *, max_rows: int = 10) -> str:
+    """The text view of ``backfill plan``."""
+    limit = f", at most {data['max_parallel_dags']} DAG(s) at once" if data["max_parallel_dags"] else ""
+    lines = [
+        f"plan: {len(data['dags'])} DAG(s), {data['windows']} {data['batch']} window(s) over "
+        f"[{data['range'][0]}, {data['range'][1]}), {data['order']}, one window at a time per DAG{limit}",
+        f"estimated duration: {_duration(data['estimated_seconds'])}",
+        "nothing has been triggered",
+        "",
+    ]
+    for d in data["dags"]:
+        est = ""
+        if d["median_run_seconds"] is not None:
+            est = f", ~{_duration(d['estimated_seconds'])} "
+            est += f"({d['median_run_seconds']} s/run over {d['recent_runs']} recent runs)"
+        sched = f", schedule {d['schedule']}" if d.get("schedule") else ""
+        lines.append(f"  {d['dag_id']}: {d['count']} window(s), Airflow: {d['airflow']}{sched}{est}")
+        counts = d.get("counts")
+        if counts:
+            lines.append("    " + ", ".join(f"{n} {_COUNT_WORDS[a]}" for a, n in counts.items() if n))
+        actions = d.get("actions") or [{"action": "new"}] * len(d["windows"])
+        shown = list(zip(d["windows"], actions, strict=True))
+        shown = shown if max_rows <= 0 else shown[:max_rows]
+        for i, (w, act) in enumerate(shown, 1):
+            what = _ACTION_WORDS[act["action"]]
+            detail = f": {act['reason']}" if act.get("reason") else ""
+            lines.append(f"    {i:>5}. [{w[0]}, {w[1]})  {what}{detail}")
+        if len(d["windows"]) > len(shown):
+            lines.append(f"    ... {len(d['windows']) - len(shown)} more (--max-rows 0 lists all)")
+    if data.get("warnings"):
+        lines += ["", "warnings:"] + [f"  {w}" for w in data["warnings"]]
+    if data["problems"]:
+        lines += ["", "problems:"] + [f"  {p}" for p in data["problems"]]
+    return "\n".join(lines)
+
+
+_ACTION_WORDS = {"new": "new run", "skip": "skip", "rerun": "re-run", "wait": "wait", "conflict": "CONFLICT"}
+_COUNT_WORDS = {"new": "new", "skip": "skipped", "rerun": "re-run", "wait": "wait for a run in flight",
+                "conflict": "conflict(s)"}  # fmt: skip
+
+
+def _duration(seconds: float | None) -> str:
+    return "unknown (no successful run yet)" if seconds is None else span(seconds, digits=0)

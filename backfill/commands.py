@@ -1,4 +1,4 @@
-"""Ending a DAG's part of a backfill, cancelling a backfill, and planning its resumption.
+"""Operator commands on a running or finished backfill: cancel it, and plan its resumption.
 
 Cancel is layered so that it holds however it is asked for:
 
@@ -30,8 +30,8 @@ from backfill.airflow import RunInfo
 from backfill.context import Context
 from backfill.errors import InputError
 from backfill.lifecycle import Lifecycle
-from backfill.planning import new_backfill_id
-from backfill.record import BackfillParams
+from backfill.model import BackfillParams
+from backfill.request import new_backfill_id
 from backfill.states import DONE, FINISHED, DagState
 
 log = logging.getLogger("backfill")
@@ -93,9 +93,8 @@ def _reran(ctx: Context, params: BackfillParams) -> list[tuple[str, RunInfo]]:
     out: list[tuple[str, RunInfo]] = []
     for dag in params.dags:
         for w in ctx.record.windows(bf, dag).values():
-            run_id = str(w.get("run") or "")
-            if run_id and w.get("triggered_at") and not run_id.startswith(f"{bf}__") and not w.get("ended"):
-                out.append((dag, ctx.airflow.get_run(dag, run_id)))
+            if w.run and w.triggered_at and not w.run.startswith(f"{bf}__") and not w.ended:
+                out.append((dag, ctx.airflow.get_run(dag, w.run)))
     return out
 
 
@@ -110,7 +109,7 @@ def resume_params(ctx: Context, bf: str) -> BackfillParams:
     only: dict[str, list[list[int]]] = {}
     for dag in old.dags:
         recs = ctx.record.windows(bf, dag)
-        todo = sorted(i for i in old.indices(dag) if recs.get(i, {}).get("state") not in DONE)
+        todo = sorted(i for i in old.indices(dag) if i not in recs or recs[i].state not in DONE)
         if todo:
             only[dag] = _ranges(todo)
     if not only:

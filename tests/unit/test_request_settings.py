@@ -3,8 +3,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from backfill.airflow import AirflowConfig
 from backfill.errors import InputError
-from backfill.planning import Request, validate
+from backfill.request import Request, validate
 from backfill.settings import Settings
 
 TODAY = datetime.now(UTC).date()
@@ -91,6 +92,23 @@ def test_settings_refuse_waits_longer_than_the_visibility_timeout():
         Settings(poll_max=90, lock_ttl=100)
     with pytest.raises(InputError, match="segment_size: must be greater than 0"):
         Settings(segment_size=0)
+
+
+def test_settings_refuse_a_stale_time_shorter_than_two_looks_and_unbounded_read_attempts():
+    with pytest.raises(
+        InputError, match=r"slot_stale \(5 s\): must be 0 \(automatic\) or at least twice busy_poll \(6 s\)"
+    ):
+        Settings(slot_stale=5)
+    assert Settings(slot_stale=6).waiter_stale == 6 and Settings(slot_stale=0).waiter_stale == 12
+    for attempts in (0, 9):
+        with pytest.raises(InputError, match=f"AIRFLOW_READ_ATTEMPTS: must be 1 to 8 .*got {attempts}"):
+            Settings(airflow=AirflowConfig(read_attempts=attempts))
+    # The slowest step is what the lock cannot cover: the message says which settings make it.
+    with pytest.raises(InputError, match="lower AIRFLOW_TIMEOUT or AIRFLOW_READ_ATTEMPTS"):
+        Settings(airflow=AirflowConfig(read_attempts=8, timeout=30))
+    with pytest.raises(InputError, match="lock_ttl") as err:
+        Settings(poll_max=290)
+    assert "AIRFLOW_READ_ATTEMPTS" not in str(err.value)
 
 
 def test_settings_from_env_reads_every_variable(tmp_path):

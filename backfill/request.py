@@ -15,8 +15,7 @@ from zoneinfo import ZoneInfo
 from backfill.airflow import AirflowClient, DagInfo
 from backfill.errors import AirflowNotFound, InputError
 from backfill.history import ON_CONFLICT, Verdict, survey
-from backfill.record import BackfillParams
-from backfill.schedule import Schedule
+from backfill.model import BackfillParams
 from backfill.windows import window_spec
 
 ON_FAILURE = ("stop", "continue")
@@ -153,14 +152,24 @@ def look_up(airflow: AirflowClient, dags: Sequence[str]) -> tuple[dict[str, DagI
     return infos, unknown
 
 
+def refusals(
+    airflow: AirflowClient, dags: Sequence[str], *, unpause: bool
+) -> tuple[dict[str, DagInfo], list[str], list[str]]:
+    """The rule for DAGs in Airflow, in one place (the submit raises, the preview lists): what
+    Airflow says of each DAG it knows, the DAGs it does not know, and the paused DAGs that are
+    refused (every paused DAG unless ``unpause``: runs of a paused DAG never start)."""
+    infos, unknown = look_up(airflow, dags)
+    paused = [] if unpause else [d for d, info in infos.items() if info.is_paused]
+    return infos, unknown, paused
+
+
 def check_in_airflow(airflow: AirflowClient, dags: Sequence[str], *, unpause: bool) -> dict[str, DagInfo]:
     """Every DAG must exist; a paused one is refused unless ``unpause``. Reports every unknown or
     paused DAG at once, not only the first."""
-    infos, unknown = look_up(airflow, dags)
+    infos, unknown, paused = refusals(airflow, dags, unpause=unpause)
     if unknown:
         raise InputError(f"dags: unknown to Airflow at {airflow.config.url}: {', '.join(unknown)}")
-    paused = [d for d, info in infos.items() if info.is_paused]
-    if paused and not unpause:
+    if paused:
         raise InputError(
             f"dags: paused in Airflow: {', '.join(paused)} (runs of a paused DAG never start; "
             "unpause it or submit with unpause=True / --unpause)"
@@ -172,11 +181,6 @@ def with_schedules(params: BackfillParams, infos: dict[str, DagInfo]) -> Backfil
     """``params`` knowing each DAG's schedule, which decides whether a run without a data
     interval is a window's run (``backfill.history``)."""
     return replace(params, schedules={d: [i.schedule, i.timezone] for d, i in infos.items()})
-
-
-def schedule_of(params: BackfillParams, dag: str) -> Schedule:
-    summary, zone = (params.schedules.get(dag) or [None, None])[:2]
-    return Schedule(summary, zone)
 
 
 def concurrency_warnings(infos: dict[str, DagInfo]) -> list[str]:
@@ -193,7 +197,7 @@ def concurrency_warnings(infos: dict[str, DagInfo]) -> list[str]:
 def check_history(airflow: AirflowClient, params: BackfillParams) -> dict[str, list[Verdict]]:
     """Each window's verdict against the runs its DAG already has. Refuses (``InputError``,
     nothing triggered) a backfill with conflicts unless ``on_conflict="skip"``, naming each."""
-    verdicts = {dag: survey(airflow, params, dag, schedule_of(params, dag)) for dag in params.dags}
+    verdicts = {dag: survey(airflow, params, dag, params.schedule_of(dag)) for dag in params.dags}
     conflicts = [(dag, v) for dag, vs in verdicts.items() for v in vs if v.action == "conflict"]
     if conflicts and params.on_conflict == "refuse":
         shown = [f"{dag}: {v.reason.split('; Airflow allows')[0]}" for dag, v in conflicts[:MAX_LISTED]]
