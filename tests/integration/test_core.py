@@ -104,7 +104,7 @@ def test_a_run_it_did_not_start_makes_the_window_wait(orch):
     waiting = wait_for(
         lambda: (w := orch.record.window(bf, "etl_orders", 0)).state == "waiting" and w, 15, "waiting window"
     )
-    assert waiting["reason"] == f"DAG busy: run {ext.run_id} is running" or ext.run_id in waiting["reason"]
+    assert waiting.reason == f"DAG busy: run {ext.run_id} is running" or ext.run_id in str(waiting.reason)
     assert wait_done(orch.record, bf)["state"] == "succeeded"
 
     ext_done = orch.airflow.get_run("etl_orders", ext.run_id)
