@@ -245,7 +245,7 @@ class Lifecycle:
         self, params: BackfillParams, dag: str, seq: int, label: str, why: str | None, result: dict[str, Any]
     ) -> Next:
         """on_failure=stop: the DAG's remaining windows are recorded as not run; the chain ends."""
-        reason = f"window {label} failed (on_failure=stop): {why}"
+        reason = f"window {label} failed (on_failure=stop): {why or 'no reason recorded'}"
         self.ctx.record.mark_not_run(params, dag, seq + 1, reason=f"not run: {reason}")
         self.close_dag(params, dag, reason=reason)
         return Next(chain=False, failed=f"{params.backfill_id} {dag}: {reason}", result=result)

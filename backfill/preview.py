@@ -25,7 +25,6 @@ def preview(
     params = with_schedules(params, infos)
     dags: list[dict[str, Any]] = []
     problems = [f"{dag}: unknown to Airflow at {airflow.config.url}" for dag in unknown]
-    problems += [f"{dag}: paused in Airflow (submit with --unpause / unpause=True to unpause it)" for dag in paused]
     for dag in params.dags:
         info = infos.get(dag)
         if info is None:
@@ -34,6 +33,8 @@ def preview(
         status = "ok"
         if info.is_paused:
             status = "paused" if dag in paused else "paused (will be unpaused)"
+            if dag in paused:
+                problems.append(f"{dag}: paused in Airflow (submit with --unpause / unpause=True to unpause it)")
         schedule = params.schedule_of(dag)
         verdicts = survey(airflow, params, dag, schedule)
         conflicts = sum(v.action == "conflict" for v in verdicts)

@@ -110,7 +110,9 @@ def render(data: dict[str, Any]) -> str:
     if failures:
         lines += ["", "  failures:"]
         lines += [
-            f"    {dag} {f['start']}" + (f" run={f['run_id']}" if f["run_id"] else "") + f": {f['reason']}"
+            f"    {dag} {f['start']}"
+            + (f" run={f['run_id']}" if f["run_id"] else "")
+            + f": {f['reason'] or 'no reason recorded'}"
             for dag, f in failures
         ]
     for e in data.get("events", []):

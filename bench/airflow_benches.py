@@ -207,7 +207,9 @@ def b2(airflow: AirflowClient, tasks: ModuleType, *, windows_2s: int = 8, window
         bf = sub.get(timeout=60)["backfill_id"]
         meta = wait_backfill(tasks, bf, 1200)
         assert meta["state"] == "succeeded", meta
-        calls = [float(w.api_calls or 0) for w in record.windows(bf, dag).values()]
+        recs = record.windows(bf, dag).values()
+        assert all(w.api_calls is not None for w in recs), "a window ended without its request count"
+        calls = [float(w.api_calls or 0) for w in recs]
         print(f"  B2 {dag}: requests per window {sorted(calls)}", flush=True)
         limit = 10 if dag == "bench_run_2s" else 20
         out.append(Figure("B2", f"Airflow requests per window, {dag[10:]} task", calls, limit, "requests"))

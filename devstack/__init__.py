@@ -233,8 +233,9 @@ class Stack:
         env.update(extra)
         return env
 
-    def start_worker(self, name: str = "w1", *, concurrency: int = 2, **env: str) -> Proc:
-        cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-l", "info"]
+    def start_worker(self, name: str = "w1", *, concurrency: int = 2, app: str = "workers", **env: str) -> Proc:
+        """``app``: ``workers``, or a module that adds to its app (the benchmarks' floor task)."""
+        cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "-l", "info"]
         cmd += ["-c", str(concurrency), "-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
         proc = self._spawn(f"worker-{name}", cmd, self.env(**env))
         wait_for(lambda: "ready." in proc.tail(200) or not proc.alive(), 60, f"celery worker {name}")
