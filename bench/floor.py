@@ -38,11 +38,12 @@ def floor_look(self: Task, *, looks: int, every: float, done_url: str, url: str 
     client.incr(DONE_KEY)
 
 
-def send(dags: list[str], *, windows: int, looks: int, every: float, done_url: str, urls: dict[str, str]) -> Any:
-    """One chain of ``windows`` windows per DAG, all sent as one group (as a backfill is)."""
+def send(dags: list[str], *, looks: list[list[int]], every: float, done_url: str, urls: dict[str, str]) -> Any:
+    """One chain per DAG, its windows making ``looks[i]`` looks each, all sent as one group (as a
+    backfill is)."""
     from celery import chain, group
 
-    def link(dag: str) -> Any:
-        return floor_look.si(looks=looks, every=every, done_url=done_url, url=urls.get(dag, ""))
+    def link(dag: str, n: int) -> Any:
+        return floor_look.si(looks=n, every=every, done_url=done_url, url=urls.get(dag, ""))
 
-    return group(chain(*(link(d) for _ in range(windows))) for d in dags).apply_async()
+    return group(chain(*(link(d, n) for n in ns)) for d, ns in zip(dags, looks, strict=True)).apply_async()

@@ -56,15 +56,18 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
             calls = [w.api_calls or 0 for _, w in recs]
             first_calls = [w.api_calls or 0 for i, w in recs if i == 0]
             later_calls = [w.api_calls or 0 for i, w in recs if i > 0]
-            # The floor at the same pace: as many task executions per window as ours made (a look
-            # is one GET; the first execution also checks the DAG and triggers), over a run's length.
-            looks = max(2, round(statistics.median(later_calls or calls)) - 1)
-            every = (duration + standin.queued) / (looks - 1)
+            # The floor at the same pace: as many task executions as ours made, over a run's length.
+            # A window makes one request per execution, but its first execution makes two (the
+            # busy check and the trigger) and a DAG's first window's three (its recent runs too).
+            executions = sum(calls) - DAG_COUNT * windows - DAG_COUNT
+            looks = _spread(executions, DAG_COUNT, windows)
+            per_window = executions / (DAG_COUNT * windows)
+            every = (duration + standin.queued) / max(1.0, per_window - 1)
             redis_url = tasks.context().settings.redis_url
-            floor_cpu = _floor(worker.pid, redis_url, dags, windows=windows, looks=looks, every=every, urls={})
+            floor_cpu = _floor(worker.pid, redis_url, dags, looks=looks, every=every, urls={})
             base = f"http://127.0.0.1:{port}/api/v2/dags"
             urls = {d: f"{base}/{d}/dagRuns/{next(iter(standin.runs[d]))}" for d in dags}
-            http_cpu = _floor(worker.pid, redis_url, dags, windows=windows, looks=looks, every=every, urls=urls)
+            http_cpu = _floor(worker.pid, redis_url, dags, looks=looks, every=every, urls=urls)
         finally:
             server.shutdown()
             tasks.app.close()
@@ -101,7 +104,7 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
             FLOOR_RATIO,
             "x",
             note=f"{1000 * cpu / total:.1f} ms per window against the floor's {1000 * floor_cpu / total:.1f} ms "
-            f"(a bare task re-scheduling itself {looks} times per window, {every:.1f} s apart, in chains of "
+            f"(a bare task run {per_window:.2f} times per window as ours was, {every:.1f} s apart, in chains of "
             f"{windows} per DAG; with one HTTP GET to the stand-in per look: {1000 * http_cpu / total:.1f} ms)",
         ),
         Figure("B4", "orchestrator CPU per window (worker, all processes)", [1000 * cpu / total], INF, "ms"),
@@ -119,18 +122,25 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
     ]
 
 
-def _floor(pid: int, redis_url: str, dags: list[str], *, windows: int, looks: int, every: float,
+def _spread(executions: int, dags: int, windows: int) -> list[list[int]]:
+    """``executions`` task executions over ``dags`` x ``windows`` windows, as evenly as can be."""
+    base, extra = divmod(executions, dags * windows)
+    flat = [max(1, base + (i < extra)) for i in range(dags * windows)]
+    return [flat[d * windows : (d + 1) * windows] for d in range(dags)]
+
+
+def _floor(pid: int, redis_url: str, dags: list[str], *, looks: list[list[int]], every: float,
            urls: dict[str, str]) -> float:  # fmt: skip
-    """The worker's CPU seconds for Celery's floor of ``windows`` windows per DAG (``bench.floor``)."""
+    """The worker's CPU seconds for Celery's floor (``bench.floor``): its windows' looks."""
     from bench import floor
 
     client = redis.Redis.from_url(redis_url)
     client.delete(floor.DONE_KEY)
-    total = len(dags) * windows
+    total = sum(len(ns) for ns in looks)
     cpu0 = process_cpu([pid])
-    floor.send(dags, windows=windows, looks=looks, every=every, done_url=redis_url, urls=urls)
-    wait_until(lambda: int(client.get(floor.DONE_KEY) or 0) >= total, 60 * (windows + 2) * looks * every,
-               "Celery's floor", every=0.2)  # fmt: skip
+    floor.send(dags, looks=looks, every=every, done_url=redis_url, urls=urls)
+    longest = max(sum(ns) for ns in looks) * every
+    wait_until(lambda: int(client.get(floor.DONE_KEY) or 0) >= total, 120 + 2 * longest, "Celery's floor", every=0.2)
     return process_cpu([pid]) - cpu0
 
 

@@ -2,13 +2,16 @@
 -- and the event log at once; a terminal state is final.
 -- A window in flight (triggered, running) is not sent back to waiting unless ARGV[4] is "force"
 -- (its run was deleted): a duplicate delivery reading an older state cannot undo it. A null
--- field does not erase what is recorded (a cancel does not forget the run it cancels).
+-- field does not erase what is recorded (a cancel does not forget the run it cancels); an empty
+-- reason ("", as JSON null would be a truthy userdata here) clears the recorded one and is not
+-- stored (a 73,000-window record is kept small, bench B3).
 -- KEYS: windows hash, DAG hash, events stream.
 -- ARGV: window index, new fields (JSON), event (JSON), "force" or "".
 -- Returns 0 (terminal already, or in flight and not forced: nothing changed), 1 (same state and
 -- reason), 2 (a change).
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local new = cjson.decode(ARGV[2])
+local reason = new['reason']
 local merged = new
 local changed = true
 if old then
@@ -18,17 +21,18 @@ if old then
       and ARGV[4] ~= 'force' then
     return 0
   end
-  changed = prev['state'] ~= new['state'] or prev['reason'] ~= new['reason']
+  changed = prev['state'] ~= new['state'] or (prev['reason'] or '') ~= reason
   for k, v in pairs(new) do
     if v ~= cjson.null then prev[k] = v end
   end
   merged = prev
 end
+if merged['reason'] == '' then merged['reason'] = nil end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(merged))
 if not changed then return 1 end
 -- One counter per terminal state (the prelude's set): DagRecord.counts reads them.
 if terminal[new['state']] then redis.call('HINCRBY', KEYS[2], new['state'], 1) end
-redis.call('HSET', KEYS[2], 'current', ARGV[1], 'current_state', new['state'], 'reason', new['reason'])
+redis.call('HSET', KEYS[2], 'current', ARGV[1], 'current_state', new['state'], 'reason', reason)
 if redis.call('HGET', KEYS[2], 'state') == 'pending' then
   redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', cjson.decode(ARGV[3])['ts'])
 end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from backfill.locks import DagLocks, WindowKeys
@@ -115,3 +116,32 @@ def test_a_backfill_is_recorded_whole_or_not_at_all(scratch_redis):
     assert record.dag(params.backfill_id, "b") == DagRecord(state="pending", total=params.count("b"), counts=EMPTY)
     assert [e["state"] for _, e in record.events(params.backfill_id)] == ["planned"]
     assert params.backfill_id in record.recent()
+
+
+def test_window_events_are_stored_compact_and_read_back_whole(scratch_redis):
+    """A window's event keeps only what its index does not give back (bench B3: the record of a
+    73,000-window backfill); ``events`` returns it as it always did."""
+    record = Record(scratch_redis, prefix="t", ttl=60)
+    params = validate(Request(dags=["a"], start="2024-01-01", end="2024-01-02", batch="daily"), max_windows=10)
+    record.create(params)
+    bf, window = params.backfill_id, params.spec.window(1)
+    own = params.run_id(window)
+    assert record.transition(params, "a", 1, "waiting", reason="DAG busy: run x is running") is True
+    assert record.transition(params, "a", 1, "triggered", run=own) is True
+    assert record.transition(params, "a", 1, "triggered", run=own) is False  # same state, no reason: no event
+    assert record.transition(params, "a", 1, "success", run="manual__other", duration=2.5) is True
+    stored = [json.loads(f[b"e"]) for _, f in scratch_redis.xrange(record.k_events(bf))][1:]
+    assert stored[1] == {"ts": stored[1]["ts"], "dag": "a", "idx": 1, "state": "triggered", "own": 1}
+    bounds = {"start": window.start.isoformat(), "end": window.end.isoformat()}
+    read = [e for _, e in record.events(bf)][1:]
+    assert read == [
+        {"ts": read[0]["ts"], "kind": "window", "dag": "a", "idx": 1, **bounds, "state": "waiting",
+         "reason": "DAG busy: run x is running"},
+        {"ts": read[1]["ts"], "kind": "window", "dag": "a", "idx": 1, **bounds, "state": "triggered", "reason": None,
+         "run": own},
+        {"ts": read[2]["ts"], "kind": "window", "dag": "a", "idx": 1, **bounds, "state": "success", "reason": None,
+         "duration": 2.5, "run": "manual__other"},
+    ]  # fmt: skip
+    # An empty reason clears the one recorded and is not stored.
+    assert "reason" not in json.loads(scratch_redis.hget(record.k_windows(bf, "a"), "1"))
+    assert record.window(bf, "a", 1).reason is None and record.dag(bf, "a").reason is None
