@@ -6,12 +6,14 @@
 -- reason ("", as JSON null would be a truthy userdata here) clears the recorded one and is not
 -- stored (a 73,000-window record is kept small, bench B3).
 -- KEYS: windows hash, DAG hash, events stream.
--- ARGV: window index, new fields (JSON), event (JSON), "force" or "".
+-- ARGV: window index, new fields (JSON), the event's fields and values (a JSON array of strings),
+-- "force" or "".
 -- Returns 0 (terminal already, or in flight and not forced: nothing changed), 1 (same state and
 -- reason), 2 (a change).
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local new = cjson.decode(ARGV[2])
 local reason = new['reason']
+local event = cjson.decode(ARGV[3])
 local merged = new
 local changed = true
 if old then
@@ -34,7 +36,7 @@ if not changed then return 1 end
 if terminal[new['state']] then redis.call('HINCRBY', KEYS[2], new['state'], 1) end
 redis.call('HSET', KEYS[2], 'current', ARGV[1], 'current_state', new['state'], 'reason', reason)
 if redis.call('HGET', KEYS[2], 'state') == 'pending' then
-  redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', cjson.decode(ARGV[3])['ts'])
+  redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', event[2])  -- its "t": when
 end
-redis.call('XADD', KEYS[3], '*', 'e', ARGV[3])
+redis.call('XADD', KEYS[3], '*', unpack(event))
 return 2

@@ -130,8 +130,9 @@ def test_window_events_are_stored_compact_and_read_back_whole(scratch_redis):
     assert record.transition(params, "a", 1, "triggered", run=own) is True
     assert record.transition(params, "a", 1, "triggered", run=own) is False  # same state, no reason: no event
     assert record.transition(params, "a", 1, "success", run="manual__other", duration=2.5) is True
-    stored = [json.loads(f[b"e"]) for _, f in scratch_redis.xrange(record.k_events(bf))][1:]
-    assert stored[1] == {"ts": stored[1]["ts"], "dag": "a", "idx": 1, "state": "triggered", "own": 1}
+    stored = [f for _, f in scratch_redis.xrange(record.k_events(bf))][1:]
+    assert stored[1] == {b"t": stored[1][b"t"], b"d": b"0", b"i": b"1", b"s": b"triggered", b"o": b"1"}
+    assert float(stored[1][b"t"]) == round(float(stored[1][b"t"]), 3)
     bounds = {"start": window.start.isoformat(), "end": window.end.isoformat()}
     read = [e for _, e in record.events(bf)][1:]
     assert read == [
