@@ -66,7 +66,7 @@ class WindowRecord:
         data = {k: v for k, v in json.loads(raw).items() if k in _WINDOW_FIELDS and v is not None}
         data["state"] = WindowState(data.get("state", WindowState.PLANNED))
         rec = cls(**data)
-        rec.reason = rec.reason or None  # stored as "" (Lua sees JSON null as truthy)
+        rec.reason = rec.reason or None  # "" in records written before 2026-11-30
         return rec
 
     @property
@@ -292,11 +292,12 @@ class Record:
         # "" rather than null: Lua sees JSON null as a truthy userdata.
         data = {"state": state, "reason": reason or "", "at": now, **extra}
         # The window's hash keeps every fact; the event only what its readers show (status
-        # --events, report, demo), and nothing that the window's index gives back (its bounds,
-        # its own run id): ``events`` puts them back. Stored as the stream entry's own fields,
-        # in the same order each time, so Redis keeps their names once per block: a
-        # 73,000-window record stays small (bench B3). Strings: Lua would round numbers.
-        event = ["t", repr(now), "d", str(params.dags.index(dag)), "i", str(idx), "s", state]
+        # --events, the demo), and nothing that the window's index gives back (its bounds, its
+        # own run id): ``events`` puts them back. Stored as the stream entry's own fields, in
+        # the same order each time, so Redis keeps their names once per block of entries with
+        # the same fields: a 73,000-window record stays small (bench B3). Strings: Lua would
+        # round numbers; "t" first: the script reads it as the DAG's start.
+        event = ["t", f"{now:.3f}", "d", str(params.dags.index(dag)), "i", str(idx), "s", state]
         if reason:
             event += ["r", reason]
         run, duration = extra.get("run"), extra.get("duration")

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps([asdict(f) for f in figures]))
         return 0
     shutil.rmtree(root, ignore_errors=True)
+    print(f"machine: {machine()}", flush=True)
     # Each group in a process of its own: the orchestrator's modules read their settings (which
     # Redis, which Airflow) once, at import.
     for group in [g for g, members in GROUPS.items() if set(members) & set(args.which)]:
@@ -115,11 +116,29 @@ def run_group(group: str, root: Path, *, rounds: int, which: list[str]) -> list[
     return figures
 
 
+def machine() -> str:
+    """The machine the figures come from: they are compared within one run, never across machines."""
+    info = {}
+    for path in ("/proc/cpuinfo", "/proc/meminfo"):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    model = info.get("model name") or platform.processor() or "unknown CPU"
+    memory = f", {int(info['MemTotal'].split()[0]) / 2**20:.0f} GiB" if "MemTotal" in info else ""
+    return (
+        f"{platform.machine()}, {model}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}, "
+        f"{platform.system()}"
+    )
+
+
 def render(figures: list[Figure], *, started: float, argv: list[str]) -> str:
     cmd = "python -m bench" + (" " + " ".join(argv) if argv else "")
     when = datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
-    lines = [f"Command: `{cmd}` · run {when} · {machine} · took {time.time() - started:.0f} s", "", TABLE_HEAD]
+    lines = [f"Command: `{cmd}` · run {when} · {machine()} · took {time.time() - started:.0f} s", "", TABLE_HEAD]
     lines += [f.row() for f in figures]
     notes = [f"- {f.bench} {f.name}: {f.note}" for f in figures if f.note]
     return "\n".join(lines + (["", *notes] if notes else []))

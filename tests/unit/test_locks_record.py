@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from backfill.clock import Clock
 from backfill.locks import DagLocks, WindowKeys
 from backfill.record import DagRecord, Record
 from backfill.request import Request, validate
@@ -121,28 +122,50 @@ def test_a_backfill_is_recorded_whole_or_not_at_all(scratch_redis):
 def test_window_events_are_stored_compact_and_read_back_whole(scratch_redis):
     """A window's event keeps only what its index does not give back (bench B3: the record of a
     73,000-window backfill); ``events`` returns it as it always did."""
-    record = Record(scratch_redis, prefix="t", ttl=60)
-    params = validate(Request(dags=["a"], start="2024-01-01", end="2024-01-02", batch="daily"), max_windows=10)
+    record = Record(scratch_redis, prefix="t", ttl=60, clock=FixedClock(1_750_000_000.12345))
+    params = validate(Request(dags=["a", "b"], start="2024-01-01", end="2024-01-02", batch="daily"), max_windows=10)
     record.create(params)
     bf, window = params.backfill_id, params.spec.window(1)
     own = params.run_id(window)
-    assert record.transition(params, "a", 1, "waiting", reason="DAG busy: run x is running") is True
-    assert record.transition(params, "a", 1, "triggered", run=own) is True
-    assert record.transition(params, "a", 1, "triggered", run=own) is False  # same state, no reason: no event
-    assert record.transition(params, "a", 1, "success", run="manual__other", duration=2.5) is True
+    assert record.transition(params, "b", 1, "waiting", reason="DAG busy: run x is running") is True
+    assert record.transition(params, "b", 1, "triggered", run=own) is True
+    assert record.transition(params, "b", 1, "triggered", run=own) is False  # same state, no reason: no event
+    assert record.transition(params, "b", 1, "success", run="manual__other", duration=2.5) is True
+    # A window event of a record written before 2026-11-30 (JSON under "e") is read as it was.
+    old = {
+        "ts": 1.5,
+        "kind": "window",
+        "dag": "a",
+        "idx": 0,
+        "start": "s",
+        "end": "e",
+        "state": "waiting",
+        "reason": None,
+    }
+    scratch_redis.xadd(record.k_events(bf), {"e": json.dumps(old)})
     stored = [f for _, f in scratch_redis.xrange(record.k_events(bf))][1:]
-    assert stored[1] == {b"t": stored[1][b"t"], b"d": b"0", b"i": b"1", b"s": b"triggered", b"o": b"1"}
-    assert float(stored[1][b"t"]) == round(float(stored[1][b"t"]), 3)
+    assert stored[1] == {b"t": b"1750000000.123", b"d": b"1", b"i": b"1", b"s": b"triggered", b"o": b"1"}
+    assert scratch_redis.hget(record.k_dag(bf, "b"), "started_at") == b"1750000000.123"  # the first event's time
     bounds = {"start": window.start.isoformat(), "end": window.end.isoformat()}
-    read = [e for _, e in record.events(bf)][1:]
-    assert read == [
-        {"ts": read[0]["ts"], "kind": "window", "dag": "a", "idx": 1, **bounds, "state": "waiting",
-         "reason": "DAG busy: run x is running"},
-        {"ts": read[1]["ts"], "kind": "window", "dag": "a", "idx": 1, **bounds, "state": "triggered", "reason": None,
-         "run": own},
-        {"ts": read[2]["ts"], "kind": "window", "dag": "a", "idx": 1, **bounds, "state": "success", "reason": None,
-         "duration": 2.5, "run": "manual__other"},
-    ]  # fmt: skip
+    at = {"ts": 1750000000.123, "kind": "window", "dag": "b", "idx": 1, **bounds}
+    assert [e for _, e in record.events(bf)][1:] == [
+        {**at, "state": "waiting", "reason": "DAG busy: run x is running"},
+        {**at, "state": "triggered", "reason": None, "run": own},
+        {**at, "state": "success", "reason": None, "run": "manual__other", "duration": 2.5},
+        old,
+    ]
+    assert [e["state"] for _, e in record.events(bf, after=record.events(bf)[1][0], count=2)] == [
+        "triggered",
+        "success",
+    ]
     # An empty reason clears the one recorded and is not stored.
-    assert "reason" not in json.loads(scratch_redis.hget(record.k_windows(bf, "a"), "1"))
-    assert record.window(bf, "a", 1).reason is None and record.dag(bf, "a").reason is None
+    assert "reason" not in json.loads(scratch_redis.hget(record.k_windows(bf, "b"), "1"))
+    assert record.window(bf, "b", 1).reason is None and record.dag(bf, "b").reason is None
+
+
+class FixedClock(Clock):
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
