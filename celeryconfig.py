@@ -35,6 +35,8 @@ BACKFILL_GLOBAL_MAX_RUNS       0                            windows in flight, a
 BACKFILL_LOG_FORMAT            text                         json: one JSON object per log line
 BACKFILL_REDIS_SOCKET_TIMEOUT  10                           seconds a Redis command may take
 BACKFILL_SLOT_STALE            0                            a throttle waiter unseen this long loses its place (0: auto)
+BACKFILL_NOTIFY_URL            (none)                       webhook of backfills without their own notify (a secret)
+BACKFILL_METRICS_PORT          (none)                       the worker serves Prometheus /metrics on this port
 =============================  ===========================  =========================================
 """
 

@@ -31,6 +31,7 @@ import urllib3
 from airflow_client import client as af
 from airflow_client.client.exceptions import ApiException
 
+from backfill import metrics
 from backfill.errors import (
     AirflowAuthError,
     AirflowConflict,
@@ -209,6 +210,7 @@ class AirflowClient:
         url = f"{self.config.url}/auth/token"
         body = {"username": self.config.username, "password": self.config.password or ""}
         self.requests += 1
+        began, status = time.monotonic(), None
         try:
             resp = self._http.request(
                 "POST",
@@ -218,10 +220,13 @@ class AirflowClient:
                 timeout=self.config.timeout,
                 retries=False,
             )
+            status = resp.status
         except urllib3.exceptions.SSLError as exc:
             raise AirflowTLSError(_tls_message(self.config.url, str(exc))) from None
         except urllib3.exceptions.HTTPError as exc:
             raise AirflowUnavailable(f"Airflow at {self.config.url} is unreachable: {exc}") from None
+        finally:
+            metrics.request_done("POST /auth/token", status, time.monotonic() - began)
         if resp.status in (401, 403):
             raise AirflowAuthError(
                 f"Airflow at {self.config.url} refused the credentials of user "
@@ -252,9 +257,14 @@ class AirflowClient:
             attempt += 1
             self._ensure_token()
             self.requests += 1
+            began = time.monotonic()
+            status: int | None = None
             try:
-                return fn(*args, _request_timeout=self.config.timeout, **kwargs)
+                answer = fn(*args, _request_timeout=self.config.timeout, **kwargs)
+                status = 200
+                return answer
             except ApiException as exc:
+                status = exc.status or 0
                 error = self._map(what, exc)
                 if exc.status in (401, 403) and not retried_auth and self.config.refreshable:
                     # Airflow 3 answers 403 "Invalid JWT token" to an expired or revoked
@@ -265,6 +275,8 @@ class AirflowClient:
                     continue
             except urllib3.exceptions.HTTPError as exc:
                 error = AirflowUnavailable(f"{what}: Airflow at {self.config.url} is unreachable ({exc})")
+            finally:
+                metrics.request_done(_endpoint(args), status, time.monotonic() - began)
             if not isinstance(error, AirflowUnavailable) or attempt >= tries:
                 raise error
             time.sleep(0.25 * 2 ** (attempt - 1))
@@ -432,6 +444,11 @@ class AirflowClient:
         self._call(f"fail run {run_id!r} of DAG {dag_id!r}", self._json, "PATCH",
                    "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}", path_params={"dag_id": dag_id, "dag_run_id": run_id},
                    query=[("update_mask", ["state"])], body={"state": RunState.FAILED})  # fmt: skip
+
+
+def _endpoint(args: tuple[Any, ...]) -> str:
+    """A request's metrics label: its method and path template (``GET /api/v2/dags/{dag_id}``)."""
+    return f"{args[0]} {args[1]}" if len(args) >= 2 and isinstance(args[1], str) else "other"
 
 
 def _tls_message(url: str, detail: str) -> str:

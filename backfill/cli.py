@@ -18,6 +18,7 @@ import redis
 
 from backfill.context import Context
 from backfill.errors import BackfillError
+from backfill.notify import check_notify
 from backfill.request import check_conf
 from backfill.settings import DEFAULT_REDIS_URL, Settings
 from backfill.status import render, status
@@ -96,6 +97,13 @@ def _request_options(fn: Any) -> Any:
             default=None,
             help="At most this many DAGs run a window at once (0: all; default BACKFILL_MAX_PARALLEL_DAGS).",
         ),
+        click.option(
+            "--notify",
+            default=None,
+            metavar="URL|JSON",
+            help="Webhook (Slack-compatible) told when the backfill ends or a DAG ends failed (default "
+            'BACKFILL_NOTIFY_URL); \'{"url": "...", "failed_windows": true}\' also of each failed window.',
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -103,13 +111,19 @@ def _request_options(fn: Any) -> Any:
 
 
 def _request(opts: dict[str, Any]) -> dict[str, Any]:
-    conf = opts["conf"]
+    conf, notify = opts["conf"], opts["notify"]
+    if notify and notify.lstrip().startswith("{"):
+        try:
+            notify = json.loads(notify)
+        except ValueError:
+            raise BackfillError(f"--notify: not valid JSON: {notify[:40]!r}") from None
     return dict(
         dags=list(opts["dags"]), start=opts["start"], end=opts["end"], batch=opts["batch"], tz=opts["tz"],
         reverse=opts["reverse"], conf=check_conf(conf, name="--conf") if conf is not None else None,
         on_failure=opts["on_failure"], reprocess=opts["reprocess"], unpause=opts["unpause"],
         on_conflict=opts["on_conflict"],
         max_parallel_dags=opts["max_parallel_dags"],
+        notify=check_notify(notify),
     )  # fmt: skip
 
 
@@ -240,6 +254,23 @@ def report(backfill_id: str, html_file: str | None, width: int, max_rows: int, n
         click.echo(f"wrote {html_file}")
         return
     click.echo(rep.text(data, width=width, max_rows=max_rows))
+
+
+@cli.command()
+@click.option("--port", default=9809, show_default=True, help="Serve /metrics on this port.")
+@click.option("--addr", default="0.0.0.0", show_default=True, help="Listen on this address.")
+@click.option("--keep", default=24.0, show_default=True, help="Hours an ended backfill stays exported.")
+@click.option("--once", is_flag=True, help="Print one scrape's metrics and exit.")
+def metrics(port: int, addr: str, keep: float, once: bool) -> None:
+    """Prometheus metrics of the backfills, from their records (no Airflow request)."""
+    from backfill import exporter
+
+    record = _services().record
+    if once:
+        click.echo(exporter.render(record, keep=keep * 3600), nl=False)
+        return
+    click.echo(f"serving backfill metrics on http://{addr}:{port}/metrics")
+    exporter.serve(record, port=port, addr=addr, keep=keep * 3600)
 
 
 @cli.command()

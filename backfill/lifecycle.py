@@ -31,9 +31,11 @@ from typing import Any, Protocol
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from backfill import metrics
 from backfill.context import Context
 from backfill.errors import AirflowUnavailable, BackfillNotFound, WindowFailed
 from backfill.model import BackfillParams
+from backfill.notify import message, target
 from backfill.record import WindowRecord, text
 from backfill.request import check_history, check_in_airflow, concurrency_warnings, new_backfill_id, with_schedules
 from backfill.runner import Step, slot_member
@@ -54,6 +56,15 @@ MAX_UNEXPECTED_ERRORS = 8
 TRANSIENT = (RedisError, OperationalError, AirflowUnavailable, ConnectionError, TimeoutError)
 
 
+def _counts(counts: dict[str, int]) -> dict[str, int]:
+    return {str(s): counts.get(s, 0) for s in TERMINAL_ORDER}
+
+
+def _count_redis_error(exc: BaseException, task: str) -> None:
+    if isinstance(exc, RedisError):
+        metrics.REDIS_ERRORS.labels(task).inc()
+
+
 class Publisher(Protocol):
     """How chains reach the broker: Celery canvases in the workers, a simulated broker in the harness."""
 
@@ -62,6 +73,9 @@ class Publisher(Protocol):
 
     def segment(self, params: BackfillParams, dag: str, first_seq: int) -> None:
         """Publish the next segment of ``dag``'s chain, from ``first_seq``."""
+
+    def notify(self, backfill_id: str, event: str, body: dict[str, Any]) -> None:
+        """Publish one webhook notification (``backfill.notify``); sent apart from the backfill."""
 
 
 class Delivery(Protocol):
@@ -203,6 +217,7 @@ class Lifecycle:
 
     def _error(self, bf: str, dag: str, seq: int, exc: Exception, *, errors: int, calls: int) -> Next:
         delay = min(self.ctx.settings.retry_max, 2.0**errors)
+        _count_redis_error(exc, "run_window")
         if isinstance(exc, TRANSIENT) or errors < MAX_UNEXPECTED_ERRORS:
             # Every step is safe to repeat: try again with backoff. Redis errors are never given
             # up on: recording the failure needs Redis too.
@@ -232,6 +247,8 @@ class Lifecycle:
         if step.state == WindowState.CANCELLED:
             self.close_dag(params, dag, reason="backfill cancelled")
             return Next(chain=False, result=result)
+        if step.state == WindowState.FAILED and not step.repeat:
+            self._notify(params, "window_failed", dag=dag, window=window.label(), reason=step.reason)
         if step.state == WindowState.FAILED and params.on_failure == "stop":
             return self.stop_dag(params, dag, seq, window.label(), step.reason, result)
         if repeat_check and step.repeat and seq + 1 < params.count(dag):
@@ -269,6 +286,7 @@ class Lifecycle:
             raise
         except Exception as exc:
             delay = min(ctx.settings.retry_max, 2.0**errors)
+            _count_redis_error(exc, "continue_dag")
             log.warning("%s %s: could not continue at #%d (%r), retrying in %.0f s", backfill_id, dag, seq + 1, exc,
                         delay)  # fmt: skip
             return Next(retry_in=delay, errors=errors + 1)
@@ -284,6 +302,8 @@ class Lifecycle:
         else:
             state = DagState.SUCCEEDED
         left = ctx.record.finish_dag(params, dag, state, reason=reason)
+        if left >= 0 and state == DagState.FAILED:
+            self._notify(params, "dag_failed", dag=dag, reason=reason, counts=_counts(counts))
         if left >= 0:
             log.info(
                 "%s %s DAG %s: %s success, %s failed, %s skipped, %s not run, %s cancelled%s",
@@ -293,7 +313,23 @@ class Lifecycle:
         if left == 0:
             meta = ctx.record.meta(params.backfill_id)
             log.info("%s backfill %s", params.backfill_id, meta.get("state", "?").upper())
+            if target(params.notify, ctx.settings.notify_url):
+                each = [ctx.record.dag(params.backfill_id, d).counts for d in params.dags]
+                totals = {str(s): sum(c[s] for c in each) for s in TERMINAL_ORDER}
+                self._notify(params, "backfill_ended", state=meta.get("state", "?"), counts=totals)
         return {"dag": dag, "state": state}
+
+    def _notify(self, params: BackfillParams, event: str, *, state: str | None = None, **facts: Any) -> None:
+        """Publish a notification if the backfill has a webhook (and wants this event). Never
+        raises: a notification that cannot be published is logged, the backfill goes on."""
+        to = target(params.notify, self.ctx.settings.notify_url)
+        if to is None or (event == "window_failed" and not to.failed_windows):
+            return
+        state = state or (WindowState.FAILED if event == "window_failed" else DagState.FAILED)
+        try:
+            self.publisher.notify(params.backfill_id, event, message(event, params.backfill_id, state=state, **facts))
+        except Exception as exc:
+            log.warning("%s: could not publish the %s notification (%r)", params.backfill_id, event, exc)
 
     def cancel_dag(self, params: BackfillParams, dag: str, *, reason: str, fail_running: bool = False) -> int:
         """Record every unfinished window of the DAG as cancelled, free its lock and slots, close it.

@@ -43,6 +43,8 @@ class BackfillParams:
     on_conflict: str = "refuse"
     # Per DAG, its schedule as Airflow states it: [timetable_summary, timezone] (backfill.schedule).
     schedules: dict[str, list[str | None]] = field(default_factory=dict)
+    # Webhook of this backfill ({"url", "failed_windows"}, backfill.notify); None: BACKFILL_NOTIFY_URL.
+    notify: dict[str, Any] | None = None
 
     @cached_property
     def spec(self) -> WindowSpec:

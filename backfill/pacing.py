@@ -11,8 +11,10 @@ Airflow's own run records (free of our polling delay and of clock skew):
 each with its usual deviation. The looks then cluster around the expected end: sleep until one
 deviation before it, then look every half deviation (but at least every 7.5 % of the run's
 length, so long runs stay cheap) until three deviations after it, then back off by half of the
-time the run is late (a run much longer than usual is not hammered). With nothing learnt: look at 1 s, then
-every half of the time waited so far.
+time the run is late (a run much longer than usual is not hammered). With nothing learnt (a DAG
+without successes in Airflow, its first window): look every second, then every fifth of the time
+waited so far, so the end is seen at most a fifth of the run's length late, for a number of
+looks logarithmic in it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ MIN_SPREAD = 0.05
 # Around the expected end, look at least this share of the run's length apart: a long run's end
 # seen a little late costs a few per cent of its length; looked at too often, it costs the looks.
 TICK = 0.075
+# With nothing learnt, look again after this share of the time waited: the end is seen at most
+# this share of the run's length late (a half cost a DAG's first 20 s run up to 5 s of handoff in
+# bench B4), for about 1 / UNLEARNT + log(length) / log(1 + UNLEARNT) looks.
+UNLEARNT = 0.2
 FIELDS = ("avg_duration", "dev_duration", "avg_run", "dev_run")  # in the DAG's record
 
 
@@ -71,7 +77,7 @@ def next_look(pace: Pace, elapsed: float, *, started: float | None = None, floor
             # Later than usual: back off with the delay, at most half of it lost again.
             delay = max(tick, 0.5 * (elapsed - expected))
     else:
-        delay = max(0.5 * elapsed, 1.0)
+        delay = max(UNLEARNT * elapsed, 1.0)
     return min(ceiling, max(floor, delay))
 
 

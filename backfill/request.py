@@ -16,6 +16,7 @@ from backfill.airflow import AirflowClient, DagInfo
 from backfill.errors import AirflowNotFound, InputError
 from backfill.history import ON_CONFLICT, Verdict, survey
 from backfill.model import BackfillParams
+from backfill.notify import check_notify
 from backfill.windows import window_spec
 
 ON_FAILURE = ("stop", "continue")
@@ -41,6 +42,7 @@ class Request:
     unpause: bool = False
     max_parallel_dags: int = 0
     on_conflict: str = "refuse"
+    notify: str | dict[str, Any] | None = None
 
 
 def new_backfill_id() -> str:
@@ -105,6 +107,7 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
     if isinstance(mpd, bool) or not isinstance(mpd, int) or mpd < 0:
         raise InputError(f"max_parallel_dags: expected a whole number >= 0 (0 = no limit), got {mpd!r}")
     conf = check_conf(request.conf)
+    notify = check_notify(request.notify)
     spec = window_spec(request.start, request.end, request.batch, tz=request.tz, max_windows=max_windows)
     last = spec.window(spec.count - 1)
     now = datetime.now(UTC)
@@ -137,6 +140,7 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         created_at=time.time(),
         max_parallel_dags=mpd,
         on_conflict=request.on_conflict,
+        notify=notify,
     )
 
 

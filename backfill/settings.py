@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from backfill.airflow import AirflowConfig
 from backfill.errors import InputError
+from backfill.notify import check_url, redact
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_AIRFLOW_URL = "http://localhost:8080"
@@ -42,6 +43,7 @@ class Settings:
     log_format: str = "text"  # or "json": one JSON object per line, for log shippers
     redis_socket_timeout: float = 10.0  # seconds a Redis command may take before it counts as an error
     slot_stale: float = 0.0  # a waiter not seen this long leaves the throttle's line; 0: max(10, 4 x busy_poll)
+    notify_url: str = field(default="", repr=False)  # webhook of every backfill without its own notify (a secret)
 
     def __post_init__(self) -> None:
         for name in (
@@ -70,6 +72,10 @@ class Settings:
             raise InputError(
                 f"setting AIRFLOW_READ_ATTEMPTS: must be 1 to {MAX_READ_ATTEMPTS} (tries of a read, with backoff "
                 f"between them), got {self.airflow.read_attempts!r}"
+            )
+        if self.notify_url and not check_url(self.notify_url):
+            raise InputError(
+                f"setting BACKFILL_NOTIFY_URL: expected an http:// or https:// URL, got {redact(self.notify_url)}"
             )
         if self.log_format not in ("text", "json"):
             raise InputError(f"setting log_format: must be 'text' or 'json', got {self.log_format!r}")

@@ -163,6 +163,7 @@ class Sim:
 
     def __init__(self, schedule: Schedule, redis_url: str) -> None:
         self.schedule = schedule
+        self.notifications: list[tuple[str, dict[str, Any]]] = []
         self.world = world = World(schedule.seed, rates=schedule.rates, faults=[replace(f) for f in schedule.faults])
         world.fail_rate, world.durations, world.skews = schedule.fail_rate, schedule.durations, schedule.skews
         self.airflow = FakeAirflow(world, [replace(d) for d in schedule.dags])
@@ -222,6 +223,9 @@ class Sim:
         links.append(("continue", {"backfill_id": bf, "dag_id": dag, "seq": last}))
         (task, kwargs), *rest = links
         self.world.publish(Message(task, kwargs, rest, bf))
+
+    def notify(self, backfill_id: str, event: str, body: dict[str, Any]) -> None:  # Publisher
+        self.notifications.append((event, body))
 
     def requeue(self, msg: Message) -> None:
         self.world.in_flight += 1

@@ -1,11 +1,12 @@
 """The Celery application, configured from ``celeryconfig.py``."""
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery, signals
 
-from workers import lean_retry, transport
+from workers import lean_retry, metrics, transport
 
 lean_retry.install()  # a look at a run is a Celery retry: no traceback for it (see the module)
 transport.install()  # one Redis client per broker channel, not one per command (see the module)
@@ -18,6 +19,16 @@ app.config_from_object("celeryconfig")
 # hundreds of lines a minute that say nothing the orchestrator's own line per state change does
 # not (and formatting them was a tenth of a worker's CPU, bench B4). Errors still show.
 QUIET = ("celery.worker.strategy", "celery.app.trace")
+
+
+@signals.worker_init.connect
+def _reset_metrics(**_: Any) -> None:
+    metrics.reset(os.environ)
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    metrics.serve(os.environ)  # after the pool forked: its processes must not inherit the socket
 
 
 @signals.worker_ready.connect

@@ -26,12 +26,15 @@ from celery.canvas import Signature
 from celery.exceptions import Reject, Retry
 from celery.utils.functional import maybe_list
 from celery.worker import state as worker_state
+from redis.exceptions import RedisError
 
+from backfill import metrics
 from backfill.commands import resume_params
 from backfill.context import Context
 from backfill.errors import BackfillNotFound, WindowFailed
 from backfill.lifecycle import TRANSIENT, Lifecycle, Next, settle
 from backfill.model import BackfillParams
+from backfill.notify import ATTEMPTS, WebhookError, post, target
 from backfill.preview import preview
 from backfill.request import (
     Request,
@@ -66,6 +69,11 @@ class CeleryPublisher:
     def segment(self, params: BackfillParams, dag: str, first_seq: int) -> None:
         segment(params, dag, first_seq).apply_async(add_to_parent=False)
 
+    def notify(self, backfill_id: str, event: str, body: dict[str, Any]) -> None:
+        # A few quick tries only: the window publishing it must not wait minutes on a broker outage.
+        notify.apply_async(kwargs={"backfill_id": backfill_id, "event": event, "body": body}, add_to_parent=False,
+                           retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})  # fmt: skip
+
 
 def lifecycle() -> Lifecycle:
     return Lifecycle(context(), CeleryPublisher())
@@ -92,6 +100,7 @@ def submit_backfill(
     on_conflict: str | None = None,
     dry_run: bool = False,
     resume: str | None = None,
+    notify: str | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Plan a backfill of ``dags`` over [start, end] in ``batch`` windows and start it.
 
@@ -101,6 +110,8 @@ def submit_backfill(
     something else: ``"refuse"`` the backfill (the default) or ``"skip"`` those windows.
     ``resume=ID`` starts a new backfill of the windows of backfill ``ID`` that did not
     succeed, with its rules (``on_conflict`` may be given anew); the other arguments are ignored.
+    ``notify``: a webhook URL (or ``{"url": ..., "failed_windows": true}``) told when the
+    backfill ends and when a DAG ends failed (``backfill.notify``); default BACKFILL_NOTIFY_URL.
     Raises ``InputError`` (nothing triggered) for bad input, unknown or paused DAGs.
     """
     ctx = context()
@@ -112,6 +123,7 @@ def submit_backfill(
         request = Request(
             dags=dags or [], start=start, end=end, batch=batch, tz=tz, reverse=reverse, conf=conf,
             on_failure=on_failure, reprocess=reprocess, unpause=unpause, on_conflict=on_conflict or "refuse",
+            notify=notify,
             max_parallel_dags=ctx.settings.max_parallel_dags if max_parallel_dags is None else max_parallel_dags,
         )  # fmt: skip
         params = validate(request, max_windows=ctx.settings.max_windows)
@@ -121,6 +133,8 @@ def submit_backfill(
     try:
         params, warnings, published = life.submit(params, task_id=self.request.id, unpause=unpause)
     except TRANSIENT as exc:
+        if isinstance(exc, RedisError):
+            metrics.REDIS_ERRORS.labels("submit_backfill").inc()
         if not life.retry_submit(self.request.id):
             raise  # nothing recorded: the caller gets the error, nothing runs
         raise _again(self, min(ctx.settings.retry_max, 5.0), dict(self.request.kwargs)) from exc
@@ -145,6 +159,33 @@ def summary(params: BackfillParams) -> dict[str, Any]:
         "resumes": params.lineage[-1] if params.lineage else None,
         "status": f"backfill status {params.backfill_id}",
     }
+
+
+# -- notifications ------------------------------------------------------------------------
+
+
+@app.task(bind=True, name="backfill.notify", ignore_result=True, max_retries=ATTEMPTS - 1)
+def notify(self: Task, *, backfill_id: str, event: str, body: dict[str, Any]) -> int | None:
+    """POST one notification to the backfill's webhook (``backfill.notify``). The URL is read
+    from the record or the settings here, not carried in the message: Flower shows a task's
+    arguments, and the URL is a secret. Retried with backoff; never fails the backfill."""
+    ctx = context()
+    try:
+        to = target(ctx.record.params(backfill_id).notify, ctx.settings.notify_url)
+    except BackfillNotFound:
+        return None
+    if to is None:
+        return None
+    try:
+        return post(to.url, body)
+    except WebhookError as exc:
+        if exc.retry and self.request.retries < ATTEMPTS - 1:
+            delay = 2.0 ** (self.request.retries + 1)
+            log.warning("%s %s notification: %s, retrying in %.0f s", backfill_id, event, exc, delay)
+            raise self.retry(countdown=delay) from None
+        log.error("%s %s notification not delivered: %s (after %d tries)", backfill_id, event, exc,
+                  self.request.retries + 1)  # fmt: skip
+        return None
 
 
 # -- chains -------------------------------------------------------------------------------

@@ -4,9 +4,11 @@ against a real Airflow."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from backfill.pacing import MIN_DEV, TICK, Pace, learn, next_look, seed
+from backfill.pacing import MIN_DEV, TICK, UNLEARNT, Pace, learn, next_look, seed
 
 FLOOR, CEILING = 0.05, 60.0  # the default poll_min and poll_max
 
@@ -49,8 +51,16 @@ def test_once_started_the_end_is_expected_from_the_start() -> None:
 @pytest.mark.parametrize("end", [2.0, 5.0, 60.0, 600.0])
 def test_with_nothing_learnt_looks_grow_with_the_wait(end: float) -> None:
     n, late = looks(Pace(), end=end)
-    assert n <= 4 * len(str(int(end))) + 10, n  # logarithmic in the run's length, then poll_max apart
-    assert late <= max(1.0, 0.5 * end), late
+    # Every second up to 1 / UNLEARNT s, then logarithmic in the run's length, then poll_max apart.
+    assert n <= 1 / UNLEARNT + math.log(end) / math.log(1 + UNLEARNT) + end / CEILING, n
+    assert late <= max(1.0, UNLEARNT * end), late  # a 20 s first run's end seen within 4 s, not 10
+
+
+def test_a_first_window_of_20_s_is_seen_ended_within_a_fifth_of_it() -> None:
+    # bench B4's shape: 20 s runs (+-10 %) queued 0.5 s, on a DAG with no history to learn from.
+    for end in (18.5, 20.5, 22.5):
+        n, late = looks(Pace(), end=end)
+        assert late <= 3.5 and n <= 15, (end, n, late)
 
 
 def test_a_run_far_longer_than_learnt_is_not_hammered() -> None:
