@@ -116,7 +116,7 @@ def _request(opts: dict[str, Any]) -> dict[str, Any]:
         try:
             notify = json.loads(notify)
         except ValueError:
-            raise BackfillError(f"--notify: not valid JSON: {notify[:40]!r}") from None
+            raise BackfillError("--notify: not valid JSON (expected a URL or a JSON object)") from None
     return dict(
         dags=list(opts["dags"]), start=opts["start"], end=opts["end"], batch=opts["batch"], tz=opts["tz"],
         reverse=opts["reverse"], conf=check_conf(conf, name="--conf") if conf is not None else None,

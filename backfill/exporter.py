@@ -39,6 +39,7 @@ from typing import Any, cast
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from backfill.errors import BackfillNotFound
 from backfill.model import BackfillParams
 from backfill.record import DagRecord, Record, WindowRecord
 from backfill.runner import WAIT_OUTAGE
@@ -110,7 +111,10 @@ class RecordCollector(Collector):
         g = _Families()
         now = self.record.clock.now()
         for bf in self.record.recent(self.limit):
-            meta = self.record.meta(bf)
+            try:
+                meta = self.record.meta(bf)
+            except BackfillNotFound:  # expired: the index is pruned only at the next submit
+                continue
             if not meta.get("params"):
                 continue
             finished = float(meta["finished_at"]) if meta.get("finished_at") else None
@@ -154,7 +158,7 @@ class RecordCollector(Collector):
                 else:
                     n = 1 if current == state else 0
                 g.windows.add_metric([bf, dag, state.value], n)
-            for _, label in WAIT_REASONS:
+            for label in (*(label for _, label in WAIT_REASONS), "other"):
                 g.waiting.add_metric([bf, dag, label], 1 if current == WindowState.WAITING and
                                      wait_reason(info.reason) == label else 0)  # fmt: skip
             g.dag_failed.add_metric([bf, dag], 1 if info.state == DagState.FAILED else 0)

@@ -51,5 +51,9 @@ def outcome_of(status: int | None) -> str:
 
 
 def request_done(endpoint: str, status: int | None, seconds: float) -> None:
-    AIRFLOW_REQUESTS.labels(endpoint, outcome_of(status)).inc()
-    AIRFLOW_SECONDS.labels(endpoint).observe(seconds)
+    """Count one request. Never raises: a metric must not change the request's outcome."""
+    try:
+        AIRFLOW_REQUESTS.labels(endpoint, outcome_of(status)).inc()
+        AIRFLOW_SECONDS.labels(endpoint).observe(seconds)
+    except Exception:
+        pass

@@ -35,9 +35,12 @@ class Target:
 
 def redact(url: str) -> str:
     """What may be shown of a webhook URL: its scheme and host."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}/..."
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(an unparsable URL)"
+    return f"{parts.scheme}://{parts.hostname or '?'}{f':{port}' if port else ''}/..."
 
 
 def check_notify(value: Any) -> dict[str, Any] | None:
@@ -55,7 +58,7 @@ def check_notify(value: Any) -> dict[str, Any] | None:
         raise InputError(f"notify: unknown key {unknown[0]!r} (known: url, failed_windows)")
     url = value.get("url")
     if not isinstance(url, str) or not check_url(url):
-        shown = redact(url) if isinstance(url, str) and "://" in url else repr(url)[:40]
+        shown = redact(url) if isinstance(url, str) and "://" in url else f"a {type(url).__name__}"
         raise InputError(f"notify: expected an http:// or https:// URL with a host, got {shown}")
     failed_windows = value.get("failed_windows", False)
     if not isinstance(failed_windows, bool):
@@ -64,7 +67,11 @@ def check_notify(value: Any) -> dict[str, Any] | None:
 
 
 def check_url(url: str) -> bool:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a port out of range)
+    except ValueError:
+        return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import MutableMapping
 
@@ -25,6 +26,11 @@ def prepare(env: MutableMapping[str, str]) -> str | None:
     path = env.get(MULTIPROC) or tempfile.mkdtemp(prefix="backfill-metrics-")
     os.makedirs(path, exist_ok=True)
     env[MULTIPROC] = path
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:
+        # Imported already (celery loads its command plugins, Flower's among them, before
+        # ``-A workers``): choose the mode again; our metrics are built after this.
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
     return path
 
 
