@@ -220,11 +220,12 @@ def cancel(backfill_id: str, fail_running: bool, as_json: bool) -> None:
     """Stop every remaining window of BACKFILL_ID (and nothing of another backfill)."""
     from backfill.commands import cancel as do_cancel
     from workers.app import app
+    from workers.tasks import CeleryPublisher
 
     def revoke(bf: str) -> None:
         app.control.revoke_by_stamped_headers({"backfill_id": bf})
 
-    out = do_cancel(_services(), backfill_id, fail_running=fail_running, revoke=revoke)
+    out = do_cancel(_services(), backfill_id, fail_running=fail_running, revoke=revoke, publisher=CeleryPublisher())
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return

@@ -29,7 +29,7 @@ from typing import Any
 from backfill.airflow import RunInfo
 from backfill.context import Context
 from backfill.errors import InputError
-from backfill.lifecycle import Lifecycle
+from backfill.lifecycle import Lifecycle, Publisher
 from backfill.model import BackfillParams
 from backfill.request import new_backfill_id
 from backfill.states import DONE, FINISHED, DagState
@@ -47,8 +47,12 @@ def cancel(
     fail_running: bool = False,
     revoke: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    publisher: Publisher | None = None,
 ) -> dict[str, Any]:
-    """Cancel backfill ``bf`` (see the module docstring). Touches nothing of another backfill."""
+    """Cancel backfill ``bf`` (see the module docstring). Touches nothing of another backfill.
+
+    ``publisher``: where the backfill's "ended cancelled" notification is published (the
+    CLI passes the workers' one); without it, no notification."""
     params = ctx.record.params(bf)
     state = ctx.record.meta(bf).get("state")
     if state in (DagState.SUCCEEDED, DagState.FAILED):
@@ -57,7 +61,7 @@ def cancel(
     if revoke is not None:
         revoke(bf)
     reason = "backfill cancelled"
-    life = Lifecycle(ctx)
+    life = Lifecycle(ctx, publisher)
     windows = sum(life.cancel_dag(params, dag, reason=reason, fail_running=fail_running) for dag in params.dags)
     ctx.throttle.release_backfill(bf)
     failed: list[str] = []

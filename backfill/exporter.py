@@ -25,11 +25,13 @@ and, from the windows' events read as they are written (since this process start
 
 - ``backfill_handoff_seconds``: a histogram of the time from a run's end (Airflow's end date,
   placed on our clock) to the trigger of its DAG's next window;
-- ``backfill_waits_total{reason}``: windows that started waiting, by why.
+- ``backfill_waits_total{reason}``: windows that started waiting, by why (the first reason of
+  a wait: a wait whose reason changes counts once).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -106,8 +108,17 @@ class RecordCollector(Collector):
         self._tails: dict[str, _Tail] = {}
         self._handoffs = _Histogram()
         self._waits: dict[str, int] = {}
+        self._waiting: set[tuple[str, str, int]] = set()  # windows waiting now (bf, dag, idx)
+        # The HTTP server collects in a thread per scrape: two scrapes must not read the same
+        # events twice (each would count them).
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            return iter(self._collect())
+
+    def _collect(self) -> list[Metric]:
+        out: list[Metric] = []
         g = _Families()
         now = self.record.clock.now()
         for bf in self.record.recent(self.limit):
@@ -123,14 +134,15 @@ class RecordCollector(Collector):
             params = self.record.params(bf)
             self._read_events(bf, params, float(meta.get("created_at") or 0), finished)
             self._backfill(g, bf, params, meta, now)
-        yield from g.all()
-        yield self._handoffs.family(
+        out += g.all()
+        out.append(self._handoffs.family(
             "backfill_handoff_seconds", "From a run's end (Airflow's end date) to the trigger of its DAG's next window"
-        )
+        ))  # fmt: skip
         waits = CounterMetricFamily("backfill_waits", "Windows that started waiting, by why", labels=["reason"])
         for reason, n in sorted(self._waits.items()):
             waits.add_metric([reason], n)
-        yield waits
+        out.append(waits)
+        return out
 
     # -- gauges from the record ---------------------------------------------------------------
 
@@ -204,16 +216,23 @@ class RecordCollector(Collector):
                 tail.after = event_id
                 if event.get("kind") != "window":
                     continue
-                if event["state"] == WindowState.WAITING:
+                key = (bf, event["dag"], int(event["idx"]))
+                if event["state"] != WindowState.WAITING:
+                    self._waiting.discard(key)
+                elif key not in self._waiting:
+                    # A wait's reason changes as it goes on (busy, then locked...): one wait.
+                    self._waiting.add(key)
                     label = wait_reason(event.get("reason"))
                     self._waits[label] = self._waits.get(label, 0) + 1
-                elif event["state"] == WindowState.TRIGGERED:
+                if event["state"] == WindowState.TRIGGERED:
                     gap = self._handoff(bf, params, event)
                     if gap is not None:
                         self._handoffs.observe(gap)
             if len(events) < 1000:
                 break
         tail.done = finished is not None
+        if tail.done:
+            self._waiting = {key for key in self._waiting if key[0] != bf}
 
     def _last_event(self, bf: str) -> tuple[bytes, dict[bytes, bytes]] | None:
         found = cast(

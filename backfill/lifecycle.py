@@ -247,7 +247,9 @@ class Lifecycle:
         if step.state == WindowState.CANCELLED:
             self.close_dag(params, dag, reason="backfill cancelled")
             return Next(chain=False, result=result)
-        if step.state == WindowState.FAILED and not step.repeat:
+        if step.state == WindowState.FAILED:
+            # On every delivery (a crash may have come between the failure and this publish):
+            # the notification's marker keeps it to one.
             self._notify(params, "window_failed", dag=dag, window=window.label(), reason=step.reason)
         if step.state == WindowState.FAILED and params.on_failure == "stop":
             return self.stop_dag(params, dag, seq, window.label(), step.reason, result)
@@ -302,7 +304,9 @@ class Lifecycle:
         else:
             state = DagState.SUCCEEDED
         left = ctx.record.finish_dag(params, dag, state, reason=reason)
-        if left >= 0 and state == DagState.FAILED:
+        if state == DagState.FAILED:
+            # Also when closed before (left == -1): a crash may have come between the close and
+            # this publish; the notification's marker keeps it to one.
             self._notify(params, "dag_failed", dag=dag, reason=reason, counts=_counts(counts))
         if left >= 0:
             log.info(
@@ -310,26 +314,36 @@ class Lifecycle:
                 params.backfill_id, dag, state.upper(), *(counts[s] for s in TERMINAL_ORDER),
                 f" ({reason})" if reason else "",
             )  # fmt: skip
-        if left == 0:
+        to = target(params.notify, ctx.settings.notify_url)
+        if left == 0 or (left < 0 and to is not None):
             meta = ctx.record.meta(params.backfill_id)
-            log.info("%s backfill %s", params.backfill_id, meta.get("state", "?").upper())
-            if target(params.notify, ctx.settings.notify_url):
+            ended = meta.get("state") in (DagState.SUCCEEDED, DagState.FAILED, DagState.CANCELLED)
+            if left == 0:
+                log.info("%s backfill %s", params.backfill_id, meta.get("state", "?").upper())
+            if to is not None and ended:
                 each = [ctx.record.dag(params.backfill_id, d).counts for d in params.dags]
                 totals = {str(s): sum(c[s] for c in each) for s in TERMINAL_ORDER}
                 self._notify(params, "backfill_ended", state=meta.get("state", "?"), counts=totals)
         return {"dag": dag, "state": state}
 
     def _notify(self, params: BackfillParams, event: str, *, state: str | None = None, **facts: Any) -> None:
-        """Publish a notification if the backfill has a webhook (and wants this event). Never
-        raises: a notification that cannot be published is logged, the backfill goes on."""
-        to = target(params.notify, self.ctx.settings.notify_url)
-        if to is None or (event == "window_failed" and not to.failed_windows):
+        """Publish a notification if the backfill has a webhook (and wants this event), once.
+
+        Called again by every redelivery of the step that caused it; a marker in Redis, set
+        after the publish, keeps it to one (a crash between the two sends it twice: at least
+        once, never lost). A Redis or broker error raises, as any in the step: the step is
+        retried, and this with it (swallowing it would lose the notification)."""
+        ctx = self.ctx
+        to = target(params.notify, ctx.settings.notify_url)
+        if to is None or (event == "window_failed" and not to.failed_windows) or self._publisher is None:
             return
         state = state or (WindowState.FAILED if event == "window_failed" else DagState.FAILED)
-        try:
-            self.publisher.notify(params.backfill_id, event, message(event, params.backfill_id, state=state, **facts))
-        except Exception as exc:
-            log.warning("%s: could not publish the %s notification (%r)", params.backfill_id, event, exc)
+        marker = ":".join((ctx.record.k_meta(params.backfill_id), "notified", event, facts.get("dag") or "",
+                           facts.get("window") or ""))  # fmt: skip
+        if ctx.redis.exists(marker):
+            return
+        self.publisher.notify(params.backfill_id, event, message(event, params.backfill_id, state=state, **facts))
+        ctx.redis.set(marker, 1, ex=ctx.settings.record_ttl)
 
     def cancel_dag(self, params: BackfillParams, dag: str, *, reason: str, fail_running: bool = False) -> int:
         """Record every unfinished window of the DAG as cancelled, free its lock and slots, close it.

@@ -43,6 +43,15 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or '?'}{f':{port}' if port else ''}/..."
 
 
+def redacted(notify: Any) -> Any:
+    """``notify`` as it may be shown (its URL redacted), whatever shape it was given in."""
+    if isinstance(notify, str):
+        return redact(notify)
+    if isinstance(notify, dict) and isinstance(notify.get("url"), str):
+        return {**notify, "url": redact(notify["url"])}
+    return notify
+
+
 def check_notify(value: Any) -> dict[str, Any] | None:
     """``notify`` as given (None, a URL, or ``{"url": ..., "failed_windows": bool}``), checked."""
     if value is None or value == "":

@@ -78,6 +78,18 @@ def check(sim: Sim) -> list[str]:
                             f"10 {bf} {dag}: run {run.run_id} {e.state or 'still active'} after cancel --fail-running"
                         )
 
+    # 11: notifications (every backfill has a webhook here), at least once, never of what did not happen.
+    told = Counter((b["backfill_id"], event, b.get("dag"), b["state"]) for event, b in sim.notifications)
+    for bf, p in params.items():
+        state = record.meta(bf).get("state")
+        ended = [k for k in told if k[:2] == (bf, "backfill_ended")]
+        if state in ("succeeded", "failed", "cancelled") and ended != [(bf, "backfill_ended", None, state)]:
+            out.append(f"11 {bf}: ended {state}, notified {ended or 'nothing'}")
+        for dag in p.dags:
+            failed = record.dag(bf, dag).state == "failed"
+            if failed != ((bf, "dag_failed", dag, "failed") in told):
+                out.append(f"11 {bf} {dag}: DAG {record.dag(bf, dag).state}, dag_failed notified {not failed}")
+
     # 1, 2, 3: from the stand-in's executions and actions.
     for dag, runs in airflow.runs.items():
         ours = sorted(((e.active_from, e.ended if e.ended is not None else float("inf"), e.by, run.run_id)

@@ -173,7 +173,8 @@ class Sim:
                 self.airflow.add_run(dag, f"scheduled__{day(d).isoformat()}", day(d), interval, "scheduled",
                                      state=state)  # fmt: skip
         self.settings = Settings(
-            redis_url=redis_url, key_prefix="bf", busy_poll=20, poll_max=60, retry_max=60, give_up_after=600,
+            redis_url=redis_url, key_prefix="bf", notify_url="http://hook.invalid/x",  # invariant 11
+            busy_poll=20, poll_max=60, retry_max=60, give_up_after=600,
             global_max_runs=schedule.global_max_runs, segment_size=schedule.segment_size,
             **({"lock_ttl": schedule.lock_ttl} if schedule.lock_ttl else {}),
         )  # fmt: skip
@@ -295,7 +296,7 @@ class Sim:
             self.cancels.setdefault(action.target, world.t)
             with contextlib.suppress(InputError, BackfillNotFound):
                 cancel(self.context(), action.target, fail_running=action.kind == "cancel_fail",
-                       revoke=world.revoked.add, sleep=world.sleep)  # fmt: skip
+                       revoke=world.revoked.add, sleep=world.sleep, publisher=self)  # fmt: skip
                 if action.kind == "cancel_fail":
                     self.cancel_done.setdefault(action.target, world.t)
         elif action.kind == "resume":

@@ -34,7 +34,7 @@ from backfill.context import Context
 from backfill.errors import BackfillNotFound, WindowFailed
 from backfill.lifecycle import TRANSIENT, Lifecycle, Next, settle
 from backfill.model import BackfillParams
-from backfill.notify import ATTEMPTS, WebhookError, post, target
+from backfill.notify import ATTEMPTS, TIMEOUT, WebhookError, post, redacted, target
 from backfill.preview import preview
 from backfill.request import (
     Request,
@@ -82,7 +82,18 @@ def lifecycle() -> Lifecycle:
 # -- submit -------------------------------------------------------------------------------
 
 
-@app.task(bind=True, name="backfill.submit_backfill", max_retries=None)
+class _SubmitTask(Task):  # type: ignore[misc]
+    """``submit_backfill``'s class: a webhook URL given as ``notify`` is a secret (Slack's carry
+    their token), and Flower, ``celery inspect`` and the workers' logs show a task's arguments
+    from the message's ``kwargsrepr``: that shows the URL's host only."""
+
+    def apply_async(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+        if kwargs and kwargs.get("notify") and "kwargsrepr" not in options:
+            options["kwargsrepr"] = repr({**kwargs, "notify": redacted(kwargs["notify"])})
+        return super().apply_async(args, kwargs, **options)
+
+
+@app.task(bind=True, base=_SubmitTask, name="backfill.submit_backfill", max_retries=None)
 def submit_backfill(
     self: Task,
     dags: list[str] | None = None,
@@ -164,7 +175,12 @@ def summary(params: BackfillParams) -> dict[str, Any]:
 # -- notifications ------------------------------------------------------------------------
 
 
-@app.task(bind=True, name="backfill.notify", ignore_result=True, max_retries=ATTEMPTS - 1)
+# A notification shares the workers' queue; it holds a process for one POST at most (the
+# retries are countdowns), and the limits cut a webhook that never answers.
+@app.task(
+    bind=True, name="backfill.notify", ignore_result=True, max_retries=ATTEMPTS - 1,
+    soft_time_limit=3 * TIMEOUT, time_limit=4 * TIMEOUT,
+)  # fmt: skip
 def notify(self: Task, *, backfill_id: str, event: str, body: dict[str, Any]) -> int | None:
     """POST one notification to the backfill's webhook (``backfill.notify``). The URL is read
     from the record or the settings here, not carried in the message: Flower shows a task's

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import ssl
 import threading
 import time
+import urllib.request
 from itertools import pairwise
 from typing import Any
 
@@ -135,3 +137,57 @@ class Proxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+
+class Webhook:
+    """A local HTTP endpoint that records the JSON bodies POSTed to it, as a chat's webhook
+    would receive them; the first ``fail_first`` POSTs are answered 503 (to see retries)."""
+
+    def __init__(self, *, fail_first: int = 0) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies: list[dict[str, Any]] = []
+        self.statuses: list[int] = []
+        self.paths: list[str] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status = 503 if len(hook.statuses) < fail_first else 200
+                hook.statuses.append(status)
+                hook.paths.append(self.path)
+                if status == 200:
+                    hook.bodies.append(json.loads(raw))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One Prometheus scrape of ``127.0.0.1:port``: {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def samples(scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> dict[
+        tuple[tuple[str, str], ...], float]:  # fmt: skip
+    """The samples of ``name`` whose labels include ``labels``."""
+    return {lab: v for (n, lab), v in scraped.items() if n == name and all((k, w) in lab for k, w in labels.items())}

@@ -7,14 +7,17 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
 from backfill.errors import InputError
-from backfill.exporter import WAIT_REASONS, wait_reason
+from backfill.exporter import WAIT_REASONS, RecordCollector, wait_reason
 from backfill.metrics import outcome_of
-from backfill.notify import WebhookError, check_notify, message, post, redact, target
+from backfill.model import BackfillParams
+from backfill.notify import WebhookError, check_notify, message, post, redact, redacted, target
+from backfill.record import Record
 from backfill.runner import WAIT_OUTAGE
 from backfill.settings import Settings
 
@@ -109,3 +112,63 @@ def test_outcomes_and_wait_reasons_are_bounded_labels() -> None:
     }
     assert {r: wait_reason(r) for r in cases} == cases
     assert {label for _, label in WAIT_REASONS} | {"other"} == set(cases.values())
+
+
+class _Events:
+    """The part of a Record the exporter's event reading uses: one backfill's event stream."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.stream = [(f"{i + 1}-0", e) for i, e in enumerate(events)]
+        self.clock = SimpleNamespace(now=lambda: 0.0)
+
+    def events(self, bf: str, *, after: str = "-", count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+        start = 0 if after == "-" else int(after.split("-")[0])
+        return self.stream[start : start + (count or len(self.stream))]
+
+
+def test_a_wait_counts_once_however_often_its_reason_changes_and_two_scrapes_never_recount() -> None:
+    def ev(idx: int, state: str, reason: str | None = None) -> dict[str, Any]:
+        return {"kind": "window", "dag": "d", "idx": idx, "state": state, "reason": reason}
+
+    events = _Events([
+        ev(0, "waiting", "DAG busy: run manual__1 is running"),
+        ev(0, "waiting", "DAG busy: run manual__2 is running"),
+        ev(0, "waiting", "DAG locked by backfill bf-2 (window starting 2024-01-01)"),
+        ev(0, "success"),
+        ev(1, "waiting", "DAG locked by backfill bf-2 (window starting 2024-01-02)"),
+    ])  # fmt: skip
+    collector = RecordCollector(cast(Record, events))
+    params = cast(BackfillParams, SimpleNamespace())
+    collector._read_events("bf", params, created=1.0, finished=None)
+    collector._read_events("bf", params, created=1.0, finished=None)  # a second scrape: nothing new
+    assert collector._waits == {"dag_busy": 1, "lock": 1}
+    events.stream.append(("6-0", ev(1, "waiting", "DAG busy: run manual__3 is running")))
+    threads = [threading.Thread(target=collector.collect) for _ in range(4)]
+    collector.record.recent = lambda limit: []  # type: ignore[attr-defined]
+    collector._read_events("bf", params, created=1.0, finished=None)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert collector._waits == {"dag_busy": 1, "lock": 1}
+
+
+def test_submit_shows_a_webhook_url_redacted_in_the_message_flower_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery import Task
+
+    from workers.tasks import submit_backfill
+
+    sent: dict[str, Any] = {}
+    monkeypatch.setattr(Task, "apply_async", lambda self, args=None, kwargs=None, **options: sent.update(options))
+    submit_backfill.apply_async(kwargs={"dags": ["d"], "notify": "https://hooks.slack.com/services/T0/B0/secret"})
+    assert sent["kwargsrepr"] == repr({"dags": ["d"], "notify": "https://hooks.slack.com/..."})
+    assert "secret" not in sent["kwargsrepr"]
+    sent.clear()
+    submit_backfill.apply_async(
+        kwargs={"dags": ["d"], "notify": {"url": "http://h:81/x/secret", "failed_windows": True}}
+    )
+    assert "secret" not in sent["kwargsrepr"] and "http://h:81/..." in sent["kwargsrepr"]
+    sent.clear()
+    submit_backfill.apply_async(kwargs={"dags": ["d"]})
+    assert "kwargsrepr" not in sent
+    assert redacted(None) is None and redacted(3) == 3
