@@ -98,7 +98,7 @@ def run_group(group: str, root: Path, *, rounds: int, which: list[str]) -> list[
             print("starting postgres, airflow standalone (bench DAGs), redis-server and a worker ...", flush=True)
             b.stack.start_redis()
             airflow = b.start_airflow()
-            b.stack.start_worker("bench", concurrency=2)
+            b.start_worker()
             tasks = b.orchestrator()
             if "b1" in which:
                 figures += airflow_benches.b1(airflow, tasks, rounds=rounds)

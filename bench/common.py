@@ -6,7 +6,9 @@ import importlib
 import itertools
 import os
 import statistics
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,10 +17,11 @@ from types import ModuleType
 from typing import Any
 
 from backfill.airflow import AirflowClient, AirflowConfig, RunInfo
-from devstack import Stack
+from devstack import Proc, Stack
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DAGS = REPO / "bench" / "dags"
+SCRAPE_EVERY = 15.0  # Prometheus's default scrape interval
 
 
 @dataclass
@@ -71,6 +74,7 @@ class BenchStack:
 
     root: Path
     stack: Stack = field(init=False)
+    scrapes: int = 0
 
     def __post_init__(self) -> None:
         self.stack = Stack(self.root)
@@ -85,6 +89,29 @@ class BenchStack:
     def client(self) -> AirflowClient:
         s = self.stack
         return AirflowClient(AirflowConfig(url=s.airflow_url, username=s.airflow_user, password=s.airflow_password))
+
+    def start_worker(self, *, app: str = "workers", **env: str) -> Proc:
+        """The benchmarks' worker (2 processes), as production runs it: serving its Prometheus
+        metrics (``BACKFILL_METRICS_PORT``), scraped every ``SCRAPE_EVERY`` s as Prometheus would,
+        so that the figures include what metrics cost."""
+        from devstack import free_port
+
+        port = free_port()
+        env = {"BACKFILL_METRICS_PORT": str(port), "BACKFILL_METRICS_ADDR": "127.0.0.1", **env}
+        worker = self.stack.start_worker("bench", concurrency=2, app=app, **env)
+        scraper = threading.Thread(target=self._scrape, args=(port, worker), daemon=True)
+        scraper.start()
+        return worker
+
+    def _scrape(self, port: int, worker: Proc) -> None:
+        while worker.alive():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+                    resp.read()
+                self.scrapes += 1
+            except OSError:
+                pass
+            time.sleep(SCRAPE_EVERY)
 
     def orchestrator(self, **env: str) -> ModuleType:
         """Point this process's orchestrator at the stack and return ``workers.tasks``."""

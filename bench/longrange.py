@@ -139,7 +139,7 @@ def b3(root: Path, *, sample: int = 60) -> list[Figure]:
         b.stack.airflow_url = f"http://127.0.0.1:{port}"
         b.stack.airflow_password = "standin"
         redis_url = b.stack.start_redis()
-        b.stack.start_worker("bench", concurrency=2)
+        b.start_worker()
         tasks = b.orchestrator()
         try:
             # Disjoint ranges: on dates the first backfill ran, the second would find runs and skip

@@ -41,7 +41,7 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
         b.stack.airflow_password = "standin"
         b.stack.start_redis()
         # The same worker runs Celery's floor afterwards (bench.floor adds one task to its app).
-        worker = b.stack.start_worker("bench", concurrency=2, app="bench.floor", **ENV)
+        worker = b.start_worker(app="bench.floor", **ENV)
         tasks = b.orchestrator()
         try:
             cpu0 = process_cpu([worker.pid])

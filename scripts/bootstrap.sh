@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything this repo needs on a fresh machine; safe to run again (it skips what is done).
 #   scripts/bootstrap.sh            what `make demo` needs
-#   scripts/bootstrap.sh --tests    and what only the tests need (chromium, graphviz)
+#   scripts/bootstrap.sh --tests    and what only the tests need (chromium, graphviz, prometheus)
 # - redis-server and postgresql (the local Airflow's database) from the system's packages, and
-#   with --tests chromium (headless, for the HTML report's browser test) and graphviz, if missing;
+#   with --tests chromium (headless, for the HTML report's browser test), graphviz and prometheus
+#   (promtool, and the monitoring profile's Prometheus), if missing;
 # - a Python 3.11 or later: $PYTHON if set, else the first of python3.13, python3.12, python3.11
 #   and python3 that is recent enough (with its venv module, installed if missing);
 # - .venv: the orchestrator with its dev tools (pytest, ruff), at the versions in requirements.lock;
@@ -38,12 +39,16 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${1:-}" = "--tests" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v dot >/dev/null 2>&1 || missing+=(graphviz)   # renders docs/architecture.svg (checked by a test)
+  # promtool checks deploy/monitoring's rules; the integration tests run the prometheus service.
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 fi
 # Debian's Python splits venv (and ensurepip) into pythonX.Y-venv.
 "$PY" -c "import ensurepip, venv" 2>/dev/null || missing+=("python$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')-venv")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  # No recommends: prometheus's would add node-exporter, which nothing here uses.
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 fi
 
 stamp=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)

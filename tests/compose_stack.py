@@ -14,6 +14,11 @@ against that stack. What is translated, and nothing else:
 - paths: the image's ``/opt/airflow`` (``AIRFLOW_HOME``) is a private folder whose ``dags`` is
   the compose file's bind mount (``examples/dags``); ``airflow``, ``python``, ``celery`` are the
   local virtualenvs' (Airflow's for the Airflow services, the orchestrator's for the others);
+- monitoring (the ``monitoring`` profile): the worker's metrics port (``BACKFILL_METRICS_PORT``)
+  and the exporter's are private ports on 127.0.0.1; ``prometheus`` is the system's binary (the
+  image's entrypoint), its ``/etc/prometheus`` a private copy of ``deploy/monitoring`` whose
+  ``prometheus.yml`` names those ports, the ``worker`` job's DNS discovery (Docker's DNS gives
+  every replica's address) becoming the one local worker's address;
 - ``HOSTNAME``: the name each program records (Airflow's ``get_hostname()`` for its jobs,
   Celery's host name for its node), as a container's are its own;
 - not root: the init's ``chown`` to the image's airflow user is a no-op;
@@ -34,6 +39,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import socket
 import subprocess
 import time
@@ -101,7 +107,16 @@ class ComposeStack:
         (self.home / "auth").mkdir(parents=True, exist_ok=True)
         if not (self.home / "dags").exists():
             (self.home / "dags").symlink_to(REPO / "examples" / "dags")
-        for name in ("redis", "postgres", "airflow-apiserver", "airflow-scheduler-health", "flower"):
+        for name in (
+            "redis",
+            "postgres",
+            "airflow-apiserver",
+            "airflow-scheduler-health",
+            "flower",
+            "worker-metrics",
+            "exporter",
+            "prometheus",
+        ):
             self.ports.setdefault(name, free_port())
 
     # -- reading the compose file ---------------------------------------------------------
@@ -116,6 +131,12 @@ class ComposeStack:
                            ("airflow-apiserver:8080", "airflow-apiserver"), ("localhost:8080", "airflow-apiserver"),
                            ("localhost:8974", "airflow-scheduler-health")):  # fmt: skip
             text = text.replace(host, f"127.0.0.1:{p[port]}")
+        text = text.replace("localhost:9809", f"127.0.0.1:{p['exporter']}").replace(
+            "localhost:9090", f"127.0.0.1:{p['prometheus']}"
+        )
+        text = text.replace("/etc/prometheus", str(self.stack.root / "prometheus-etc"))
+        text = text.replace("--storage.tsdb.path=/prometheus", f"--storage.tsdb.path={self.stack.root / 'prometheus'}")
+        text = text.replace("--web.listen-address=:9090", f"--web.listen-address=127.0.0.1:{p['prometheus']}")
         text = text.replace("redis-cli ", f"redis-cli -p {p['redis']} ")
         text = text.replace("('localhost', 5555)", f"('127.0.0.1', {p['flower']})").replace(
             "--port=5555", f"--port={p['flower']}"
@@ -142,6 +163,8 @@ class ComposeStack:
             base |= {"PGHOST": "127.0.0.1", "PGPORT": str(self.ports["postgres"])}
         else:
             base["PYTHONPATH"] = str(REPO)
+        if "BACKFILL_METRICS_PORT" in env:
+            env |= {"BACKFILL_METRICS_PORT": str(self.ports["worker-metrics"]), "BACKFILL_METRICS_ADDR": "127.0.0.1"}
         return base | env
 
     def hostname(self, name: str) -> str:
@@ -177,7 +200,33 @@ class ComposeStack:
             return [*shlex.split(entrypoint), *command]
         if name.startswith("airflow"):  # the image's entrypoint runs `airflow <command>`
             return [str(airflow_bin()), *command]
+        if name == "prometheus":  # the image's entrypoint is the prometheus binary
+            self._prometheus_etc()
+            return [shutil.which("prometheus") or "prometheus", *command]
+        if name == "exporter":
+            port = command.index("--port") + 1
+            command[port] = str(self.ports["exporter"])
+            return [*command, "--addr", "127.0.0.1"]  # compose publishes nothing of it
         return command
+
+    def _prometheus_etc(self) -> None:
+        """deploy/monitoring as the prometheus service mounts it, with this stack's addresses."""
+        etc = self.stack.root / "prometheus-etc"
+        shutil.rmtree(etc, ignore_errors=True)
+        shutil.copytree(REPO / "deploy" / "monitoring", etc)
+        config = yaml.safe_load((etc / "prometheus.yml").read_text())
+        for job in config["scrape_configs"]:
+            if job["job_name"] == "backfill-workers":
+                (dns,) = job.pop("dns_sd_configs")
+                assert dns["names"] == ["worker"] and dns["port"] == 9808, dns
+                job["static_configs"] = [{"targets": [f"127.0.0.1:{self.ports['worker-metrics']}"]}]
+            else:
+                (static,) = job["static_configs"]
+                assert static["targets"] == ["exporter:9809"], static
+                static["targets"] = [f"127.0.0.1:{self.ports['exporter']}"]
+        # Quick scrapes and rule evaluations, for a quick suite (as SPEED does for Airflow).
+        config["global"] = {"scrape_interval": "2s", "evaluation_interval": "2s"}
+        (etc / "prometheus.yml").write_text(yaml.safe_dump(config))
 
     def healthcheck(self, name: str) -> list[str]:
         test = self.service(name)["healthcheck"]["test"]

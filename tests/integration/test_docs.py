@@ -46,6 +46,11 @@ ELSEWHERE = {
     # Docker and Kubernetes do not run here: tests/unit/test_deploy.py validates what they would read.
     "cp .env.example .env": "tests/unit/test_deploy.py checks .env.example holds every variable the compose file uses",
     "docker compose up -d --scale worker=2": "tests/unit/test_deploy.py (Compose spec schema, files, secrets)",
+    "docker compose --profile monitoring up -d --scale worker=2": (
+        "tests/integration/test_observability.py runs the profile's exporter and prometheus services as processes"
+    ),
+    "promtool test rules deploy/monitoring/alerts_test.yml": "tests/unit/test_monitoring.py",
+    "backfill metrics --port 9809": "tests/integration/test_observability.py (the exporter service's command)",
     (
         "docker compose exec worker backfill submit etl_orders etl_users --start 2024-01-01 --end 2024-03-01 "
         "--batch weekly"

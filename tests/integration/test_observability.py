@@ -1,76 +1,89 @@
-"""Metrics and notifications of a real backfill, as Prometheus and a chat see them: a worker
-serving its metrics (``BACKFILL_METRICS_PORT``), the record exporter (``backfill metrics``) and
-a webhook endpoint, all against the real Airflow, checked against Airflow's run records and
-the backfill's record in Redis.
-
-This test runs its own worker on its own Redis database, so that the worker's counters and the
-webhook's calls are this backfill's alone."""
+"""Monitoring as docker-compose.yaml's ``monitoring`` profile runs it, against the real stack:
+the worker service serving its metrics, the exporter service (``backfill metrics``), the
+prometheus service (deploy/monitoring: scrape jobs, alert rules) and a webhook endpoint. What
+they show of one backfill is checked against Airflow's run records and the record in Redis;
+the alerts fire from the real series; every query of the Grafana dashboard runs on the real
+Prometheus. The session's worker stops taking tasks meanwhile: the compose worker runs it."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
-import sys
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
-import redis
 
-from backfill.context import Context
-from backfill.settings import Settings
-from devstack import free_port, tcp_open
-from tests.conftest import WORKER_ENV
+from devstack import REPO
+from tests.compose_stack import ComposeStack
 from tests.integration.helpers import Webhook, runs, samples, scrape, wait_done, wait_for
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
 SECRET = "T000/B000/very-secret-token"
+DASHBOARD = REPO / "deploy" / "monitoring" / "grafana" / "dashboards" / "backfill.json"
 
 
-def test_worker_metrics_exporter_and_webhooks_match_airflow_and_the_record(orch):
-    stack = orch.stack
-    url = stack.redis_url.rsplit("/", 1)[0] + "/3"
-    redis.Redis.from_url(url).flushdb()
+def query(port: int, expr: str) -> list[dict[str, Any]]:
+    """An instant query of the real Prometheus; raises on a query it refuses."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        answer = json.loads(resp.read())
+    assert answer["status"] == "success", (expr, answer)
+    return answer["data"]["result"]
+
+
+def firing(port: int) -> set[tuple[str, str, str]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=30) as resp:
+        alerts = json.loads(resp.read())["data"]["alerts"]
+    return {(a["labels"]["alertname"], a["labels"].get("backfill", ""), a["labels"].get("dag", ""))
+            for a in alerts if a["state"] == "firing"}  # fmt: skip
+
+
+def test_the_monitoring_profile_sees_a_backfill_as_airflow_recorded_it(compose: ComposeStack, orch, tmp_path):
+    session_worker = [f"w1@{socket.gethostname()}"]
+    orch.tasks.app.control.cancel_consumer("celery", destination=session_worker, reply=True, timeout=10)
     hook = Webhook(fail_first=1)
-    wport, eport = free_port(), free_port()
-    env = {**WORKER_ENV, "BACKFILL_REDIS_URL": url, "BACKFILL_METRICS_PORT": str(wport),
-           "BACKFILL_METRICS_ADDR": "127.0.0.1"}  # fmt: skip
-    worker = stack.start_worker("wm", concurrency=2, **env)
-    exporter = stack._spawn(
-        "exporter", [str(BIN / "backfill"), "metrics", "--port", str(eport), "--addr", "127.0.0.1"], stack.env(**env)
-    )
+    worker = compose.start("worker")
+    exporter = compose.start("exporter")
+    prometheus = compose.start("prometheus")  # after the exporter is healthy (depends_on)
+    wport, eport, pport = (compose.ports[n] for n in ("worker-metrics", "exporter", "prometheus"))
     try:
-        wait_for(lambda: tcp_open(eport) and tcp_open(wport), 60, "the exporter and the worker's metrics")
+        for name in ("worker", "prometheus"):
+            compose._wait_healthy(name, 120)
         dags = ["etl_orders", "etl_users"]
         failing = "2010-06-03T00:00:00+00:00"
         conf = {"sleep": 1, "fail_windows": [failing], "fail_dags": ["etl_users"]}
         notify = {"url": f"http://127.0.0.1:{hook.port}/hook/{SECRET}", "failed_windows": True}
         out = subprocess.run(
-            [str(BIN / "backfill"), "submit", *dags, "--start", "2010-06-01", "--end", "2010-06-04",
+            ["backfill", "submit", *dags, "--start", "2010-06-01", "--end", "2010-06-04",
              "--conf", json.dumps(conf), "--on-failure", "continue", "--notify", json.dumps(notify), "--json"],
-            env=stack.env(**env), capture_output=True, text=True, timeout=120,
+            env=compose.environment("worker"), capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-        assert out.returncode == 0, out.stderr
+        assert out.returncode == 0, out.stdout + out.stderr
         bf = json.loads(out.stdout)["backfill_id"]
-        record = Context.build(Settings.from_env(stack.env(**env))).record
 
         # Mid-backfill: the exporter accounts for every window of every DAG, and says it runs.
         def running() -> dict | None:
             got = scrape(eport)
-            return got if samples(got, "backfill_windows", backfill=bf, state="running") else None
+            return got if sum(samples(got, "backfill_windows", backfill=bf, state="running").values()) else None
 
-        mid = wait_for(running, 60, "a scrape during the backfill")
+        mid = wait_for(running, 90, "a scrape during the backfill")
         assert samples(mid, "backfill_running", backfill=bf) == {(("backfill", bf),): 1.0}
         assert samples(mid, "backfill_windows_planned", backfill=bf) == {(("backfill", bf),): 8.0}
         for dag in dags:
             assert sum(samples(mid, "backfill_windows", backfill=bf, dag=dag).values()) == 4
 
-        assert wait_done(record, bf)["state"] == "failed"
+        assert wait_done(orch.record, bf, timeout=300)["state"] == "failed"
         end = scrape(eport)
         ours = {dag: runs(orch.airflow, dag, bf) for dag in dags}
-        for dag in dags:
-            # Windows by state as Airflow recorded the runs.
+        for dag in dags:  # windows by state as Airflow recorded the runs
             for state in ("success", "failed"):
                 n = sum(1 for r in ours[dag] if r.state == state)
                 assert samples(end, "backfill_windows", backfill=bf, dag=dag, state=state) == {
@@ -87,30 +100,77 @@ def test_worker_metrics_exporter_and_webhooks_match_airflow_and_the_record(orch)
         assert samples(end, "backfill_handoff_seconds_count") == {(): 6.0}
 
         # The worker counted each trigger it sent: as many as Airflow has runs of the backfill.
-        worker_metrics = scrape(wport)
-        triggers = samples(worker_metrics, "backfill_airflow_requests_total",
+        counted = scrape(wport)
+        triggers = samples(counted, "backfill_airflow_requests_total",
                            endpoint="POST /api/v2/dags/{dag_id}/dagRuns", outcome="ok")  # fmt: skip
         assert sum(triggers.values()) == sum(len(rs) for rs in ours.values()) == 8
-        looks = samples(worker_metrics, "backfill_airflow_request_seconds_count")
-        assert sum(looks.values()) >= 8
+        assert sum(samples(counted, "backfill_airflow_request_seconds_count").values()) >= 8
+
+        # Prometheus scraped both jobs and holds the same figures; the alerts fire for the DAG
+        # that failed and only for it.
+        wait_for(lambda: query(pport, f'backfill_windows_done{{backfill="{bf}"}} == 8'), 30, "Prometheus's scrape")
+        for job in ("backfill-workers", "backfill-exporter"):
+            assert [r["value"][1] for r in query(pport, f'up{{job="{job}"}}')] == ["1"], job
+        ok = query(pport, 'sum(backfill_airflow_requests_total{endpoint="POST /api/v2/dags/{dag_id}/dagRuns"})')
+        assert ok[0]["value"][1] == "8"
+
+        def alerted() -> set[tuple[str, str, str]]:
+            got = {a for a in firing(pport) if a[1] == bf}
+            return got if len(got) >= 2 else set()
+
+        assert wait_for(alerted, 60, "the alerts") == {
+            ("BackfillWindowsFailed", bf, "etl_users"),
+            ("BackfillDagFailed", bf, "etl_users"),
+        }
+
+        # Every query of the Grafana dashboard runs on this Prometheus; those about this
+        # backfill show what Airflow recorded.
+        dashboard = json.loads(DASHBOARD.read_text())
+        exprs = [t["expr"].replace("$backfill", bf) for p in dashboard["panels"] for t in p["targets"]]
+        results = {e: query(pport, e) for e in exprs}
+        progress = next(r for e, r in results.items() if e.startswith("backfill_windows_done"))
+        assert [r["value"][1] for r in progress] == ["1"]
+        by_state = next(r for e, r in results.items() if e.startswith("sum by (state) (backfill_windows"))
+        assert {r["metric"]["state"]: r["value"][1] for r in by_state if r["value"][1] != "0"} == {
+            "success": "7",
+            "failed": "1",
+        }
+        for panel in ("sum(backfill_running)", 'sum(up{job="backfill-workers"})'):
+            assert results[panel], panel
+
+        # What Prometheus shows, in a real browser (docs/operations.md shows this picture).
+        chromium = shutil.which("chromium")
+        assert chromium, "chromium is missing: scripts/bootstrap.sh installs it (apt-get install -y chromium)"
+        graph = f"http://127.0.0.1:{pport}/graph?" + urllib.parse.urlencode(
+            {"g0.expr": f'sum by (state) (backfill_windows{{backfill="{bf}"}})', "g0.tab": "0", "g0.range_input": "5m"}
+        )
+        shot = tmp_path / "prometheus.png"
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
+        cmd = [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,800", "--virtual-time-budget=15000", graph]
+        subprocess.run(cmd, capture_output=True, timeout=120, check=True)
+        png = shot.read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+        if os.environ.get("BACKFILL_SCREENSHOTS"):
+            shutil.copy(shot, Path(os.environ["BACKFILL_SCREENSHOTS"]) / "prometheus.png")
 
         # The webhook: the failed window, the DAG that ended failed, the backfill's end; once
-        # each, the first after a 503 (retried), with the URL never in the worker's log.
+        # each, the first after a 503 (retried), with the URL never in a log.
         wait_for(lambda: any(b["event"] == "backfill_ended" for b in hook.bodies), 60, "the backfill_ended call")
-        events = sorted((b["event"], b.get("dag"), b.get("window")) for b in hook.bodies)
+        time.sleep(2)  # a duplicate would come now
+        events = sorted((b["event"], b.get("dag") or "", b.get("window") or "") for b in hook.bodies)
         assert events == [
-            ("backfill_ended", None, None),
-            ("dag_failed", "etl_users", None),
+            ("backfill_ended", "", ""),
+            ("dag_failed", "etl_users", ""),
             ("window_failed", "etl_users", f"[{failing}, 2010-06-04T00:00:00+00:00)"),
         ], hook.bodies
         assert hook.statuses[0] == 503 and hook.statuses.count(200) == 3
         ended = next(b for b in hook.bodies if b["event"] == "backfill_ended")
-        assert ended["state"] == "failed"
+        assert ended["state"] == "failed" and ended["text"].startswith(f"Backfill {bf} ended failed")
         assert {s: n for s, n in ended["counts"].items() if n} == {"success": 7, "failed": 1}
-        assert ended["text"].startswith(f"Backfill {bf} ended failed")
         assert all(p == f"/hook/{SECRET}" for p in hook.paths)
-        assert SECRET not in worker.tail(2000) and SECRET not in exporter.tail(2000)
+        assert SECRET not in worker.tail(3000) and SECRET not in exporter.tail(3000)
     finally:
-        stack.stop(exporter)
-        stack.stop(worker)
+        for proc in (prometheus, exporter, worker):
+            compose.stack.stop(proc)
         hook.close()
+        orch.tasks.app.control.add_consumer("celery", destination=session_worker, reply=True, timeout=10)

@@ -56,7 +56,14 @@ def test_compose_refers_to_existing_files_and_holds_no_secret() -> None:
     env_example = dict(line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines() if "=" in line)
     used = set(re.findall(r"(?<!\$)\$\{([A-Z_]+)", text))
     assert used <= set(env_example), used - set(env_example)
-    for key in ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "AIRFLOW_PASSWORD", "AIRFLOW_JWT_SECRET", "FLOWER_BASIC_AUTH"):
+    for key in (
+        "REDIS_PASSWORD",
+        "POSTGRES_PASSWORD",
+        "AIRFLOW_PASSWORD",
+        "AIRFLOW_JWT_SECRET",
+        "FLOWER_BASIC_AUTH",
+        "GRAFANA_PASSWORD",
+    ):
         assert key in used and env_example[key].split(":")[-1] not in text, key
     assert "appendonly yes" in str(services["redis"]["command"]) and "requirepass" in str(services["redis"]["command"])
     assert "$$REDIS_PASSWORD" in str(services["redis"]["command"])  # from its environment, not its command line
@@ -125,9 +132,9 @@ def test_kubernetes_manifests_are_valid() -> None:
     assert all(f.exists() for f in files), files
     out = subprocess.run([BIN / "kubernetes-validate", "--strict", *files], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count(" passed for resource ") == 6, (
+    assert out.stdout.count(" passed for resource ") == 8, (
         out.stdout
-    )  # namespace, configmap, 2 deployments, service, PDB
+    )  # namespace, configmap, 3 deployments, 2 services, PDB
 
 
 def test_kubernetes_config_names_what_exists_and_what_the_code_reads() -> None:
@@ -230,7 +237,7 @@ def test_kubernetes_pods_pass_pod_security_restricted() -> None:
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     docs = [d for r in kustomization["resources"] for d in yaml.safe_load_all((DEPLOY / r).read_text())]
     pods = [(d["metadata"]["name"], d["spec"]["template"]["spec"]) for d in docs if d["kind"] == "Deployment"]
-    assert len(pods) == 2
+    assert len(pods) == 3
     assert [v for name, pod in pods for v in restricted_violations(pod, name)] == []
     # The checker itself rejects what restricted rejects.
     bad = {"containers": [{"name": "c", "securityContext": {"privileged": True}, "ports": [{"hostPort": 80}]}]}
