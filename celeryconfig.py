@@ -36,6 +36,7 @@ BACKFILL_LOG_FORMAT            text                         json: one JSON objec
 BACKFILL_REDIS_SOCKET_TIMEOUT  10                           seconds a Redis command may take
 BACKFILL_SLOT_STALE            0                            a throttle waiter unseen this long loses its place (0: auto)
 BACKFILL_NOTIFY_URL            (none)                       webhook of backfills without their own notify (a secret)
+BACKFILL_NOTIFY_URL_FILE       (none)                       file holding that URL (a mounted secret)
 BACKFILL_METRICS_PORT          (none)                       the worker serves Prometheus /metrics on this port
 =============================  ===========================  =========================================
 """

@@ -61,7 +61,7 @@ def cancel(
     if revoke is not None:
         revoke(bf)
     reason = "backfill cancelled"
-    life = Lifecycle(ctx, publisher)
+    life = Lifecycle(ctx)  # the notification last, below: a broker error must not stop the cancel
     windows = sum(life.cancel_dag(params, dag, reason=reason, fail_running=fail_running) for dag in params.dags)
     ctx.throttle.release_backfill(bf)
     failed: list[str] = []
@@ -85,6 +85,14 @@ def cancel(
             sleep(SWEEP_PAUSE)
         else:
             left = [f"{dag}/{run.run_id}" for dag, run in found]
+    if publisher is not None:
+        try:
+            notifier = Lifecycle(ctx, publisher)
+            for dag in params.dags:  # closed above: this publishes what the closes would have
+                notifier.close_dag(params, dag, reason=reason)
+        except Exception as exc:
+            log.warning("%s: cancelled, but its notification could not be published (%r); a worker handling "
+                        "the revoke publishes it", bf, exc)  # fmt: skip
     log.info("%s backfill CANCELLED: %d window(s), %d run(s) marked failed", bf, windows, len(failed))
     return {"backfill_id": bf, "cancelled_windows": windows, "failed_runs": failed, "left_running": left}
 

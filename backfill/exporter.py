@@ -26,11 +26,15 @@ and, from the windows' events read as they are written (since this process start
 - ``backfill_handoff_seconds``: a histogram of the time from a run's end (Airflow's end date,
   placed on our clock) to the trigger of its DAG's next window;
 - ``backfill_waits_total{reason}``: windows that started waiting, by why (the first reason of
-  a wait: a wait whose reason changes counts once).
+  a wait: a wait whose reason changes counts once);
+
+and ``backfill_exporter_errors_total``: backfill records a scrape could not read (logged; the
+scrape shows the others).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +50,8 @@ from backfill.model import BackfillParams
 from backfill.record import DagRecord, Record, WindowRecord
 from backfill.runner import WAIT_OUTAGE
 from backfill.states import TERMINAL, DagState, WindowState
+
+log = logging.getLogger("backfill")
 
 KEEP = 86_400.0  # seconds an ended backfill stays exported
 NOTHING_LEARNT = 3600.0  # backfill_expected_window_seconds before any run of its DAGs is known
@@ -100,7 +106,7 @@ class _Histogram:
 class RecordCollector(Collector):
     """Collects on every scrape; keeps only the event streams' read positions and the counters."""
 
-    def __init__(self, record: Record, *, keep: float = KEEP, limit: int = 500) -> None:
+    def __init__(self, record: Record, *, keep: float = KEEP, limit: int = 10_000) -> None:
         self.record = record
         self.keep = keep
         self.limit = limit
@@ -109,6 +115,7 @@ class RecordCollector(Collector):
         self._handoffs = _Histogram()
         self._waits: dict[str, int] = {}
         self._waiting: set[tuple[str, str, int]] = set()  # windows waiting now (bf, dag, idx)
+        self._errors = 0
         # The HTTP server collects in a thread per scrape: two scrapes must not read the same
         # events twice (each would count them).
         self._lock = threading.Lock()
@@ -121,19 +128,28 @@ class RecordCollector(Collector):
         out: list[Metric] = []
         g = _Families()
         now = self.record.clock.now()
+        shown: set[str] = set()
         for bf in self.record.recent(self.limit):
             try:
                 meta = self.record.meta(bf)
+                if not meta.get("params"):
+                    continue
+                finished = float(meta["finished_at"]) if meta.get("finished_at") else None
+                if finished is not None and now - finished > self.keep:
+                    continue
+                shown.add(bf)
+                params = self.record.params(bf)
+                self._read_events(bf, params, float(meta.get("created_at") or 0), finished)
+                self._backfill(g, bf, params, meta, now)
             except BackfillNotFound:  # expired: the index is pruned only at the next submit
                 continue
-            if not meta.get("params"):
-                continue
-            finished = float(meta["finished_at"]) if meta.get("finished_at") else None
-            if finished is not None and now - finished > self.keep:
-                continue
-            params = self.record.params(bf)
-            self._read_events(bf, params, float(meta.get("created_at") or 0), finished)
-            self._backfill(g, bf, params, meta, now)
+            except Exception as exc:  # one unreadable record (or a Redis blip) must not blank the scrape
+                self._errors += 1
+                log.warning("backfill metrics: could not read backfill %s (%r)", bf, exc)
+        # What is no longer shown is forgotten: the exporter's memory follows what it exports.
+        self._tails = {bf: tail for bf, tail in self._tails.items() if bf in shown}
+        self._waiting = {key for key in self._waiting if key[0] in shown}
+        self.record.forget(keep=shown)
         out += g.all()
         out.append(self._handoffs.family(
             "backfill_handoff_seconds", "From a run's end (Airflow's end date) to the trigger of its DAG's next window"
@@ -142,6 +158,9 @@ class RecordCollector(Collector):
         for reason, n in sorted(self._waits.items()):
             waits.add_metric([reason], n)
         out.append(waits)
+        errors = CounterMetricFamily("backfill_exporter_errors", "Backfill records a scrape could not read")
+        errors.add_metric([], self._errors)
+        out.append(errors)
         return out
 
     # -- gauges from the record ---------------------------------------------------------------

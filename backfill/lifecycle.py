@@ -35,7 +35,7 @@ from backfill import metrics
 from backfill.context import Context
 from backfill.errors import AirflowUnavailable, BackfillNotFound, WindowFailed
 from backfill.model import BackfillParams
-from backfill.notify import message, target
+from backfill.notify import message, notification_id, target
 from backfill.record import WindowRecord, text
 from backfill.request import check_history, check_in_airflow, concurrency_warnings, new_backfill_id, with_schedules
 from backfill.runner import Step, slot_member
@@ -304,17 +304,26 @@ class Lifecycle:
         else:
             state = DagState.SUCCEEDED
         left = ctx.record.finish_dag(params, dag, state, reason=reason)
-        if state == DagState.FAILED:
+        to = target(params.notify, ctx.settings.notify_url)
+        if to is not None and to.failed_windows and counts[WindowState.FAILED]:
+            # A window's own step publishes its failure; one revoked (cancelled) after a crash
+            # between its failure and that publish never will: the DAG's close makes sure.
+            for idx, rec in sorted(ctx.record.windows(params.backfill_id, dag).items()):
+                if rec.state == WindowState.FAILED:
+                    label = params.spec.window(idx).label()
+                    self._notify(params, "window_failed", dag=dag, window=label, reason=rec.reason)
+        if to is not None:
             # Also when closed before (left == -1): a crash may have come between the close and
-            # this publish; the notification's marker keeps it to one.
-            self._notify(params, "dag_failed", dag=dag, reason=reason, counts=_counts(counts))
+            # the publish. From the state recorded then: a cancel since may have changed the counts.
+            recorded = state if left >= 0 else ctx.record.dag(params.backfill_id, dag).state
+            if recorded == DagState.FAILED:
+                self._notify(params, "dag_failed", dag=dag, reason=reason, counts=_counts(counts))
         if left >= 0:
             log.info(
                 "%s %s DAG %s: %s success, %s failed, %s skipped, %s not run, %s cancelled%s",
                 params.backfill_id, dag, state.upper(), *(counts[s] for s in TERMINAL_ORDER),
                 f" ({reason})" if reason else "",
             )  # fmt: skip
-        to = target(params.notify, ctx.settings.notify_url)
         if left == 0 or (left < 0 and to is not None):
             meta = ctx.record.meta(params.backfill_id)
             ended = meta.get("state") in (DagState.SUCCEEDED, DagState.FAILED, DagState.CANCELLED)
@@ -338,11 +347,12 @@ class Lifecycle:
         if to is None or (event == "window_failed" and not to.failed_windows) or self._publisher is None:
             return
         state = state or (WindowState.FAILED if event == "window_failed" else DagState.FAILED)
-        marker = ":".join((ctx.record.k_meta(params.backfill_id), "notified", event, facts.get("dag") or "",
-                           facts.get("window") or ""))  # fmt: skip
+        key = notification_id(params.backfill_id, event, facts.get("dag"), facts.get("window"))
+        marker = f"{ctx.record.k_meta(params.backfill_id)}:notified:{key}"
         if ctx.redis.exists(marker):
             return
-        self.publisher.notify(params.backfill_id, event, message(event, params.backfill_id, state=state, **facts))
+        body = {**message(event, params.backfill_id, state=state, **facts), "id": key}
+        self.publisher.notify(params.backfill_id, event, body)
         ctx.redis.set(marker, 1, ex=ctx.settings.record_ttl)
 
     def cancel_dag(self, params: BackfillParams, dag: str, *, reason: str, fail_running: bool = False) -> int:
@@ -385,3 +395,6 @@ class Lifecycle:
             self.ctx.locks.release_idle(dag, f"{bf}__")
             members = (slot_member(dag, params.run_id(params.spec.window(i))) for i in params.indices(dag))
             self.ctx.throttle.release(bf, *members)
+            # Closed by a delivery whose notification did not get out (a cancel that raised
+            # after its close, say): publish it now (once: its marker).
+            self.close_dag(params, dag, reason="task revoked")

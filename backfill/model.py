@@ -117,7 +117,10 @@ class BackfillParams:
         }
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if fields["notify"] is None:  # read by workers of a version before it too (a rolling upgrade)
+            del fields["notify"]
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BackfillParams:

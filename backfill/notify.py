@@ -43,6 +43,12 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or '?'}{f':{port}' if port else ''}/..."
 
 
+def notification_id(backfill_id: str, event: str, dag: str | None = None, window: str | None = None) -> str:
+    """The notification's stable id (the body's ``id``): the same for every send of it, so
+    that the sender, and a receiver, can tell a repeat."""
+    return ":".join((backfill_id, event, dag or "", window or ""))
+
+
 def redacted(notify: Any) -> Any:
     """``notify`` as it may be shown (its URL redacted), whatever shape it was given in."""
     if isinstance(notify, str):

@@ -243,6 +243,10 @@ class Record:
             out.append((text(i), event))
         return out
 
+    def forget(self, *, keep: set[str]) -> None:
+        """Drop the cached parameters of every backfill but ``keep`` (a long-lived reader's memory)."""
+        self._params = {bf: p for bf, p in self._params.items() if bf in keep}
+
     def recent(self, limit: int = 20) -> list[str]:
         return [text(b) for b in cast(list[bytes], self.redis.zrevrange(f"{self.prefix}:index", 0, limit - 1))]
 

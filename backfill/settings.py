@@ -165,6 +165,9 @@ class Settings:
             with open(env["BACKFILL_REDIS_URL_FILE"], encoding="utf-8") as fh:
                 redis_url = fh.read().strip()
         values: dict[str, object] = {"redis_url": redis_url or DEFAULT_REDIS_URL, "airflow": airflow}
+        if "BACKFILL_NOTIFY_URL" not in env and env.get("BACKFILL_NOTIFY_URL_FILE"):  # a mounted secret
+            with open(env["BACKFILL_NOTIFY_URL_FILE"], encoding="utf-8") as fh:
+                values["notify_url"] = fh.read().strip()
         for f in fields(cls):
             if f.name in values:
                 continue

@@ -89,6 +89,14 @@ def check(sim: Sim) -> list[str]:
             failed = record.dag(bf, dag).state == "failed"
             if failed != ((bf, "dag_failed", dag, "failed") in told):
                 out.append(f"11 {bf} {dag}: DAG {record.dag(bf, dag).state}, dag_failed notified {not failed}")
+            windows = record.windows(bf, dag)
+            for idx in p.indices(dag):
+                label = p.spec.window(idx).label()
+                rec = windows.get(idx) or WindowRecord()
+                sent = any(b["backfill_id"] == bf and b.get("dag") == dag and b.get("window") == label
+                           for e, b in sim.notifications if e == "window_failed")  # fmt: skip
+                if (rec.state == "failed") != sent:
+                    out.append(f"11 {bf} {dag} window {idx}: {rec.state}, window_failed notified {sent}")
 
     # 1, 2, 3: from the stand-in's executions and actions.
     for dag, runs in airflow.runs.items():

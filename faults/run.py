@@ -276,6 +276,7 @@ class Sim:
                     dags=spec.dags, start=day(spec.start).isoformat(), end=day(spec.start + spec.days).isoformat(),
                     batch="daily", reverse=spec.reverse, on_failure=spec.on_failure, reprocess=spec.reprocess,
                     unpause=spec.unpause, on_conflict=spec.on_conflict, max_parallel_dags=spec.max_parallel_dags,
+                    notify={"url": "http://hook.invalid/own", "failed_windows": True},  # invariant 11
                 )  # fmt: skip
                 params = validate(request, max_windows=1000)
             params, _, _ = life.submit(params, task_id=task_id, unpause=False, new_id=lambda: kw["id"])

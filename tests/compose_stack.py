@@ -131,7 +131,7 @@ class ComposeStack:
                            ("airflow-apiserver:8080", "airflow-apiserver"), ("localhost:8080", "airflow-apiserver"),
                            ("localhost:8974", "airflow-scheduler-health")):  # fmt: skip
             text = text.replace(host, f"127.0.0.1:{p[port]}")
-        text = text.replace("localhost:9809", f"127.0.0.1:{p['exporter']}").replace(
+        text = text.replace("('localhost', 9809)", f"('127.0.0.1', {p['exporter']})").replace(
             "localhost:9090", f"127.0.0.1:{p['prometheus']}"
         )
         text = text.replace("/etc/prometheus", str(self.stack.root / "prometheus-etc"))

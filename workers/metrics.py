@@ -8,8 +8,10 @@ line), so this module imports it only inside ``serve``.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import MutableMapping
@@ -23,7 +25,13 @@ def prepare(env: MutableMapping[str, str]) -> str | None:
     in: ``PROMETHEUS_MULTIPROC_DIR`` if set, else a new one."""
     if not env.get(PORT):
         return None
-    path = env.get(MULTIPROC) or tempfile.mkdtemp(prefix="backfill-metrics-")
+    path = env.get(MULTIPROC)
+    if not path:
+        path = tempfile.mkdtemp(prefix="backfill-metrics-")
+        # Every process importing ``workers`` gets here (a `celery inspect`, a `backfill` command
+        # in the worker's container): the one that made the directory removes it at its exit
+        # (not its forked children, whose exit skips atexit or is not the creator's pid).
+        atexit.register(_remove, path, os.getpid())
     os.makedirs(path, exist_ok=True)
     env[MULTIPROC] = path
     values = sys.modules.get("prometheus_client.values")
@@ -32,6 +40,11 @@ def prepare(env: MutableMapping[str, str]) -> str | None:
         # ``-A workers``): choose the mode again; our metrics are built after this.
         values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
     return path
+
+
+def _remove(path: str, creator: int) -> None:
+    if os.getpid() == creator:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def reset(env: MutableMapping[str, str]) -> None:

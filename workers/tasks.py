@@ -126,6 +126,8 @@ def submit_backfill(
     Raises ``InputError`` (nothing triggered) for bad input, unknown or paused DAGs.
     """
     ctx = context()
+    if notify:  # the result backend keeps the task's kwargs (result_extended): not the URL
+        self.request.kwargs = {**(self.request.kwargs or {}), "notify": redacted(notify)}
     if resume is not None:
         params = resume_params(ctx, resume)
         if on_conflict is not None:
@@ -148,7 +150,7 @@ def submit_backfill(
             metrics.REDIS_ERRORS.labels("submit_backfill").inc()
         if not life.retry_submit(self.request.id):
             raise  # nothing recorded: the caller gets the error, nothing runs
-        raise _again(self, min(ctx.settings.retry_max, 5.0), dict(self.request.kwargs)) from exc
+        raise _again(self, min(ctx.settings.retry_max, 5.0), {**self.request.kwargs, "notify": notify}) from exc
     if published:
         log.info(
             "%s submitted: %d DAG(s), %d %s window(s) in [%s, %s), %s first%s%s",
@@ -184,17 +186,32 @@ def summary(params: BackfillParams) -> dict[str, Any]:
 def notify(self: Task, *, backfill_id: str, event: str, body: dict[str, Any]) -> int | None:
     """POST one notification to the backfill's webhook (``backfill.notify``). The URL is read
     from the record or the settings here, not carried in the message: Flower shows a task's
-    arguments, and the URL is a secret. Retried with backoff; never fails the backfill."""
+    arguments, and the URL is a secret. Retried with backoff; never fails the backfill.
+
+    Sent once in normal operation though it may be published twice (a cancel from the CLI and
+    a worker's revoke both close the backfill): a send claims the notification's id for the
+    time a POST may take, and its success marks it delivered; a copy that finds it delivered
+    drops itself, one that finds it being sent looks again shortly. A crash mid-send lets the
+    claim expire and the redelivered task send it (at least once)."""
     ctx = context()
     try:
         to = target(ctx.record.params(backfill_id).notify, ctx.settings.notify_url)
+        if to is None:
+            return None
+        done = f"{ctx.record.k_meta(backfill_id)}:delivered:{body.get('id') or event}"
+        if ctx.redis.exists(done):
+            return None
+        if not ctx.redis.set(f"{done}:sending", 1, nx=True, ex=int(4 * TIMEOUT)):
+            raise self.retry(countdown=5.0, max_retries=None)
     except BackfillNotFound:
         return None
-    if to is None:
-        return None
+    except RedisError as exc:
+        metrics.REDIS_ERRORS.labels("notify").inc()
+        raise self.retry(countdown=5.0, max_retries=None) from exc
     try:
-        return post(to.url, body)
+        status = post(to.url, body)
     except WebhookError as exc:
+        ctx.redis.delete(f"{done}:sending")
         if exc.retry and self.request.retries < ATTEMPTS - 1:
             delay = 2.0 ** (self.request.retries + 1)
             log.warning("%s %s notification: %s, retrying in %.0f s", backfill_id, event, exc, delay)
@@ -202,6 +219,9 @@ def notify(self: Task, *, backfill_id: str, event: str, body: dict[str, Any]) ->
         log.error("%s %s notification not delivered: %s (after %d tries)", backfill_id, event, exc,
                   self.request.retries + 1)  # fmt: skip
         return None
+    ctx.redis.set(done, 1, ex=ctx.settings.record_ttl)
+    ctx.redis.delete(f"{done}:sending")
+    return status
 
 
 # -- chains -------------------------------------------------------------------------------

@@ -138,6 +138,7 @@ def test_configuration_table_matches_the_code():
     read_by_code |= {"AIRFLOW_TIMEOUT", "AIRFLOW_READ_ATTEMPTS", "AIRFLOW_TOKEN", "AIRFLOW_TOKEN_FILE"}
     read_by_code |= {"AIRFLOW_CA_BUNDLE"}
     read_by_code |= {"AIRFLOW_VERIFY_SSL", "AIRFLOW_EXTRA_HEADERS", "BACKFILL_REDIS_URL_FILE"}
+    read_by_code |= {"BACKFILL_NOTIFY_URL_FILE"}
     read_by_code |= {"BACKFILL_METRICS_PORT"}  # read by workers/metrics.py, before any Settings
     assert documented == read_by_code
     assert in_celeryconfig == read_by_code

@@ -138,20 +138,23 @@ def test_the_monitoring_profile_sees_a_backfill_as_airflow_recorded_it(compose: 
         for panel in ("sum(backfill_running)", 'sum(up{job="backfill-workers"})'):
             assert results[panel], panel
 
-        # What Prometheus shows, in a real browser (docs/operations.md shows this picture).
+        # What Prometheus shows, in a real browser (docs/operations.md shows these pictures).
         chromium = shutil.which("chromium")
         assert chromium, "chromium is missing: scripts/bootstrap.sh installs it (apt-get install -y chromium)"
-        graph = f"http://127.0.0.1:{pport}/graph?" + urllib.parse.urlencode(
-            {"g0.expr": f'sum by (state) (backfill_windows{{backfill="{bf}"}})', "g0.tab": "0", "g0.range_input": "5m"}
-        )
-        shot = tmp_path / "prometheus.png"
+        graph = "graph?" + urllib.parse.urlencode({
+            "g0.expr": f'sum by (state) (backfill_windows{{backfill="{bf}"}})', "g0.tab": "0", "g0.stacked": "1",
+            "g0.range_input": "2m",
+        })  # fmt: skip
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
-        cmd = [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,800", "--virtual-time-budget=15000", graph]
-        subprocess.run(cmd, capture_output=True, timeout=120, check=True)
-        png = shot.read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-        if os.environ.get("BACKFILL_SCREENSHOTS"):
-            shutil.copy(shot, Path(os.environ["BACKFILL_SCREENSHOTS"]) / "prometheus.png")
+        for name, page in (("prometheus.png", graph), ("prometheus-alerts.png", "alerts")):
+            shot = tmp_path / name
+            url = f"http://127.0.0.1:{pport}/{page}"
+            cmd = [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,800", "--virtual-time-budget=15000"]
+            subprocess.run([*cmd, url], capture_output=True, timeout=120, check=True)
+            png = shot.read_bytes()
+            assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, name
+            if os.environ.get("BACKFILL_SCREENSHOTS"):
+                shutil.copy(shot, Path(os.environ["BACKFILL_SCREENSHOTS"]) / name)
 
         # The webhook: the failed window, the DAG that ended failed, the backfill's end; once
         # each, the first after a 503 (retried), with the URL never in a log.

@@ -67,8 +67,12 @@ def test_the_dashboard_queries_only_exported_metrics_from_the_provisioned_data_s
     (source,) = yaml.safe_load((MONITORING / "grafana" / "datasources" / "prometheus.yml").read_text())["datasources"]
     assert source["url"] == "http://prometheus:9090"
     used: set[str] = set()
+    # The data source is a variable (provisioned: the default one; imported: chosen on import).
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert source["isDefault"] is True and source["type"] == "prometheus"
     for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] == source["uid"] and panel["targets"], panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]
         for target in panel["targets"]:
             used |= metric_names(target["expr"])
     assert used <= exported(), used - exported()
