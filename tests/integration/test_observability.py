@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -143,13 +144,19 @@ def test_the_monitoring_profile_sees_a_backfill_as_airflow_recorded_it(compose: 
         assert chromium, "chromium is missing: scripts/bootstrap.sh installs it (apt-get install -y chromium)"
         graph = "graph?" + urllib.parse.urlencode({
             "g0.expr": f'sum by (state) (backfill_windows{{backfill="{bf}"}})', "g0.tab": "0", "g0.stacked": "1",
-            "g0.range_input": "2m",
+            "g0.range_input": "20s",
         })  # fmt: skip
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
-        for name, page in (("prometheus.png", graph), ("prometheus-alerts.png", "alerts")):
+        # The alerts page: /alerts in the official image's UI, /classic/alerts in Debian's build.
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{pport}/alerts", timeout=10).close()
+            alerts_page = "alerts"
+        except urllib.error.HTTPError:
+            alerts_page = "classic/alerts"
+        for name, page in (("prometheus.png", graph), ("prometheus-alerts.png", alerts_page)):
             shot = tmp_path / name
             url = f"http://127.0.0.1:{pport}/{page}"
-            cmd = [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,800", "--virtual-time-budget=15000"]
+            cmd = [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,1000", "--virtual-time-budget=15000"]
             subprocess.run([*cmd, url], capture_output=True, timeout=120, check=True)
             png = shot.read_bytes()
             assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, name
