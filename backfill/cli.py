@@ -18,6 +18,7 @@ import redis
 
 from backfill.context import Context
 from backfill.errors import BackfillError
+from backfill.gates import check_quiet_hours
 from backfill.notify import check_notify
 from backfill.request import check_conf
 from backfill.settings import DEFAULT_REDIS_URL, Settings
@@ -104,6 +105,18 @@ def _request_options(fn: Any) -> Any:
             help="Webhook (Slack-compatible) told when the backfill ends or a DAG ends failed (default "
             'BACKFILL_NOTIFY_URL); \'{"url": "...", "failed_windows": true}\' also of each failed window.',
         ),
+        click.option(
+            "--quiet-hours",
+            default=None,
+            metavar="HH:MM-HH:MM[,...]",
+            help="No window starts in these hours (in --tz; a range may cross midnight); runs in flight go on.",
+        ),
+        click.option(
+            "--max-starts-per-hour",
+            type=click.IntRange(min=0),
+            default=None,
+            help="At most this many windows start in any hour (0: no limit).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -124,6 +137,7 @@ def _request(opts: dict[str, Any]) -> dict[str, Any]:
         on_conflict=opts["on_conflict"],
         max_parallel_dags=opts["max_parallel_dags"],
         notify=check_notify(notify),
+        quiet_hours=check_quiet_hours(opts["quiet_hours"]), max_starts_per_hour=opts["max_starts_per_hour"],
     )  # fmt: skip
 
 

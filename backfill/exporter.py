@@ -65,6 +65,8 @@ WAIT_REASONS: tuple[tuple[str, str], ...] = (
     ("global limit reached", "global_limit"),
     (WAIT_OUTAGE, "airflow_unavailable"),
     ("is paused in Airflow", "dag_paused"),
+    ("quiet hours ", "quiet_hours"),
+    ("max_starts_per_hour=", "max_starts_per_hour"),
 )
 
 

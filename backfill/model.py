@@ -16,6 +16,9 @@ from typing import Any
 from backfill.schedule import Schedule
 from backfill.windows import Window, WindowSpec, window_spec
 
+# Fields added after the first release, with the value that means "not used".
+LATER_FIELDS: dict[str, Any] = {"notify": None, "quiet_hours": None, "max_starts_per_hour": 0}
+
 
 @dataclass(frozen=True, kw_only=True)
 class BackfillParams:
@@ -45,6 +48,10 @@ class BackfillParams:
     schedules: dict[str, list[str | None]] = field(default_factory=dict)
     # Webhook of this backfill ({"url", "failed_windows"}, backfill.notify); None: BACKFILL_NOTIFY_URL.
     notify: dict[str, Any] | None = None
+    # When its windows may start (backfill.quiet, backfill.throttle.StartRate): times of day
+    # when none starts ("HH:MM-HH:MM", in ``tz``), and at most this many starts an hour (0: any).
+    quiet_hours: list[str] | None = None
+    max_starts_per_hour: int = 0
 
     @cached_property
     def spec(self) -> WindowSpec:
@@ -114,12 +121,15 @@ class BackfillParams:
             "reprocess": self.reprocess,
             "on_conflict": self.on_conflict,
             "max_parallel_dags": self.max_parallel_dags,
+            **({"quiet_hours": self.quiet_hours} if self.quiet_hours else {}),
+            **({"max_starts_per_hour": self.max_starts_per_hour} if self.max_starts_per_hour else {}),
         }
 
     def to_json(self) -> str:
         fields = asdict(self)
-        if fields["notify"] is None:  # read by workers of a version before it too (a rolling upgrade)
-            del fields["notify"]
+        for name, default in LATER_FIELDS.items():  # read by workers of a version before them too
+            if fields[name] == default:  # (a rolling upgrade), as long as they are not used
+                del fields[name]
         return json.dumps(fields, sort_keys=True)
 
     @classmethod

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 from backfill.airflow import AirflowClient, DagInfo
 from backfill.errors import AirflowNotFound, InputError
+from backfill.gates import check_quiet_hours
 from backfill.history import ON_CONFLICT, Verdict, survey
 from backfill.model import BackfillParams
 from backfill.notify import check_notify
@@ -43,6 +44,8 @@ class Request:
     max_parallel_dags: int = 0
     on_conflict: str = "refuse"
     notify: str | dict[str, Any] | None = None
+    quiet_hours: str | list[str] | None = None
+    max_starts_per_hour: int | None = None
 
 
 def new_backfill_id() -> str:
@@ -108,6 +111,10 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         raise InputError(f"max_parallel_dags: expected a whole number >= 0 (0 = no limit), got {mpd!r}")
     conf = check_conf(request.conf)
     notify = check_notify(request.notify)
+    quiet = check_quiet_hours(request.quiet_hours)
+    starts = request.max_starts_per_hour
+    if starts is not None and (isinstance(starts, bool) or not isinstance(starts, int) or starts < 0):
+        raise InputError(f"max_starts_per_hour: expected a whole number >= 1 (0 or none: no limit), got {starts!r}")
     spec = window_spec(request.start, request.end, request.batch, tz=request.tz, max_windows=max_windows)
     last = spec.window(spec.count - 1)
     now = datetime.now(UTC)
@@ -141,6 +148,8 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         max_parallel_dags=mpd,
         on_conflict=request.on_conflict,
         notify=notify,
+        quiet_hours=quiet,
+        max_starts_per_hour=starts or 0,
     )
 
 

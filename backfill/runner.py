@@ -24,6 +24,7 @@ from typing import Any
 from backfill import pacing
 from backfill.airflow import AirflowClient, RunInfo
 from backfill.errors import AirflowConflict, AirflowError, AirflowNotFound, AirflowUnavailable
+from backfill.gates import held_back
 from backfill.history import decide
 from backfill.locks import DagLocks, WindowKeys
 from backfill.model import BackfillParams
@@ -124,12 +125,16 @@ class WindowRunner:
                 return Step(done=False, delay=self.settings.poll_min)
             return self._follow(params, dag, idx, window, run, rec)
 
+        claimed = rec.run_id  # a run this window set out to re-run (clear)
+        if not claimed:  # (a claimed clear may have gone out: it is followed, whatever the hour)
+            held_back = self._start_gate(params, run_id, dag, reserve=False)
+            if held_back:
+                return self._wait(params, dag, idx, window, *held_back)
         lock_holder = self.locks.acquire(dag, run_id)
         if lock_holder is not None:
             locked = f"DAG locked by {_describe(lock_holder)}"
             return self._wait(params, dag, idx, window, locked, self.settings.busy_poll)
         self._lease_until = self.clock.now() + self.locks.ttl
-        claimed = rec.run_id  # a run this window set out to re-run (clear)
         why = self._busy(dag, run_id, claimed)
         if why:
             return self._wait(params, dag, idx, window, why, self.settings.busy_poll)
@@ -140,6 +145,11 @@ class WindowRunner:
                 return step
         if self._pace.total is None and params.seq_of(idx, dag) == 0:
             self._pace = self._seed_pace(params, dag)
+        # The start reserved (max_starts_per_hour) once the DAG is free: a start counts when it
+        # happens, not while the window waits.
+        held_back = self._start_gate(params, run_id, dag, reserve=True)
+        if held_back:
+            return self._wait(params, dag, idx, window, *held_back)
         # The slots last, then the final check: nothing between a grant and the trigger but
         # one script (lock_arm.lua) that verifies lock, slots and cancel flag together.
         why = self._slot(params, dag, run_id)
@@ -167,6 +177,8 @@ class WindowRunner:
             # The logical date is taken (by an earlier run, or our own earlier try). Triggering
             # first and looking only on a conflict saves a request on every window.
             return self._date_taken(params, dag, idx, window, run_id, rec)
+        if params.max_starts_per_hour:
+            self.throttle.starts.started(params.backfill_id, member)
         now = self.clock.now()
         # Our clock minus Airflow's (plus half a round trip): places Airflow's start date on ours.
         skew = round(now - run.queued_at.timestamp(), 3) if run.queued_at else 0.0
@@ -222,6 +234,13 @@ class WindowRunner:
             raise AssertionError(f"unexpected verdict {verdict.action!r} for run {run.run_id}")
         # The DAG was found free and our slot taken just before the trigger.
         return self._rerun(params, dag, idx, window, run, rec)
+
+    def _start_gate(self, params: BackfillParams, run_id: str, dag: str, *, reserve: bool) -> tuple[str, float] | None:
+        # Before the lock (not reserve) the wait holds nothing: it may last up to half the
+        # visibility timeout (the bound every countdown keeps), quiet hours end on the minute.
+        longest = self.settings.poll_max if reserve else self.settings.visibility_timeout / 2
+        return held_back(params, slot_member(dag, run_id), self.throttle.starts, self.clock.now(), reserve=reserve,
+                         poll=(self.settings.poll_min, longest))  # fmt: skip
 
     def _keep(self, params: BackfillParams, dag: str, run_id: str, delay: float) -> None:
         """Keep the lock and slots of a window whose run is in flight until its next step has
@@ -296,6 +315,8 @@ class WindowRunner:
                                  clear_at=now):  # fmt: skip
             return Step(done=False, delay=self.settings.poll_min)  # someone else is on it: follow
         self.airflow.clear(dag, run.run_id)
+        if params.max_starts_per_hour:
+            self.throttle.starts.started(params.backfill_id, slot_member(dag, params.run_id(window)))
         reason = f"re-running existing run {run.run_id} ({run.run_type}, was {run.state}, reprocess={params.reprocess})"
         self._set(
             params,

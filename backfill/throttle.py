@@ -114,6 +114,7 @@ class Throttle:
         self._stale = stale
         self.global_limit = global_limit
         self.glob = Semaphore(client, f"{prefix}:slots:global", ttl=ttl, stale=stale, clock=clock)
+        self.starts = StartRate(client, prefix=prefix, clock=clock)
 
     def of_backfill(self, bf: str) -> Semaphore:
         # The limit of a backfill is its own parameter; no override key is ever set for it.
@@ -150,3 +151,34 @@ class Throttle:
         """Give back every slot and place in line of a backfill (on cancel)."""
         mine = set(self.glob.members(f"{bf}__")) | set(self.of_backfill(bf).members())
         self.release(bf, *mine)
+
+
+class StartRate:
+    """A backfill's ``max_starts_per_hour``: at most that many of its windows start (trigger or
+    re-run) in any hour. A window reserves its start right before it triggers; a repeated step
+    keeps its reservation, so a redelivery never counts twice. Judged on Redis's clock."""
+
+    SPAN_MS = 3_600_000
+
+    def __init__(self, client: redis.Redis, *, prefix: str, clock: Clock = SYSTEM) -> None:
+        self._prefix = prefix
+        self._client = client
+        self.clock = clock
+        self._lua = client.register_script(source("start_reserve"))
+
+    def key(self, bf: str) -> str:
+        return f"{self._prefix}:bf:{bf}:starts"
+
+    def check(self, bf: str, member: str, limit: int, *, reserve: bool) -> float | None:
+        """None when ``member`` may start (reserved if ``reserve``); else when it may (Unix time,
+        Redis's clock: the same answer on every look, whatever the worker's clock)."""
+        args: list[str | int] = [member, limit, self.clock.script_now(), self.SPAN_MS, 2 * self.SPAN_MS // 1000,
+                                 "1" if reserve else "0"]  # fmt: skip
+        ok, at = self._lua(keys=[self.key(bf)], args=args)
+        return None if ok else int(at) / 1000
+
+    def started(self, bf: str, member: str) -> None:
+        """``member``'s trigger went out: its start counts from now."""
+        self._lua(
+            keys=[self.key(bf)], args=[member, 0, self.clock.script_now(), self.SPAN_MS, 2 * self.SPAN_MS // 1000, "2"]
+        )

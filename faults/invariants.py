@@ -98,6 +98,30 @@ def check(sim: Sim) -> list[str]:
                 if (rec.state == "failed") != sent:
                     out.append(f"11 {bf} {dag} window {idx}: {rec.state}, window_failed notified {sent}")
 
+    # 12: start gates. No start well inside quiet hours (a worker's clock may be 10 s off, and a
+    # step checks them before the DAG's busy check, then triggers), and never more starts in an
+    # hour than max_starts_per_hour (judged on Redis's clock, the world's; a start counts from
+    # its record after the trigger, or from its step's reservation if a crash came between).
+    starts: dict[str, list[float]] = defaultdict(list)
+    for t, what, _, _, by, _ in airflow.actions:
+        if by in params and what in ("trigger", "clear"):
+            starts[by].append(t)
+    for bf, times in starts.items():
+        p = params[bf]
+        for t in times:
+            minute = (t % 86400) / 60
+            for part in p.quiet_hours or []:
+                a, b = (int(x[:2]) * 60 + int(x[3:]) for x in part.split("-"))
+                if a + 0.5 <= minute < b - 0.5:
+                    out.append(f"12 {bf}: a window started at t+{t - 1.75e9:.0f} s, in its quiet hours {part}")
+        if p.max_starts_per_hour:
+            ordered = sorted(times)
+            for i, t in enumerate(ordered):
+                n = sum(1 for u in ordered[i:] if u < t + 3600 - 30)  # [t, t + 1 h), less one step
+                if n > p.max_starts_per_hour:
+                    cap = p.max_starts_per_hour
+                    out.append(f"12 {bf}: {n} starts within an hour of t+{t - 1.75e9:.0f} s, max {cap}")
+
     # 1, 2, 3: from the stand-in's executions and actions.
     for dag, runs in airflow.runs.items():
         ours = sorted(((e.active_from, e.ended if e.ended is not None else float("inf"), e.by, run.run_id)

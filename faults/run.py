@@ -43,6 +43,8 @@ class BackfillSpec:
     reverse: bool = False
     on_conflict: str = "refuse"
     unpause: bool = False
+    quiet_hours: list[str] | None = None
+    max_starts_per_hour: int = 0
 
 
 @dataclass
@@ -93,6 +95,16 @@ def generate(seed: int) -> Schedule:
             max_parallel_dags=rng.choice((0, 0, 1, 2)), reverse=rng.random() < 0.3,
             on_conflict=rng.choice(("refuse", "skip", "skip")),
         ))  # fmt: skip
+    # Start gates, drawn apart so that the rest of a seed's schedule stays what it was. The
+    # world starts at 15:06:40 UTC: quiet hours from a few minutes on, for 5 to 20 minutes.
+    gates = random.Random(seed * 31 + 5)
+    for spec in backfills:
+        if gates.random() < 0.2:
+            a = 15 * 60 + gates.randint(8, 20)
+            b = a + gates.randint(5, 20)
+            spec.quiet_hours = [f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}"]
+        if gates.random() < 0.2:
+            spec.max_starts_per_hour = gates.choice((1, 2, 3))
     users: list[UserAction] = []
     for _ in range(rng.choice((0, 0, 1, 2, 3))):
         kind = rng.choice(("cancel", "cancel_fail", "resume", "resume", "pause", "trigger", "trigger", "odd"))
@@ -277,6 +289,7 @@ class Sim:
                     batch="daily", reverse=spec.reverse, on_failure=spec.on_failure, reprocess=spec.reprocess,
                     unpause=spec.unpause, on_conflict=spec.on_conflict, max_parallel_dags=spec.max_parallel_dags,
                     notify={"url": "http://hook.invalid/own", "failed_windows": True},  # invariant 11
+                    quiet_hours=spec.quiet_hours, max_starts_per_hour=spec.max_starts_per_hour,  # invariant 12
                 )  # fmt: skip
                 params = validate(request, max_windows=1000)
             params, _, _ = life.submit(params, task_id=task_id, unpause=False, new_id=lambda: kw["id"])

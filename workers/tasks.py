@@ -112,6 +112,8 @@ def submit_backfill(
     dry_run: bool = False,
     resume: str | None = None,
     notify: str | dict[str, Any] | None = None,
+    quiet_hours: str | list[str] | None = None,
+    max_starts_per_hour: int | None = None,
 ) -> dict[str, Any]:
     """Plan a backfill of ``dags`` over [start, end] in ``batch`` windows and start it.
 
@@ -123,6 +125,8 @@ def submit_backfill(
     succeed, with its rules (``on_conflict`` may be given anew); the other arguments are ignored.
     ``notify``: a webhook URL (or ``{"url": ..., "failed_windows": true}``) told when the
     backfill ends and when a DAG ends failed (``backfill.notify``); default BACKFILL_NOTIFY_URL.
+    ``quiet_hours``: ``"08:00-20:00"`` (several with commas, in ``tz``): no window starts then;
+    ``max_starts_per_hour``: at most that many windows start in any hour (``backfill.quiet``).
     Raises ``InputError`` (nothing triggered) for bad input, unknown or paused DAGs.
     """
     ctx = context()
@@ -136,7 +140,7 @@ def submit_backfill(
         request = Request(
             dags=dags or [], start=start, end=end, batch=batch, tz=tz, reverse=reverse, conf=conf,
             on_failure=on_failure, reprocess=reprocess, unpause=unpause, on_conflict=on_conflict or "refuse",
-            notify=notify,
+            notify=notify, quiet_hours=quiet_hours, max_starts_per_hour=max_starts_per_hour,
             max_parallel_dags=ctx.settings.max_parallel_dags if max_parallel_dags is None else max_parallel_dags,
         )  # fmt: skip
         params = validate(request, max_windows=ctx.settings.max_windows)

@@ -108,6 +108,8 @@ def test_outcomes_and_wait_reasons_are_bounded_labels() -> None:
         "global limit reached (4 runs in flight across all backfills), waiting for a turn in line": "global_limit",
         WAIT_OUTAGE: "airflow_unavailable",
         "DAG etl is paused in Airflow: run x stays queued until it is unpaused": "dag_paused",
+        "quiet hours 08:00-20:00 (UTC): may start at 2024-01-01T20:00+00:00": "quiet_hours",
+        "max_starts_per_hour=2 reached: may start at 2024-01-01T11:00:00+00:00": "max_starts_per_hour",
         "run x was deleted in Airflow": "other",
     }
     assert {r: wait_reason(r) for r in cases} == cases
@@ -120,6 +122,9 @@ class _Events:
     def __init__(self, events: list[dict[str, Any]]) -> None:
         self.stream = [(f"{i + 1}-0", e) for i, e in enumerate(events)]
         self.clock = SimpleNamespace(now=lambda: 0.0)
+
+    def forget(self, *, keep: set[str]) -> None:
+        pass
 
     def events(self, bf: str, *, after: str = "-", count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
         start = 0 if after == "-" else int(after.split("-")[0])

@@ -69,6 +69,10 @@ def test_max_parallel_dags_must_be_a_whole_number(bad):
         ({"reprocess": "all"}, "reprocess: 'all' is not one of none, failed, completed"),
         ({"reverse": "yes"}, "reverse: expected true or false"),
         ({"batch": "yearly"}, "batch: unknown batch size 'yearly'"),
+        ({"quiet_hours": "8-20"}, "quiet_hours: '8-20' is not a range \"HH:MM-HH:MM\""),
+        ({"quiet_hours": ["00:00-12:00", "12:00-00:00"]}, "cover the whole day: no window could ever start"),
+        ({"max_starts_per_hour": -1}, "max_starts_per_hour: expected a whole number >= 1 (0 or none: no limit)"),
+        ({"max_starts_per_hour": True}, "max_starts_per_hour: expected a whole number >= 1"),
         ({"dags": ["a", "b"], "batch": "daily"}, "the backfill makes 62 windows (31 daily windows x 2 DAGs)"),
         # Airflow takes the trigger, then holds the run until then: "Logical date is in future" (its scheduler).
         ({"start": "2999-01-01", "end": "2999-01-02"}, "end: the window [2999-01-01T00:00:00+00:00, "),
