@@ -37,6 +37,10 @@ REDIS_ERRORS = Counter(
     "Redis errors met by a task (the step is retried with backoff), by task",
     ["task"],
 )
+# Exported at 0 from the start, so that a rate over them (the dashboard, BackfillRedisErrors)
+# has series before the first error.
+for _task in ("submit_backfill", "run_window", "continue_dag", "notify"):
+    REDIS_ERRORS.labels(_task)
 
 
 def outcome_of(status: int | None) -> str:

@@ -187,6 +187,20 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+def exposed(port: int) -> set[str]:
+    """Every metric name ``127.0.0.1:port`` exposes, as PromQL names it (a counter's ``_total``,
+    a histogram's ``_bucket``/``_count``/``_sum``), samples or not yet."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}.get(family.type, ("",))
+        names |= {family.name + s for s in suffixes} | {s.name for s in family.samples}
+    return names
+
+
 def samples(scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> dict[
         tuple[tuple[str, str], ...], float]:  # fmt: skip
     """The samples of ``name`` whose labels include ``labels``."""

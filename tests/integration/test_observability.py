@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 
 from devstack import REPO
 from tests.compose_stack import ComposeStack
-from tests.integration.helpers import Webhook, runs, samples, scrape, wait_done, wait_for
+from tests.integration.helpers import Webhook, exposed, runs, samples, scrape, wait_done, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -128,6 +129,11 @@ def test_the_monitoring_profile_sees_a_backfill_as_airflow_recorded_it(compose: 
         # backfill show what Airflow recorded.
         dashboard = json.loads(DASHBOARD.read_text())
         exprs = [t["expr"].replace("$backfill", bf) for p in dashboard["panels"] for t in p["targets"]]
+        # Each names only metrics the worker and the exporter really expose (or Prometheus's `up`).
+        real = exposed(wport) | exposed(eport) | {"up"}
+        for expr in exprs:
+            used = set(re.findall(r"\b(backfill_[a-z_]+|up)\b(?=\s*[{\[)]|\s*$|\s*[=*/<>])", expr))
+            assert used and used <= real, (expr, used - real)
         results = {e: query(pport, e) for e in exprs}
         progress = next(r for e, r in results.items() if e.startswith("backfill_windows_done"))
         assert [r["value"][1] for r in progress] == ["1"]
