@@ -68,18 +68,20 @@ def _quiet_at(ranges: list[str], minute: int) -> bool:
 
 
 def quiet_until(ranges: list[str] | None, now: datetime, zone: tzinfo) -> datetime | None:
-    """None when a window may start at ``now``; else when the quiet hours around it end (the
-    first minute, in ``zone``, that no range covers)."""
+    """None when a window may start at ``now``; else when the quiet hours around it end: the
+    first minute, in ``zone``, that no range covers. Steps in real minutes, so a wall-clock time
+    that a DST change skips is never the answer, and a repeated hour is lived through twice."""
     if not ranges:
         return None
     local = now.astimezone(zone)
     if not _quiet_at(ranges, local.hour * 60 + local.minute):
         return None
-    t = local.replace(second=0, microsecond=0)
-    for _ in range(DAY):
-        t = (t + timedelta(minutes=1)).astimezone(zone)  # wall-clock minutes, through DST changes
-        if not _quiet_at(ranges, t.hour * 60 + t.minute):
-            return t
+    t = now.astimezone(UTC).replace(second=0, microsecond=0)
+    for _ in range(DAY + 120):  # a day, and a fall-back day's extra hour
+        t += timedelta(minutes=1)
+        wall = t.astimezone(zone)
+        if not _quiet_at(ranges, wall.hour * 60 + wall.minute):
+            return wall
     raise AssertionError("quiet hours cover the whole day")  # refused by check_quiet_hours
 
 
@@ -87,18 +89,19 @@ def held_back(
     params: BackfillParams, member: str, starts: StartRate, now: float, *, reserve: bool, poll: tuple[float, float]
 ) -> tuple[str, float] | None:
     """Why window ``member`` may not start at ``now``, and when to look again (within ``poll``,
-    the shortest and longest waits); None when it may. Quiet hours are checked before the start
-    is reserved only; ``reserve`` takes the start from ``max_starts_per_hour``."""
-    if not reserve and params.quiet_hours:
+    the shortest and longest waits); None when it may. ``reserve`` (right before the trigger)
+    also takes the start from ``max_starts_per_hour``; quiet hours are checked both times."""
+    if params.quiet_hours:
         until = quiet_until(params.quiet_hours, datetime.fromtimestamp(now, UTC), get_tz(params.tz))
         if until is not None:
             why = (f"quiet hours {','.join(params.quiet_hours)} ({params.tz or 'UTC'}): may start at "
                    f"{until.isoformat(timespec='minutes')}")  # fmt: skip
             return why, min(max(until.timestamp() - now, poll[0]), poll[1])
     if params.max_starts_per_hour:
-        at = starts.check(params.backfill_id, member, params.max_starts_per_hour, reserve=reserve)
-        if at is not None:
+        answer = starts.check(params.backfill_id, member, params.max_starts_per_hour, reserve=reserve)
+        if answer is not None:
+            at, wait = answer
             when = datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
             why = f"max_starts_per_hour={params.max_starts_per_hour} reached: may start at {when}"
-            return why, min(max(at - now, poll[0]), poll[1])
+            return why, min(max(wait, poll[0]), poll[1])
     return None

@@ -48,7 +48,7 @@ class BackfillParams:
     schedules: dict[str, list[str | None]] = field(default_factory=dict)
     # Webhook of this backfill ({"url", "failed_windows"}, backfill.notify); None: BACKFILL_NOTIFY_URL.
     notify: dict[str, Any] | None = None
-    # When its windows may start (backfill.quiet, backfill.throttle.StartRate): times of day
+    # When its windows may start (backfill.gates, backfill.throttle.StartRate): times of day
     # when none starts ("HH:MM-HH:MM", in ``tz``), and at most this many starts an hour (0: any).
     quiet_hours: list[str] | None = None
     max_starts_per_hour: int = 0

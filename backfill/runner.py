@@ -126,7 +126,9 @@ class WindowRunner:
             return self._follow(params, dag, idx, window, run, rec)
 
         claimed = rec.run_id  # a run this window set out to re-run (clear)
-        if not claimed:  # (a claimed clear may have gone out: it is followed, whatever the hour)
+        # Asked before the lock (a wait holds nothing), unless the lock is ours already (a step
+        # that took it and waited: the check before the trigger asks) or a clear was claimed.
+        if not claimed and not self._lease_until:
             held_back = self._start_gate(params, run_id, dag, reserve=False)
             if held_back:
                 return self._wait(params, dag, idx, window, *held_back)
@@ -149,6 +151,8 @@ class WindowRunner:
         # happens, not while the window waits.
         held_back = self._start_gate(params, run_id, dag, reserve=True)
         if held_back:
+            self.locks.release(dag, run_id)  # a gate's wait (quiet hours, the hourly cap) holds no lock
+            self._lease_until = 0.0
             return self._wait(params, dag, idx, window, *held_back)
         # The slots last, then the final check: nothing between a grant and the trigger but
         # one script (lock_arm.lua) that verifies lock, slots and cancel flag together.
@@ -177,13 +181,13 @@ class WindowRunner:
             # The logical date is taken (by an earlier run, or our own earlier try). Triggering
             # first and looking only on a conflict saves a request on every window.
             return self._date_taken(params, dag, idx, window, run_id, rec)
-        if params.max_starts_per_hour:
-            self.throttle.starts.started(params.backfill_id, member)
         now = self.clock.now()
         # Our clock minus Airflow's (plus half a round trip): places Airflow's start date on ours.
         skew = round(now - run.queued_at.timestamp(), 3) if run.queued_at else 0.0
         self._set(params, dag, idx, window, WindowState.TRIGGERED, run=run_id, triggered_at=now, skew=skew)
         self.locks.disarm(dag, run_id)
+        if params.max_starts_per_hour:
+            self.throttle.starts.started(params.backfill_id, member)
         rec.triggered_at = now
         if self.record.is_cancelled(params.backfill_id):
             # Cancelled while we triggered: the cancel may have listed the runs before ours.
@@ -315,8 +319,6 @@ class WindowRunner:
                                  clear_at=now):  # fmt: skip
             return Step(done=False, delay=self.settings.poll_min)  # someone else is on it: follow
         self.airflow.clear(dag, run.run_id)
-        if params.max_starts_per_hour:
-            self.throttle.starts.started(params.backfill_id, slot_member(dag, params.run_id(window)))
         reason = f"re-running existing run {run.run_id} ({run.run_type}, was {run.state}, reprocess={params.reprocess})"
         self._set(
             params,
@@ -329,6 +331,8 @@ class WindowRunner:
             triggered_at=self.clock.now(),
         )
         self.locks.disarm(dag, params.run_id(window))
+        if params.max_starts_per_hour:
+            self.throttle.starts.started(params.backfill_id, slot_member(dag, params.run_id(window)))
         if self.record.is_cancelled(params.backfill_id):  # as after a trigger: the cancel may have swept before
             return self._cancelled(params, dag, idx, window, run.run_id)
         return Step(done=False, delay=self._poll_delay(rec, 0.0))

@@ -169,13 +169,13 @@ class StartRate:
     def key(self, bf: str) -> str:
         return f"{self._prefix}:bf:{bf}:starts"
 
-    def check(self, bf: str, member: str, limit: int, *, reserve: bool) -> float | None:
-        """None when ``member`` may start (reserved if ``reserve``); else when it may (Unix time,
-        Redis's clock: the same answer on every look, whatever the worker's clock)."""
+    def check(self, bf: str, member: str, limit: int, *, reserve: bool) -> tuple[float, float] | None:
+        """None when ``member`` may start (reserved if ``reserve``); else when it may (Unix time on
+        Redis's clock: the same answer on every look) and in how many seconds (on that clock too)."""
         args: list[str | int] = [member, limit, self.clock.script_now(), self.SPAN_MS, 2 * self.SPAN_MS // 1000,
                                  "1" if reserve else "0"]  # fmt: skip
-        ok, at = self._lua(keys=[self.key(bf)], args=args)
-        return None if ok else int(at) / 1000
+        ok, at, *wait = self._lua(keys=[self.key(bf)], args=args)
+        return None if ok else (int(at) / 1000, int(wait[0]) / 1000)
 
     def started(self, bf: str, member: str) -> None:
         """``member``'s trigger went out: its start counts from now."""

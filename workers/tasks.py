@@ -126,7 +126,7 @@ def submit_backfill(
     ``notify``: a webhook URL (or ``{"url": ..., "failed_windows": true}``) told when the
     backfill ends and when a DAG ends failed (``backfill.notify``); default BACKFILL_NOTIFY_URL.
     ``quiet_hours``: ``"08:00-20:00"`` (several with commas, in ``tz``): no window starts then;
-    ``max_starts_per_hour``: at most that many windows start in any hour (``backfill.quiet``).
+    ``max_starts_per_hour``: at most that many windows start in any hour (``backfill.gates``).
     Raises ``InputError`` (nothing triggered) for bad input, unknown or paused DAGs.
     """
     ctx = context()

@@ -14,6 +14,7 @@ from backfill.errors import InputError
 from backfill.gates import check_quiet_hours, held_back, quiet_until
 from backfill.model import BackfillParams
 from backfill.throttle import StartRate
+from backfill.windows import get_tz
 
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -50,8 +51,19 @@ def test_quiet_until_says_when_a_start_may_come_in_the_backfill_s_zone() -> None
     assert quiet_until(["10:00-12:00", "12:00-24:00"], at("2024-01-01T11:00:00+00:00"), UTC) == at(
         "2024-01-02T00:00:00+00:00"
     )
-    # Through the spring DST change (02:00 -> 03:00 in Paris): quiet until 03:30 wall-clock.
-    assert quiet_until(["01:00-03:30"], at("2024-03-31T00:30:00+00:00"), PARIS) == at("2024-03-31T03:30:00+02:00")
+    # Through DST changes, with both time zone libraries (get_tz gives dateutil's): the end is a
+    # wall-clock time that exists, never one in the past.
+    for zone in (PARIS, get_tz("Europe/Paris")):
+        assert quiet_until(["01:00-03:30"], at("2024-03-31T00:30:00+00:00"), zone) == at("2024-03-31T03:30:00+02:00")
+        # 22:00-02:30 on the spring night: 02:00-02:59 does not exist, so it ends at 03:00.
+        assert quiet_until(["22:00-02:30"], at("2024-03-30T23:30:00+00:00"), zone) == at("2024-03-31T03:00:00+02:00")
+        # 22:00-02:30 on the autumn night: 02:xx happens twice; the first 02:30 ends it.
+        # (Compared as instants: aware datetimes of one zone compare by wall time, fold ignored.)
+        end = quiet_until(["22:00-02:30"], at("2024-10-26T23:30:00+00:00"), zone)
+        assert end and end.timestamp() == at("2024-10-27T02:30:00+02:00").timestamp(), end
+        # In the repeated hour (the second 02:10, UTC+1): quiet until 02:30 of that second pass.
+        end = quiet_until(["22:00-02:30"], at("2024-10-27T01:10:00+00:00"), zone)
+        assert end and end.timestamp() == at("2024-10-27T02:30:00+01:00").timestamp(), end
 
 
 def params(**kw: object) -> BackfillParams:
@@ -90,10 +102,10 @@ def test_the_hourly_cap_counts_starts_from_the_trigger_and_never_twice(scratch_r
     clock.ms += 60_000
     rate.started("bf", "b")  # b's trigger went out two minutes in: it counts from then
     # Full: c may start when a's start (t0) leaves the hour.
-    assert rate.check("bf", "c", 2, reserve=False) == 1_000_000 + 3600
+    assert rate.check("bf", "c", 2, reserve=False) == (1_000_000 + 3600, 3600 - 120)
     clock.ms = 1_000_000_000 + 3_600_000
     assert rate.check("bf", "c", 2, reserve=True) is None
-    assert rate.check("bf", "d", 2, reserve=True) == 1_000_000 + 120 + 3600
+    assert rate.check("bf", "d", 2, reserve=True) == (1_000_000 + 120 + 3600, 120)
     # Another backfill's cap is its own.
     assert rate.check("other", "d", 1, reserve=True) is None
 
@@ -105,7 +117,10 @@ def test_held_back_names_the_gate_and_when_the_window_may_start(scratch_redis) -
     why, wait = held_back(quiet, "m", rate, clock.now(), reserve=False, poll=(0.05, 900))  # type: ignore[misc]
     assert why == "quiet hours 10:00-12:00 (Europe/Paris): may start at 2024-01-01T12:00+01:00"
     assert wait == 900  # an hour away: look again within half the visibility timeout
-    assert held_back(quiet, "m", rate, clock.now(), reserve=True, poll=(0.05, 900)) is None  # checked before only
+    assert held_back(quiet, "m", rate, clock.now(), reserve=True, poll=(0.05, 900)) == (
+        why,
+        900,
+    )  # and before the trigger
     capped = params(max_starts_per_hour=1)
     assert held_back(capped, "m1", rate, clock.now(), reserve=True, poll=(0.05, 60)) is None
     why, wait = held_back(capped, "m2", rate, clock.now(), reserve=True, poll=(0.05, 60))  # type: ignore[misc]
