@@ -33,6 +33,7 @@ if [ -z "$PY" ] || ! recent "$PY"; then
 fi
 
 missing=()
+bare=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # The local Airflow (demo, tests, benchmarks) runs on a private PostgreSQL, as production runs it.
 { [ -d /usr/lib/postgresql ] || command -v initdb >/dev/null 2>&1; } || missing+=(postgresql)
@@ -40,15 +41,20 @@ if [ "${1:-}" = "--tests" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v dot >/dev/null 2>&1 || missing+=(graphviz)   # renders docs/architecture.svg (checked by a test)
   # promtool checks deploy/monitoring's rules; the integration tests run the prometheus service.
-  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  # Without its recommends (node-exporter, which nothing here uses).
+  command -v promtool >/dev/null 2>&1 || bare+=(prometheus)
 fi
 # Debian's Python splits venv (and ensurepip) into pythonX.Y-venv.
 "$PY" -c "import ensurepip, venv" 2>/dev/null || missing+=("python$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')-venv")
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "bootstrap: installing ${missing[*]}"
-  # No recommends: prometheus's would add node-exporter, which nothing here uses.
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]} ${bare[*]}"
+  $SUDO apt-get update -qq
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if [ ${#bare[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${bare[@]}" >/dev/null
+  fi
 fi
 
 stamp=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
