@@ -433,11 +433,13 @@ class AirflowClient:
         )  # fmt: skip
         return RunInfo.from_json(run)
 
-    def clear(self, dag_id: str, run_id: str) -> None:
-        """Re-queue an existing run (with its original data interval)."""
+    def clear(self, dag_id: str, run_id: str, *, only_failed: bool = False) -> None:
+        """Re-queue an existing run (with its original data interval): all its tasks, or only
+        the failed ones (and those they left undone)."""
+        body = {"dry_run": False, **({"only_failed": True} if only_failed else {})}
         self._call(f"clear run {run_id!r} of DAG {dag_id!r}", self._json, "POST",
                    "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/clear",
-                   path_params={"dag_id": dag_id, "dag_run_id": run_id}, body={"dry_run": False},
+                   path_params={"dag_id": dag_id, "dag_run_id": run_id}, body=body,
                    idempotent=False)  # fmt: skip
 
     def fail_run(self, dag_id: str, run_id: str) -> None:

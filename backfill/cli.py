@@ -117,6 +117,19 @@ def _request_options(fn: Any) -> Any:
             default=None,
             help="At most this many windows start in any hour (0: no limit).",
         ),
+        click.option(
+            "--retries",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Re-run a window whose run failed (its failed tasks cleared) up to this many times.",
+        ),
+        click.option(
+            "--retry-delay",
+            type=click.FloatRange(min=0),
+            default=None,
+            metavar="SECONDS",
+            help="Wait before the first retry (default 60), doubling for each next one, at most 1 h.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -138,6 +151,7 @@ def _request(opts: dict[str, Any]) -> dict[str, Any]:
         max_parallel_dags=opts["max_parallel_dags"],
         notify=check_notify(notify),
         quiet_hours=check_quiet_hours(opts["quiet_hours"]), max_starts_per_hour=opts["max_starts_per_hour"],
+        retries=opts["retries"], retry_delay=opts["retry_delay"],
     )  # fmt: skip
 
 

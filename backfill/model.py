@@ -17,7 +17,11 @@ from backfill.schedule import Schedule
 from backfill.windows import Window, WindowSpec, window_spec
 
 # Fields added after the first release, with the value that means "not used".
-LATER_FIELDS: dict[str, Any] = {"notify": None, "quiet_hours": None, "max_starts_per_hour": 0}
+LATER_FIELDS: dict[str, Any] = {
+    "notify": None, "quiet_hours": None, "max_starts_per_hour": 0, "retries": 0, "retry_delay": 60.0,
+    "after": None,
+}  # fmt: skip
+RETRY_DELAY_MAX = 3600.0  # the longest wait between two attempts of a window (unless retry_delay is longer)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +56,17 @@ class BackfillParams:
     # when none starts ("HH:MM-HH:MM", in ``tz``), and at most this many starts an hour (0: any).
     quiet_hours: list[str] | None = None
     max_starts_per_hour: int = 0
+    # A window whose run fails is re-run (its failed tasks cleared) up to ``retries`` times, after
+    # ``retry_delay`` seconds, doubling each time (``retry_wait``); then ``on_failure`` applies.
+    retries: int = 0
+    retry_delay: float = 60.0
+    # Ordering across DAGs: DAG -> the DAGs whose same window must have succeeded (or been
+    # skipped) before its window starts (``backfill.order``). None: no order between DAGs.
+    after: dict[str, list[str]] | None = None
+
+    def retry_wait(self, attempt: int) -> float:
+        """Seconds between the end of attempt ``attempt`` (1: the first run) and the next."""
+        return float(min(self.retry_delay * 2 ** (attempt - 1), max(self.retry_delay, RETRY_DELAY_MAX)))
 
     @cached_property
     def spec(self) -> WindowSpec:
@@ -123,6 +138,8 @@ class BackfillParams:
             "max_parallel_dags": self.max_parallel_dags,
             **({"quiet_hours": self.quiet_hours} if self.quiet_hours else {}),
             **({"max_starts_per_hour": self.max_starts_per_hour} if self.max_starts_per_hour else {}),
+            **({"retries": self.retries, "retry_delay": self.retry_delay} if self.retries else {}),
+            **({"after": self.after} if self.after else {}),
         }
 
     def to_json(self) -> str:

@@ -58,6 +58,8 @@ class WindowRecord:
     outage_attempts: int = 0
     stalled_since: float | None = None  # its run cannot end by itself since (a paused DAG)
     conflicts_unexplained: int = 0  # 409s with no run at the window's date so far
+    attempt: int = 1  # which attempt the window's run is on (retries: 2 after the first re-run)
+    retry_at: float | None = None  # its run failed: re-run it from then (the worker's clock)
 
     @classmethod
     def from_json(cls, raw: bytes | str | None) -> WindowRecord:
@@ -287,10 +289,13 @@ class Record:
         *,
         reason: str | None = None,
         force: bool = False,
+        erase: tuple[str, ...] = (),
+        expect: tuple[str, Any] | None = None,
         **extra: Any,
     ) -> int:
-        """``transition``, returning the script's answer: 0 nothing changed (final already, or in
-        flight and not forced), 1 same state and reason, 2 a change."""
+        """``transition``, returning the script's answer: 0 nothing changed (final already, in
+        flight and not forced, or ``expect``'s field not holding its value: None, absent), 1
+        same state and reason, 2 a change. ``erase``: facts forgotten with the change."""
         assert state in WINDOW_STATES, state
         now = round(self.clock.now(), 3)
         # "" rather than null: Lua sees JSON null as a truthy userdata.
@@ -311,9 +316,11 @@ class Record:
             event += ["dur", repr(float(duration))]
         bf = params.backfill_id
         keys = [self.k_windows(bf, dag), self.k_dag(bf, dag), self.k_events(bf)]
-        result = self._lua_transition(
-            keys=keys, args=[str(idx), json.dumps(data), json.dumps(event), "force" if force else ""]
-        )
+        args = [str(idx), json.dumps(data), json.dumps(event), "force" if force else ""]
+        if erase or expect:
+            field, value = expect or ("", None)
+            args += [json.dumps(list(erase)) if erase else "", field, json.dumps(value)]
+        result = self._lua_transition(keys=keys, args=args)
         return int(result)
 
     def note(self, params: BackfillParams, dag: str, idx: int, **fields: Any) -> bool:

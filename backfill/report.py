@@ -43,6 +43,7 @@ class Bar:
     t0: float  # when it ran (epoch seconds)
     t1: float
     reason: str | None
+    attempts: int = 1  # runs of the window: 1, or more when failed attempts were retried
 
     @property
     def ran(self) -> bool:
@@ -77,6 +78,7 @@ def collect(record: Record, bf: str, *, airflow: AirflowClient | None = None) ->
                 Bar(
                     dag=dag, seq=seq + 1, start=window.start.isoformat(), end=window.end.isoformat(),
                     state=rec.state, run_id=rec.run, t0=t0, t1=max(t0, t1), reason=rec.reason,
+                    attempts=rec.attempt,
                 )
             )  # fmt: skip
         lanes[dag] = bars
@@ -125,7 +127,10 @@ def text(data: dict[str, Any], *, width: int = 60, max_rows: int = 100) -> str:
         took = span(b.t1 - b.t0) if b.ran else "-"
         run = f" run={b.run_id}" if b.run_id else ""
         why = f" ({b.reason})" if b.reason and b.state != "success" else ""
-        out.append(f"  {clock(b.t0)}  {took:>8}  {b.dag:<{name_w}}  #{b.seq} [{b.start}, {b.end}) {b.state}{run}{why}")
+        tries = f" attempts={b.attempts}" if b.attempts > 1 else ""
+        out.append(
+            f"  {clock(b.t0)}  {took:>8}  {b.dag:<{name_w}}  #{b.seq} [{b.start}, {b.end}) {b.state}{run}{tries}{why}"
+        )
     if len(rows) > len(shown):
         out.append(f"  ... {len(rows) - len(shown)} more (--max-rows 0 shows all)")
     return "\n".join(out)
@@ -182,6 +187,7 @@ def to_html(data: dict[str, Any]) -> str:
             tip = f"{dag} #{b.seq} [{b.start}, {b.end}) {b.state}"
             tip += f"\nran {clock(b.t0)} .. {clock(b.t1)} UTC ({span(b.t1 - b.t0)})" if b.ran else ""
             tip += f"\nrun {b.run_id}" if b.run_id else ""
+            tip += f"\n{b.attempts} attempts" if b.attempts > 1 else ""
             tip += f"\n{b.reason}" if b.reason else ""
             marks.append(
                 f'<div class="bar" data-window="{e(b.start)}" data-state="{e(b.state)}" title="{e(tip)}" '
@@ -196,7 +202,7 @@ def to_html(data: dict[str, Any]) -> str:
     table = "".join(
         f"<tr><td>{e(b.dag)}</td><td>#{b.seq}</td><td>{e(b.start)}</td><td>{e(b.state)}</td>"
         f"<td>{clock(b.t0) if b.t0 else ''}</td><td>{span(b.t1 - b.t0) if b.ran else '-'}</td>"
-        f"<td>{e(b.run_id or '')}</td><td>{e(b.reason or '')}</td></tr>"
+        f"<td>{e(b.run_id or '')}</td><td>{b.attempts}</td><td>{e(b.reason or '')}</td></tr>"
         for b in sorted((b for bars in lanes.values() for b in bars), key=lambda b: (b.t0, b.dag))
     )
     windows = sum(len(b) for b in lanes.values())
@@ -211,6 +217,6 @@ def to_html(data: dict[str, Any]) -> str:
 <p class="legend">{legend}</p>
 {_serial_html(data.get("serial", {}))}
 <table><tr><th>DAG</th><th>#</th><th>window</th><th>outcome</th><th>ran (UTC)</th><th>took</th><th>Airflow run</th>
-<th>reason</th></tr>{table}</table>
+<th>attempts</th><th>reason</th></tr>{table}</table>
 </body></html>
 """

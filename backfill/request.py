@@ -46,6 +46,8 @@ class Request:
     notify: str | dict[str, Any] | None = None
     quiet_hours: str | list[str] | None = None
     max_starts_per_hour: int | None = None
+    retries: int | None = None
+    retry_delay: float | None = None
 
 
 def new_backfill_id() -> str:
@@ -115,6 +117,7 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
     starts = request.max_starts_per_hour
     if starts is not None and (isinstance(starts, bool) or not isinstance(starts, int) or starts < 0):
         raise InputError(f"max_starts_per_hour: expected a whole number >= 1 (0 or none: no limit), got {starts!r}")
+    retries, retry_delay = check_retries(request.retries, request.retry_delay)
     spec = window_spec(request.start, request.end, request.batch, tz=request.tz, max_windows=max_windows)
     last = spec.window(spec.count - 1)
     now = datetime.now(UTC)
@@ -150,7 +153,26 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         notify=notify,
         quiet_hours=quiet,
         max_starts_per_hour=starts or 0,
+        retries=retries,
+        retry_delay=retry_delay,
     )
+
+
+MAX_RETRIES = 10
+MAX_RETRY_DELAY = 86400.0
+
+
+def check_retries(retries: Any, delay: Any) -> tuple[int, float]:
+    """``retries`` (attempts after the first, 0 to ``MAX_RETRIES``) and ``retry_delay`` (seconds)."""
+    if retries is None:
+        retries = 0
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+        raise InputError(f"retries: expected a whole number from 0 to {MAX_RETRIES}, got {retries!r}")
+    if delay is None:
+        delay = 60.0
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= MAX_RETRY_DELAY:
+        raise InputError(f"retry_delay: expected seconds from 0 to {MAX_RETRY_DELAY:.0f}, got {delay!r}")
+    return retries, float(delay)
 
 
 def look_up(airflow: AirflowClient, dags: Sequence[str]) -> tuple[dict[str, DagInfo], list[str]]:

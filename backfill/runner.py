@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from backfill import pacing
@@ -125,11 +126,13 @@ class WindowRunner:
                 return Step(done=False, delay=self.settings.poll_min)
             return self._follow(params, dag, idx, window, run, rec)
 
+        if rec.retry_at and self.clock.now() < rec.retry_at:  # an attempt failed: the next waits
+            return self._retry_wait(params, dag, idx, window, rec)
         claimed = rec.run_id  # a run this window set out to re-run (clear)
         # Asked before the lock (a wait holds nothing), unless the lock is ours already (a step
         # that took it and waited: the check before the trigger asks) or a clear was claimed.
         if not claimed and not self._lease_until:
-            held_back = self._start_gate(params, run_id, dag, reserve=False)
+            held_back = self._start_gate(params, run_id, dag, rec.attempt, reserve=False)
             if held_back:
                 return self._wait(params, dag, idx, window, *held_back)
         lock_holder = self.locks.acquire(dag, run_id)
@@ -149,7 +152,7 @@ class WindowRunner:
             self._pace = self._seed_pace(params, dag)
         # The start reserved (max_starts_per_hour) once the DAG is free: a start counts when it
         # happens, not while the window waits.
-        held_back = self._start_gate(params, run_id, dag, reserve=True)
+        held_back = self._start_gate(params, run_id, dag, rec.attempt, reserve=True)
         if held_back:
             self.locks.release(dag, run_id)  # a gate's wait (quiet hours, the hourly cap) holds no lock
             self._lease_until = 0.0
@@ -173,6 +176,10 @@ class WindowRunner:
         self._lease_until = self.clock.now() + self.locks.ttl
         if rerun is not None:  # a clear that never took effect: clear again, gated as a trigger is
             return self._rerun(params, dag, idx, window, rerun, rec, again=True)
+        if rec.retry_at and rec.run:  # the next attempt: re-run the run that failed
+            step = self._retry(params, dag, idx, window, rec)
+            if step is not None:
+                return step
         conf = {**params.conf, "window_start": window.start.isoformat(), "window_end": window.end.isoformat()}
         conf["backfill_id"] = params.backfill_id
         try:
@@ -187,7 +194,7 @@ class WindowRunner:
         self._set(params, dag, idx, window, WindowState.TRIGGERED, run=run_id, triggered_at=now, skew=skew)
         self.locks.disarm(dag, run_id)
         if params.max_starts_per_hour:
-            self.throttle.starts.started(params.backfill_id, member)
+            self.throttle.starts.started(params.backfill_id, start_member(dag, run_id, rec.attempt))
         rec.triggered_at = now
         if self.record.is_cancelled(params.backfill_id):
             # Cancelled while we triggered: the cancel may have listed the runs before ours.
@@ -239,11 +246,14 @@ class WindowRunner:
         # The DAG was found free and our slot taken just before the trigger.
         return self._rerun(params, dag, idx, window, run, rec)
 
-    def _start_gate(self, params: BackfillParams, run_id: str, dag: str, *, reserve: bool) -> tuple[str, float] | None:
+    def _start_gate(
+        self, params: BackfillParams, run_id: str, dag: str, attempt: int, *, reserve: bool
+    ) -> tuple[str, float] | None:
         # Before the lock (not reserve) the wait holds nothing: it may last up to half the
         # visibility timeout (the bound every countdown keeps), quiet hours end on the minute.
         longest = self.settings.poll_max if reserve else self.settings.visibility_timeout / 2
-        return held_back(params, slot_member(dag, run_id), self.throttle.starts, self.clock.now(), reserve=reserve,
+        member = start_member(dag, run_id, attempt)
+        return held_back(params, member, self.throttle.starts, self.clock.now(), reserve=reserve,
                          poll=(self.settings.poll_min, longest))  # fmt: skip
 
     def _keep(self, params: BackfillParams, dag: str, run_id: str, delay: float) -> None:
@@ -318,8 +328,14 @@ class WindowRunner:
         if not self.record.claim(params, dag, idx, *claim, run_id=run.run_id, prev_end=_iso(run.end_date),
                                  clear_at=now):  # fmt: skip
             return Step(done=False, delay=self.settings.poll_min)  # someone else is on it: follow
-        self.airflow.clear(dag, run.run_id)
-        reason = f"re-running existing run {run.run_id} ({run.run_type}, was {run.state}, reprocess={params.reprocess})"
+        # A retry (an earlier attempt failed) clears the failed tasks only: what succeeded stays done.
+        retry = rec.retry_at is not None and rec.attempt > 1
+        self.airflow.clear(dag, run.run_id, only_failed=retry)
+        if retry:
+            reason = f"attempt {rec.attempt} of {params.retries + 1}: re-running the failed tasks of run {run.run_id}"
+        else:
+            reason = (f"re-running existing run {run.run_id} ({run.run_type}, was {run.state}, "
+                      f"reprocess={params.reprocess})")  # fmt: skip
         self._set(
             params,
             dag,
@@ -332,7 +348,7 @@ class WindowRunner:
         )
         self.locks.disarm(dag, params.run_id(window))
         if params.max_starts_per_hour:
-            self.throttle.starts.started(params.backfill_id, slot_member(dag, params.run_id(window)))
+            self.throttle.starts.started(params.backfill_id, start_member(dag, params.run_id(window), rec.attempt))
         if self.record.is_cancelled(params.backfill_id):  # as after a trigger: the cancel may have swept before
             return self._cancelled(params, dag, idx, window, run.run_id)
         return Step(done=False, delay=self._poll_delay(rec, 0.0))
@@ -380,10 +396,60 @@ class WindowRunner:
                 params, dag, idx, window, WindowState.SUCCESS, run=run.run_id, learnt=self._learn(run),
                 started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
             )  # fmt: skip
+        ran: dict[str, Any] = {"started": _iso(run.start_date), "ended": _iso(run.end_date), "duration": duration}
+        if rec.attempt <= params.retries:
+            return self._failed_attempt(params, dag, idx, window, run, rec, ran)
+        of = f" (attempt {rec.attempt} of {params.retries + 1})" if params.retries else ""
         return self._finish(
-            params, dag, idx, window, WindowState.FAILED, reason=f"Airflow run {run.run_id} failed",
-            run=run.run_id, started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
+            params, dag, idx, window, WindowState.FAILED, reason=f"Airflow run {run.run_id} failed{of}",
+            run=run.run_id, **ran,
         )  # fmt: skip
+
+    # -- retries ----------------------------------------------------------------------------
+
+    def _failed_attempt(
+        self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: WindowRecord,
+        ran: dict[str, Any],
+    ) -> Step:  # fmt: skip
+        """An attempt failed and retries are left: the window waits (holding nothing) until
+        ``retry_wait`` has passed, then re-runs the same run. One change: the next attempt's
+        number, its time and the end of the previous re-run's claim, only if no other delivery
+        moved the attempt on first."""
+        at = self.clock.now() + params.retry_wait(rec.attempt)
+        when = datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+        reason = (f"run {run.run_id} failed (attempt {rec.attempt} of {params.retries + 1}): "
+                  f"retrying at {when}")  # fmt: skip
+        code = self._set(
+            params, dag, idx, window, WindowState.WAITING, reason=reason, force=True, run=run.run_id,
+            attempt=rec.attempt + 1, retry_at=at, erase=("run_id", "prev_end", "clear_at", "stalled_since"),
+            expect=("attempt", rec.attempt if rec.attempt > 1 else None), **ran,
+        )  # fmt: skip
+        self._flying = False
+        self._release(params, dag, window)
+        if code == 0:  # another delivery scheduled it, or ended the window: look again
+            return Step(done=False, delay=self.settings.poll_min)
+        return Step(done=False, delay=min(at - self.clock.now(), self.settings.visibility_timeout / 2), reason=reason)
+
+    def _retry_wait(self, params: BackfillParams, dag: str, idx: int, window: Window, rec: WindowRecord) -> Step:
+        if self._lease_until:  # a redelivery of the step that scheduled the retry: let go
+            self._release(params, dag, window)
+            self._lease_until = 0.0
+        wait = (rec.retry_at or 0.0) - self.clock.now()
+        return Step(done=False, delay=min(max(wait, self.settings.poll_min), self.settings.visibility_timeout / 2),
+                    reason=rec.reason)  # fmt: skip
+
+    def _retry(self, params: BackfillParams, dag: str, idx: int, window: Window, rec: WindowRecord) -> Step | None:
+        """The window holds its DAG's lock and slots, armed: clear the failed tasks of its run
+        (``_rerun``'s claim makes it safe to repeat). None: the run is gone, trigger anew."""
+        try:
+            run = self.airflow.get_run(dag, rec.run or "")
+        except AirflowNotFound:
+            self.record.note(params, dag, idx, run=None)
+            return None
+        if run.state != RunState.FAILED:  # re-run by someone else meanwhile: follow it
+            self.locks.disarm(dag, params.run_id(window))
+            return self._follow(params, dag, idx, window, run, rec)
+        return self._rerun(params, dag, idx, window, run, rec)
 
     def _stalled(
         self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: WindowRecord, why: str
@@ -541,6 +607,11 @@ def _trigger_to_end(run: RunInfo) -> float | None:
 
 def slot_member(dag: str, run_id: str) -> str:
     return f"{run_id}@{dag}"
+
+
+def start_member(dag: str, run_id: str, attempt: int) -> str:
+    """A start counted by ``max_starts_per_hour``: each attempt of a window is one."""
+    return slot_member(dag, run_id) + (f"#{attempt}" if attempt > 1 else "")
 
 
 def _describe(token: str) -> str:

@@ -32,12 +32,15 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
                 "state": detail.state,
                 "run_id": detail.run,
                 "reason": detail.reason,
+                "attempt": detail.attempt,
             }
+        windows = record.windows(bf, dag)
         failures = [
-            {"start": params.spec.window(i).start.isoformat(), "run_id": w.run, "reason": w.reason}
-            for i, w in sorted(record.windows(bf, dag).items())
+            {"start": params.spec.window(i).start.isoformat(), "run_id": w.run, "reason": w.reason,
+             "attempts": w.attempt}
+            for i, w in sorted(windows.items())
             if w.state == WindowState.FAILED
-        ]
+        ]  # fmt: skip
         dags.append(
             {
                 "dag_id": dag,
@@ -47,6 +50,9 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
                 "counts": info.counts,
                 "current": current,
                 "failures": failures,
+                # Windows re-run after a failed attempt, and the attempts made past the first.
+                "retried": sum(1 for w in windows.values() if w.attempt > 1),
+                "retries_used": sum(w.attempt - 1 for w in windows.values()),
                 "serial": checks.get(dag),
             }
         )
@@ -66,6 +72,8 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
             "reverse": params.reverse,
             "on_failure": params.on_failure,
             "reprocess": params.reprocess,
+            "retries": params.retries,
+            "retry_delay": params.retry_delay,
         },
         "dags": dags,
     }
@@ -94,6 +102,9 @@ def render(data: dict[str, Any]) -> str:
         c = d["counts"]
         line = f"  {d['dag_id']:<{width}}  {_bar(d['done'], d['total'])} {d['done']:>5}/{d['total']:<5} {d['state']:<9}"
         extras = [f"{c[k]} {k.replace('_', ' ')}" for k in ("failed", "skipped", "not_run", "cancelled") if c[k]]
+        if d.get("retries_used"):
+            n = d["retries_used"]
+            extras.append(f"{n} retr{'y' if n == 1 else 'ies'} over {d['retried']} window(s)")
         if extras:
             line += " (" + ", ".join(extras) + ")"
         cur = d["current"]
@@ -101,6 +112,8 @@ def render(data: dict[str, Any]) -> str:
             line += f"\n  {'':<{width}}  now #{cur['seq']} [{cur['start']}, {cur['end']}) {cur['state']}"
             if cur["run_id"]:
                 line += f" run={cur['run_id']}"
+            if cur.get("attempt", 1) > 1:
+                line += f" attempt {cur['attempt']} of {p.get('retries', 0) + 1}"
             if cur["reason"] and cur["state"] in (WindowState.WAITING, *IN_FLIGHT):
                 line += f"\n  {'':<{width}}  waiting: {cur['reason']}"
         if d.get("serial") is not None:
@@ -113,6 +126,7 @@ def render(data: dict[str, Any]) -> str:
             f"    {dag} {f['start']}"
             + (f" run={f['run_id']}" if f["run_id"] else "")
             + f": {f['reason'] or 'no reason recorded'}"
+            + (f" after {f['attempts']} attempts" if f.get("attempts", 1) > 1 else "")
             for dag, f in failures
         ]
     for e in data.get("events", []):

@@ -220,7 +220,7 @@ class FakeAirflow:
         self._leave("trigger")
         return out
 
-    def clear(self, dag_id: str, run_id: str) -> None:
+    def clear(self, dag_id: str, run_id: str, *, only_failed: bool = False) -> None:
         self._enter("clear")
         run = self.runs[self._dag(dag_id).dag_id].get(run_id)
         if run is None:

@@ -1,7 +1,9 @@
 """The orchestrator's promises, checked after a schedule from the stand-in's records and Redis.
 
 1. never two of our runs of a DAG active at once (from each run's executions in the stand-in);
-2. nothing triggered or cleared twice for one window (the stand-in's log of actions);
+2. nothing triggered or cleared twice for one window (the stand-in's log of actions), but for
+   its retries: at most ``retries`` more, each after the previous attempt failed and
+   ``retry_wait`` later, and a window failed by its run made every attempt;
 3. the windows of a DAG start in the backfill's order;
 4. every window ends exactly once: a final state in its record, one final event;
 5. the DAG counters match the windows;
@@ -139,8 +141,10 @@ def check(sim: Sim) -> list[str]:
         per_window[(by, dag, seq)] += 1
         order[(by, dag)].append(seq if seq is not None else -1)
     for (by, dag, seq), n in per_window.items():
-        if n > 1:
-            out.append(f"2 {by} {dag} window #{seq}: triggered or cleared {n} times")
+        allowed = 1 + (params[by].retries if by in params else 0)
+        if n > allowed:
+            out.append(f"2 {by} {dag} window #{seq}: triggered or cleared {n} times (at most {allowed})")
+    out += _retries(sim, params)
     for (by, dag), seqs in order.items():
         if seqs != sorted(seqs):
             out.append(f"3 {by} {dag}: windows started in the order {seqs}")
@@ -174,6 +178,34 @@ def check(sim: Sim) -> list[str]:
                 if stop > e.active_from:
                     spans.append((e.active_from, stop, e.by))
     out += _caps(spans, params, sim.schedule.global_max_runs)
+    return out
+
+
+def _retries(sim: Sim, params: dict) -> list[str]:
+    """Each attempt of a window after its first began after the previous one failed, no
+    sooner than ``retry_wait`` (less the workers' largest clock error); a window recorded
+    failed by its run made them all."""
+    out: list[str] = []
+    slack = max(sim.schedule.skews) - min(sim.schedule.skews) + 1.0
+    for dag, runs in sim.airflow.runs.items():
+        for run in runs.values():
+            mine: dict[tuple[str, int | None], list] = defaultdict(list)
+            for e in run.executions:
+                if e.by in params:
+                    mine[(e.by, e.seq)].append(e)
+            for (by, seq), execs in mine.items():
+                for k, (prev, nxt) in enumerate(pairwise(execs), start=1):
+                    if prev.state != "failed" or prev.ended is None:
+                        out.append(f"2 {by} {dag} window #{seq}: attempt {k + 1} began while attempt {k} was "
+                                   f"{prev.state or 'active'}")  # fmt: skip
+                    elif nxt.active_from < prev.ended + params[by].retry_wait(k) - slack:
+                        out.append(f"2 {by} {dag} window #{seq}: attempt {k + 1} began "
+                                   f"{nxt.active_from - prev.ended:.1f} s after attempt {k} failed")  # fmt: skip
+    for bf, p in params.items():
+        for dag in p.dags:
+            for idx, w in sim.record.windows(bf, dag).items():
+                if w.state == "failed" and str(w.reason).startswith("Airflow run") and w.attempt != p.retries + 1:
+                    out.append(f"2 {bf} {dag} window {idx}: failed after {w.attempt} of {p.retries + 1} attempts")
     return out
 
 

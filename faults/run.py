@@ -45,6 +45,8 @@ class BackfillSpec:
     unpause: bool = False
     quiet_hours: list[str] | None = None
     max_starts_per_hour: int = 0
+    retries: int = 0
+    retry_delay: float = 60.0
 
 
 @dataclass
@@ -105,6 +107,10 @@ def generate(seed: int) -> Schedule:
             spec.quiet_hours = [f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}"]
         if gates.random() < 0.2:
             spec.max_starts_per_hour = gates.choice((1, 2, 3))
+    retries = random.Random(seed * 53 + 11)  # drawn apart too
+    for spec in backfills:
+        spec.retries = retries.choice((0, 0, 1, 2))
+        spec.retry_delay = retries.choice((0.0, 5.0, 60.0))
     users: list[UserAction] = []
     for _ in range(rng.choice((0, 0, 1, 2, 3))):
         kind = rng.choice(("cancel", "cancel_fail", "resume", "resume", "pause", "trigger", "trigger", "odd"))
@@ -290,6 +296,7 @@ class Sim:
                     unpause=spec.unpause, on_conflict=spec.on_conflict, max_parallel_dags=spec.max_parallel_dags,
                     notify={"url": "http://hook.invalid/own", "failed_windows": True},  # invariant 11
                     quiet_hours=spec.quiet_hours, max_starts_per_hour=spec.max_starts_per_hour,  # invariant 12
+                    retries=spec.retries, retry_delay=spec.retry_delay,  # invariant 2
                 )  # fmt: skip
                 params = validate(request, max_windows=1000)
             params, _, _ = life.submit(params, task_id=task_id, unpause=False, new_id=lambda: kw["id"])

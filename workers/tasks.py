@@ -114,6 +114,8 @@ def submit_backfill(
     notify: str | dict[str, Any] | None = None,
     quiet_hours: str | list[str] | None = None,
     max_starts_per_hour: int | None = None,
+    retries: int | None = None,
+    retry_delay: float | None = None,
 ) -> dict[str, Any]:
     """Plan a backfill of ``dags`` over [start, end] in ``batch`` windows and start it.
 
@@ -127,6 +129,8 @@ def submit_backfill(
     backfill ends and when a DAG ends failed (``backfill.notify``); default BACKFILL_NOTIFY_URL.
     ``quiet_hours``: ``"08:00-20:00"`` (several with commas, in ``tz``): no window starts then;
     ``max_starts_per_hour``: at most that many windows start in any hour (``backfill.gates``).
+    ``retries``: a window whose run fails is re-run (failed tasks cleared) up to that many times,
+    ``retry_delay`` seconds later (default 60), doubling each time, at most an hour apart.
     Raises ``InputError`` (nothing triggered) for bad input, unknown or paused DAGs.
     """
     ctx = context()
@@ -141,6 +145,7 @@ def submit_backfill(
             dags=dags or [], start=start, end=end, batch=batch, tz=tz, reverse=reverse, conf=conf,
             on_failure=on_failure, reprocess=reprocess, unpause=unpause, on_conflict=on_conflict or "refuse",
             notify=notify, quiet_hours=quiet_hours, max_starts_per_hour=max_starts_per_hour,
+            retries=retries, retry_delay=retry_delay,
             max_parallel_dags=ctx.settings.max_parallel_dags if max_parallel_dags is None else max_parallel_dags,
         )  # fmt: skip
         params = validate(request, max_windows=ctx.settings.max_windows)

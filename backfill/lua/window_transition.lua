@@ -7,9 +7,10 @@
 -- stored (a 73,000-window record is kept small, bench B3).
 -- KEYS: windows hash, DAG hash, events stream.
 -- ARGV: window index, new fields (JSON), the event's fields and values (a JSON array of strings),
--- "force" or "".
--- Returns 0 (terminal already, or in flight and not forced: nothing changed), 1 (same state and
--- reason), 2 (a change).
+-- "force" or "", fields to erase (a JSON array, or ""), a field that must hold a value or "",
+-- that value (JSON; null = absent): a retry is scheduled by one of two racing deliveries only.
+-- Returns 0 (terminal already, in flight and not forced, or not the expected value: nothing
+-- changed), 1 (same state and reason), 2 (a change).
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local new = cjson.decode(ARGV[2])
 local reason = new['reason']
@@ -19,6 +20,12 @@ local changed = true
 if old then
   local prev = cjson.decode(old)
   if terminal[prev['state']] then return 0 end
+  if ARGV[6] and ARGV[6] ~= '' then
+    local have, want = prev[ARGV[6]], cjson.decode(ARGV[7])
+    if have == cjson.null then have = nil end
+    if want == cjson.null then want = nil end
+    if have ~= want then return 0 end
+  end
   if new['state'] == 'waiting' and (prev['state'] == 'triggered' or prev['state'] == 'running')
       and ARGV[4] ~= 'force' then
     return 0
@@ -26,6 +33,9 @@ if old then
   changed = prev['state'] ~= new['state'] or (prev['reason'] or '') ~= reason
   for k, v in pairs(new) do
     if v ~= cjson.null then prev[k] = v end
+  end
+  if ARGV[5] and ARGV[5] ~= '' then
+    for _, k in ipairs(cjson.decode(ARGV[5])) do prev[k] = nil end
   end
   merged = prev
 end

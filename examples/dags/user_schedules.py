@@ -40,3 +40,30 @@ def producer() -> None:
 
 producer()
 asset_consumer = make_etl_dag("user_asset_consumer", schedule=[ORDERS], **HISTORY)
+
+
+@dag(dag_id="user_two_step", schedule=None, start_date=START, catchup=False, max_active_runs=3,
+     tags=["backfill-example"])  # fmt: skip
+def two_step() -> None:
+    """Extract then load; ``load`` fails on its first try for the windows in the run's
+    ``conf["fail_once_windows"]`` and on every try for those in ``conf["fail_windows"]``: a
+    retry that clears only the failed tasks re-runs ``load`` and leaves ``extract`` done."""
+    from airflow.sdk import get_current_context
+
+    @task
+    def extract() -> None:
+        print("extracted")
+
+    @task
+    def load() -> None:
+        ctx = get_current_context()
+        conf, start = ctx["dag_run"].conf or {}, ctx["dag_run"].logical_date.isoformat()
+        if start in conf.get("fail_windows", []):
+            raise RuntimeError(f"window {start} told to fail")
+        if ctx["ti"].try_number <= 1 and start in conf.get("fail_once_windows", []):
+            raise RuntimeError(f"window {start} told to fail on its first try")
+
+    extract() >> load()
+
+
+two_step()

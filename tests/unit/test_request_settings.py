@@ -73,6 +73,10 @@ def test_max_parallel_dags_must_be_a_whole_number(bad):
         ({"quiet_hours": ["00:00-12:00", "12:00-00:00"]}, "cover the whole day: no window could ever start"),
         ({"max_starts_per_hour": -1}, "max_starts_per_hour: expected a whole number >= 1 (0 or none: no limit)"),
         ({"max_starts_per_hour": True}, "max_starts_per_hour: expected a whole number >= 1"),
+        ({"retries": 11}, "retries: expected a whole number from 0 to 10, got 11"),
+        ({"retries": True}, "retries: expected a whole number from 0 to 10"),
+        ({"retry_delay": -5}, "retry_delay: expected seconds from 0 to 86400, got -5"),
+        ({"retry_delay": "60"}, "retry_delay: expected seconds from 0 to 86400, got '60'"),
         ({"dags": ["a", "b"], "batch": "daily"}, "the backfill makes 62 windows (31 daily windows x 2 DAGs)"),
         # Airflow takes the trigger, then holds the run until then: "Logical date is in future" (its scheduler).
         ({"start": "2999-01-01", "end": "2999-01-02"}, "end: the window [2999-01-01T00:00:00+00:00, "),
