@@ -17,7 +17,7 @@ import click
 import redis
 
 from backfill.context import Context
-from backfill.errors import BackfillError
+from backfill.errors import BackfillError, InputError
 from backfill.gates import check_quiet_hours
 from backfill.notify import check_notify
 from backfill.request import check_conf
@@ -130,6 +130,12 @@ def _request_options(fn: Any) -> Any:
             metavar="SECONDS",
             help="Wait before the first retry (default 60), doubling for each next one, at most 1 h.",
         ),
+        click.option(
+            "--after",
+            multiple=True,
+            metavar="DAG=UPSTREAM[,UPSTREAM]",
+            help="Each window of DAG starts once the same window of each UPSTREAM succeeded (repeatable).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -151,8 +157,19 @@ def _request(opts: dict[str, Any]) -> dict[str, Any]:
         max_parallel_dags=opts["max_parallel_dags"],
         notify=check_notify(notify),
         quiet_hours=check_quiet_hours(opts["quiet_hours"]), max_starts_per_hour=opts["max_starts_per_hour"],
-        retries=opts["retries"], retry_delay=opts["retry_delay"],
+        retries=opts["retries"], retry_delay=opts["retry_delay"], after=_after(opts["after"]),
     )  # fmt: skip
+
+
+def _after(given: tuple[str, ...]) -> dict[str, list[str]] | None:
+    """``--after marts=staging,raw`` (repeatable) as ``{"marts": ["staging", "raw"]}``."""
+    out: dict[str, list[str]] = {}
+    for item in given:
+        dag, eq, ups = item.partition("=")
+        if not eq or not dag.strip() or not ups.strip():
+            raise InputError(f"--after: expected DAG=UPSTREAM[,UPSTREAM...], got {item!r}")
+        out.setdefault(dag.strip(), []).extend(u.strip() for u in ups.split(",") if u.strip())
+    return out or None
 
 
 def _call_worker(kwargs: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -67,6 +67,8 @@ WAIT_REASONS: tuple[tuple[str, str], ...] = (
     ("is paused in Airflow", "dag_paused"),
     ("quiet hours ", "quiet_hours"),
     ("max_starts_per_hour=", "max_starts_per_hour"),
+    ("): retrying at ", "retry"),  # an attempt failed: the next waits for retry_delay
+    ("waiting for ", "upstream"),  # after=: the same window of an upstream DAG has not succeeded yet
 )
 
 

@@ -253,6 +253,9 @@ class Lifecycle:
             self._notify(params, "window_failed", dag=dag, window=window.label(), reason=step.reason)
         if step.state == WindowState.FAILED and params.on_failure == "stop":
             return self.stop_dag(params, dag, seq, window.label(), step.reason, result)
+        if step.state == WindowState.NOT_RUN and params.on_failure == "stop" and params.after:
+            # Not run because an upstream window did not succeed (backfill.order): the DAG stops too.
+            return self.stop_dag(params, dag, seq, window.label(), step.reason, result, ended="was not run")
         if repeat_check and step.repeat and seq + 1 < params.count(dag):
             nxt = self.ctx.record.window(params.backfill_id, dag, params.index_at(seq + 1, dag))
             if nxt.state != WindowState.PLANNED:
@@ -261,10 +264,11 @@ class Lifecycle:
         return Next(result=result)
 
     def stop_dag(
-        self, params: BackfillParams, dag: str, seq: int, label: str, why: str | None, result: dict[str, Any]
-    ) -> Next:
+        self, params: BackfillParams, dag: str, seq: int, label: str, why: str | None, result: dict[str, Any],
+        *, ended: str = "failed",
+    ) -> Next:  # fmt: skip
         """on_failure=stop: the DAG's remaining windows are recorded as not run; the chain ends."""
-        reason = f"window {label} failed (on_failure=stop): {why or 'no reason recorded'}"
+        reason = f"window {label} {ended} (on_failure=stop): {why or 'no reason recorded'}"
         self.ctx.record.mark_not_run(params, dag, seq + 1, reason=f"not run: {reason}")
         self.close_dag(params, dag, reason=reason)
         return Next(chain=False, failed=f"{params.backfill_id} {dag}: {reason}", result=result)

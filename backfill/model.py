@@ -110,6 +110,12 @@ class BackfillParams:
             k = self._offsets[dag][i] + idx - ranges[i][0]
         return self.count(dag) - 1 - k if self.reverse else k
 
+    def runs_window(self, dag: str, idx: int) -> bool:
+        """Whether ``dag`` runs the window with chronological index ``idx`` in this backfill."""
+        if self.only is None:
+            return True
+        return any(a <= idx < b for a, b in self.only.get(dag, []))
+
     def schedule_of(self, dag: str) -> Schedule:
         """``dag``'s schedule as Airflow stated it at submit (an unknown one if not recorded)."""
         summary, zone = (self.schedules.get(dag) or [None, None])[:2]

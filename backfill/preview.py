@@ -45,6 +45,7 @@ def preview(
             )
         dags.append({
             "dag_id": dag, "airflow": status, "schedule": schedule.describe(), "max_active_runs": info.max_active_runs,
+            "after": (params.after or {}).get(dag, []),
             **_windows(params, dag), **_history(params, dag, verdicts),
             # Skipped windows and conflicts trigger nothing: only the others take time.
             **_estimate(airflow, dag, sum(v.action in ("new", "rerun", "wait") for v in verdicts)),
@@ -53,7 +54,7 @@ def preview(
         "dry_run": True,
         "dags": dags,
         **params.outline(),
-        "estimated_seconds": _overall(dags, params.max_parallel_dags, global_limit),
+        "estimated_seconds": _overall(dags, params.max_parallel_dags, global_limit, params.after),
         "problems": problems,
         "warnings": concurrency_warnings(infos),
     }
@@ -103,15 +104,39 @@ def _estimate(airflow: AirflowClient, dag: str, runs: int) -> dict[str, Any]:
     }
 
 
-def _overall(dags: list[dict[str, Any]], max_parallel: int, global_limit: int) -> float | None:
+def _overall(
+    dags: list[dict[str, Any]], max_parallel: int, global_limit: int, after: dict[str, list[str]] | None = None
+) -> float | None:
     """DAGs run side by side, so the longest DAG bounds the whole; with a limit of k DAGs at
-    once, so does the total work divided by k."""
+    once, so does the total work divided by k. With ``after``, a window of a DAG ends no sooner
+    than its DAG's previous window and the same window of each upstream DAG, plus its own run
+    (the critical path through the order)."""
     each = [d["estimated_seconds"] for d in dags]
     if not each or any(e is None for e in each):
         return None
     limits = [k for k in (max_parallel, global_limit) if k > 0]
     bound = sum(each) / min(limits) if limits else 0.0
-    return float(round(max(max(each), bound), 1))
+    return float(round(max(max(each), bound, _critical_path(dags, after or {})), 1))
+
+
+def _critical_path(dags: list[dict[str, Any]], after: dict[str, list[str]]) -> float:
+    if not after:
+        return 0.0
+    by_id = {d["dag_id"]: d for d in dags}
+    ends: dict[str, dict[str, float]] = {}  # DAG -> window start -> when it ends
+
+    def of(dag: str) -> dict[str, float]:
+        if dag not in ends:
+            d, t, out = by_id[dag], 0.0, {}
+            actions = d.get("actions") or [{"action": "new"}] * len(d["windows"])
+            for (start, _), act in zip(d["windows"], actions, strict=True):
+                ready = max([t] + [of(u).get(start, 0.0) for u in after.get(dag, [])])
+                took = d["median_run_seconds"] if act["action"] in ("new", "rerun", "wait") else 0.0
+                t = out[start] = ready + took
+            ends[dag] = out
+        return ends[dag]
+
+    return max((max(of(d).values(), default=0.0) for d in by_id), default=0.0)
 
 
 def render(data: dict[str, Any], *, max_rows: int = 10) -> str:
@@ -130,7 +155,8 @@ def render(data: dict[str, Any], *, max_rows: int = 10) -> str:
             est = f", ~{_duration(d['estimated_seconds'])} "
             est += f"({d['median_run_seconds']} s/run over {d['recent_runs']} recent runs)"
         sched = f", schedule {d['schedule']}" if d.get("schedule") else ""
-        lines.append(f"  {d['dag_id']}: {d['count']} window(s), Airflow: {d['airflow']}{sched}{est}")
+        order = f", after {', '.join(d['after'])}" if d.get("after") else ""
+        lines.append(f"  {d['dag_id']}: {d['count']} window(s){order}, Airflow: {d['airflow']}{sched}{est}")
         counts = d.get("counts")
         if counts:
             lines.append("    " + ", ".join(f"{n} {_COUNT_WORDS[a]}" for a, n in counts.items() if n))

@@ -90,6 +90,7 @@ def collect(record: Record, bf: str, *, airflow: AirflowClient | None = None) ->
         "range": [params.start, params.end],
         "lanes": lanes,
         "serial": serial_check(airflow, record, bf) if airflow is not None else {},
+        "after": params.after or {},
         "t0": min(times) if times else float(meta.get("created_at", 0)),
         "t1": max(times) if times else float(meta.get("created_at", 0)),
     }
@@ -114,7 +115,8 @@ def text(data: dict[str, Any], *, width: int = 60, max_rows: int = 100) -> str:
             for i in range(a, z + 1):
                 cells[i] = TEXT_MARKS.get(b.state, "?")
         counts = _counts(bars)
-        out.append(f"  {dag:<{name_w}} |{''.join(cells)}| {counts}")
+        ups = data.get("after", {}).get(dag)
+        out.append(f"  {dag:<{name_w}} |{''.join(cells)}| {counts}" + (f" (after {', '.join(ups)})" if ups else ""))
     out += ["", "  " + "  ".join(f"{m} {s.replace('_', ' ')}" for s, m in TEXT_MARKS.items()), ""]
     for dag, check in data.get("serial", {}).items():
         out += [f"  {dag}: {line}" for line in describe(check)]
@@ -154,12 +156,34 @@ h1{font-size:18px;margin:0 0 4px} .sub{color:#555;margin-bottom:16px}
 .track{position:relative;flex:1;height:18px;background:#f6f6f6;border-radius:3px}
 .bar{position:absolute;top:1px;height:16px;min-width:2px;border-radius:2px;box-sizing:border-box;
      border-right:1px solid #fff}
+.dep{position:absolute;top:-3px;height:24px;width:0;border-left:2px dashed #444;z-index:1}
+.label small{color:#777;font-size:11px}
 .axis{display:flex;justify-content:space-between;margin-left:var(--label);color:#666;font-size:12px;padding-top:4px}
 .legend span{display:inline-block;margin-right:14px} .legend i{display:inline-block;width:12px;height:12px;
      border-radius:2px;margin-right:4px;vertical-align:-1px}
 table{border-collapse:collapse;margin-top:16px;font-size:13px} td,th{padding:2px 10px;text-align:left;
      border-bottom:1px solid #eee} th{color:#555;font-weight:600}
 """
+
+
+def _dependency_marks(
+    dag: str, bars: list[Bar], lanes: dict[str, list[Bar]], ups: list[str], t0: float, total: float
+) -> list[str]:
+    """``after``: in a dependent DAG's lane, a dashed line where the same window of each upstream
+    DAG ended; its own bar starts to the right of it."""
+    marks = []
+    for up in ups:
+        ended = {b.start: b for b in lanes.get(up, []) if b.ran}
+        for b in bars:
+            u = ended.get(b.start)
+            if u is None:
+                continue
+            tip = f"{up} #{u.seq} [{u.start}, {u.end}) ended {clock(u.t1)} UTC; {dag} #{b.seq} waited for it"
+            marks.append(
+                f'<div class="dep" data-after="{html.escape(up)}" data-window="{html.escape(b.start)}" '
+                f'title="{html.escape(tip)}" style="left:{(u.t1 - t0) / total * 100:.4f}%"></div>'
+            )
+    return marks
 
 
 def _serial_html(checks: dict[str, Any]) -> str:
@@ -179,8 +203,9 @@ def to_html(data: dict[str, Any]) -> str:
     e = html.escape
     label_w = min(260, 12 + 8 * max([len(d) for d in lanes] + [4]))
     rows = []
+    after: dict[str, list[str]] = data.get("after", {})
     for dag, bars in lanes.items():
-        marks = []
+        marks = _dependency_marks(dag, bars, lanes, after.get(dag, []), t0, total)
         for b in bars:
             left = (b.t0 - t0) / total * 100
             width = max((b.t1 - b.t0) / total * 100, 0.0)
@@ -193,8 +218,10 @@ def to_html(data: dict[str, Any]) -> str:
                 f'<div class="bar" data-window="{e(b.start)}" data-state="{e(b.state)}" title="{e(tip)}" '
                 f'style="left:{left:.4f}%;width:{width:.4f}%;background:{COLOURS.get(b.state, "#444")}"></div>'
             )
+        ups = after.get(dag)
+        label = e(dag) + (f'<small> after {e(", ".join(ups))}</small>' if ups else "")
         rows.append(
-            f'<div class="lane" data-dag="{e(dag)}"><div class="label" title="{e(dag)}">{e(dag)}</div>'
+            f'<div class="lane" data-dag="{e(dag)}"><div class="label" title="{e(dag)}">{label}</div>'
             f'<div class="track">{"".join(marks)}</div></div>'
         )
     ticks = "".join(f"<span>{clock(t0 + total * i / 4)[11:]}</span>" for i in range(5))

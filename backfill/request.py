@@ -18,6 +18,7 @@ from backfill.gates import check_quiet_hours
 from backfill.history import ON_CONFLICT, Verdict, survey
 from backfill.model import BackfillParams
 from backfill.notify import check_notify
+from backfill.order import check_after
 from backfill.windows import window_spec
 
 ON_FAILURE = ("stop", "continue")
@@ -48,6 +49,7 @@ class Request:
     max_starts_per_hour: int | None = None
     retries: int | None = None
     retry_delay: float | None = None
+    after: dict[str, list[str]] | str | None = None
 
 
 def new_backfill_id() -> str:
@@ -118,6 +120,7 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
     if starts is not None and (isinstance(starts, bool) or not isinstance(starts, int) or starts < 0):
         raise InputError(f"max_starts_per_hour: expected a whole number >= 1 (0 or none: no limit), got {starts!r}")
     retries, retry_delay = check_retries(request.retries, request.retry_delay)
+    after = check_after(request.after, dags)
     spec = window_spec(request.start, request.end, request.batch, tz=request.tz, max_windows=max_windows)
     last = spec.window(spec.count - 1)
     now = datetime.now(UTC)
@@ -155,6 +158,7 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         max_starts_per_hour=starts or 0,
         retries=retries,
         retry_delay=retry_delay,
+        after=after,
     )
 
 

@@ -29,6 +29,7 @@ from backfill.gates import held_back
 from backfill.history import decide
 from backfill.locks import DagLocks, WindowKeys
 from backfill.model import BackfillParams
+from backfill.order import blocked
 from backfill.pacing import Pace
 from backfill.record import Record, WindowRecord
 from backfill.settings import Settings
@@ -135,6 +136,12 @@ class WindowRunner:
             held_back = self._start_gate(params, run_id, dag, rec.attempt, reserve=False)
             if held_back:
                 return self._wait(params, dag, idx, window, *held_back)
+            # Then the order across DAGs (a retry passed it; so did a step that took the lock).
+            ups = (params.after or {}).get(dag)
+            if ups and rec.attempt == 1:
+                held = self._upstream(params, dag, idx, window, ups)
+                if held is not None:
+                    return held
         lock_holder = self.locks.acquire(dag, run_id)
         if lock_holder is not None:
             locked = f"DAG locked by {_describe(lock_holder)}"
@@ -404,6 +411,46 @@ class WindowRunner:
             params, dag, idx, window, WindowState.FAILED, reason=f"Airflow run {run.run_id} failed{of}",
             run=run.run_id, **ran,
         )  # fmt: skip
+
+    # -- ordering across DAGs ------------------------------------------------------------
+
+    def _upstream(self, params: BackfillParams, dag: str, idx: int, window: Window, ups: list[str]) -> Step | None:
+        """The same window of each upstream DAG (``backfill.order``), read from Redis in one
+        round trip: None when all are done; else wait (holding nothing) or end as not run."""
+        pipe = self.record.redis.pipeline(transaction=False)
+        for up in ups:
+            pipe.hget(self.record.k_windows(params.backfill_id, up), str(idx))
+        states: dict[str, WindowState | None] = {
+            up: WindowRecord.from_json(raw).state if params.runs_window(up, idx) else None
+            for up, raw in zip(ups, pipe.execute(), strict=True)
+        }
+        verdict = blocked(states)
+        if verdict is None:
+            return None
+        what, up = verdict
+        if what == "not_run":
+            reason = f"not run: {up} {window.label()} ended {states[up]} (after={up}, on_failure={params.on_failure})"
+            return self._finish(params, dag, idx, window, WindowState.NOT_RUN, reason=reason)
+        return self._wait(params, dag, idx, window, f"waiting for {up} {window.label()}",
+                          self._upstream_delay(params, up, idx))  # fmt: skip
+
+    def _upstream_delay(self, params: BackfillParams, up: str, idx: int) -> float:
+        """When to look again at an upstream window: at the upstream's own pace while its run is
+        in flight (its DAG's learnt durations; at least a second, Redis only), at its retry's
+        time while it waits for one, else as at a busy DAG."""
+        bf, now = params.backfill_id, self.clock.now()
+        pipe = self.record.redis.pipeline(transaction=False)
+        pipe.hget(self.record.k_windows(bf, up), str(idx))
+        pipe.hmget(self.record.k_dag(bf, up), list(pacing.FIELDS))
+        raw, pace = pipe.execute()
+        rec = WindowRecord.from_json(raw)
+        if rec.in_flight and rec.triggered_at:
+            look = pacing.next_look(Pace.from_record(pace), now - rec.triggered_at, floor=1.0,
+                                    ceiling=10 * self.settings.busy_poll)  # fmt: skip
+            return max(1.0, look)
+        if rec.retry_at and rec.retry_at > now:
+            return min(rec.retry_at - now + 1.0, self.settings.visibility_timeout / 2)
+        return self.settings.busy_poll
 
     # -- retries ----------------------------------------------------------------------------
 

@@ -14,7 +14,11 @@
 9. a window recorded successful followed a run that succeeded; one recorded failed because its
    run failed followed a run that failed;
 10. after ``cancel --fail-running`` returned, no run of the backfill is left active or ends
-    other than failed.
+    other than failed;
+11. notifications (below); 12. start gates (below);
+13. ordering across DAGs: a window of a DAG with ``after`` started only after the same window of
+    each upstream DAG succeeded (its run ended) or was skipped, and never when one of them
+    ended otherwise (then it is not run, or cancelled).
 """
 
 from __future__ import annotations
@@ -124,6 +128,8 @@ def check(sim: Sim) -> list[str]:
                     cap = p.max_starts_per_hour
                     out.append(f"12 {bf}: {n} starts within an hour of t+{t - 1.75e9:.0f} s, max {cap}")
 
+    out += _order(sim, params)
+
     # 1, 2, 3: from the stand-in's executions and actions.
     for dag, runs in airflow.runs.items():
         ours = sorted(((e.active_from, e.ended if e.ended is not None else float("inf"), e.by, run.run_id)
@@ -178,6 +184,38 @@ def check(sim: Sim) -> list[str]:
                 if stop > e.active_from:
                     spans.append((e.active_from, stop, e.by))
     out += _caps(spans, params, sim.schedule.global_max_runs)
+    return out
+
+
+def _order(sim: Sim, params: dict) -> list[str]:
+    out: list[str] = []
+    first: dict[tuple[str, str, int | None], float] = {}  # (by, dag, seq) -> its first trigger or clear
+    for t, _, dag, _, by, seq in sim.airflow.actions:
+        if by is not None:
+            first.setdefault((by, dag, seq), t)
+    ended: dict[tuple[str, str, int | None], float] = {}  # (by, dag, seq) -> its last execution's end
+    for dag, runs in sim.airflow.runs.items():
+        for run in runs.values():
+            for e in run.executions:
+                if e.by and e.ended is not None:
+                    ended[(e.by, dag, e.seq)] = max(ended.get((e.by, dag, e.seq), 0.0), e.ended)
+    for bf, p in params.items():
+        for dag, ups in (p.after or {}).items():
+            mine = sim.record.windows(bf, dag)
+            for idx in p.indices(dag):
+                began = first.get((bf, dag, p.seq_of(idx, dag)))
+                rec = mine.get(idx) or WindowRecord()
+                for up in ups:
+                    if not p.runs_window(up, idx):
+                        continue
+                    urec = sim.record.windows(bf, up).get(idx) or WindowRecord()
+                    if began is not None and urec.state not in ("success", "skipped"):
+                        out.append(f"13 {bf} {dag} window {idx}: started while {up}'s was {urec.state}")
+                    up_end = ended.get((bf, up, p.seq_of(idx, up)))
+                    if began is not None and up_end is not None and began < up_end:
+                        out.append(f"13 {bf} {dag} window {idx}: started {up_end - began:.1f} s before {up}'s ended")
+                    if urec.state in ("failed", "not_run", "cancelled") and rec.state not in ("not_run", "cancelled"):
+                        out.append(f"13 {bf} {dag} window {idx}: {rec.state} though {up}'s ended {urec.state}")
     return out
 
 

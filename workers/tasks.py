@@ -116,6 +116,7 @@ def submit_backfill(
     max_starts_per_hour: int | None = None,
     retries: int | None = None,
     retry_delay: float | None = None,
+    after: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Plan a backfill of ``dags`` over [start, end] in ``batch`` windows and start it.
 
@@ -131,6 +132,8 @@ def submit_backfill(
     ``max_starts_per_hour``: at most that many windows start in any hour (``backfill.gates``).
     ``retries``: a window whose run fails is re-run (failed tasks cleared) up to that many times,
     ``retry_delay`` seconds later (default 60), doubling each time, at most an hour apart.
+    ``after``: ``{"marts": ["staging"]}``: each window of marts starts only once the same
+    window of staging succeeded (``backfill.order``); cycles and unknown DAGs are refused.
     Raises ``InputError`` (nothing triggered) for bad input, unknown or paused DAGs.
     """
     ctx = context()
@@ -145,7 +148,7 @@ def submit_backfill(
             dags=dags or [], start=start, end=end, batch=batch, tz=tz, reverse=reverse, conf=conf,
             on_failure=on_failure, reprocess=reprocess, unpause=unpause, on_conflict=on_conflict or "refuse",
             notify=notify, quiet_hours=quiet_hours, max_starts_per_hour=max_starts_per_hour,
-            retries=retries, retry_delay=retry_delay,
+            retries=retries, retry_delay=retry_delay, after=after,
             max_parallel_dags=ctx.settings.max_parallel_dags if max_parallel_dags is None else max_parallel_dags,
         )  # fmt: skip
         params = validate(request, max_windows=ctx.settings.max_windows)

@@ -109,6 +109,9 @@ def test_outcomes_and_wait_reasons_are_bounded_labels() -> None:
         WAIT_OUTAGE: "airflow_unavailable",
         "DAG etl is paused in Airflow: run x stays queued until it is unpaused": "dag_paused",
         "quiet hours 08:00-20:00 (UTC): may start at 2024-01-01T20:00+00:00": "quiet_hours",
+        "run bf__x failed (attempt 1 of 3): retrying at 2024-01-01T10:01:00+00:00": "retry",
+        "waiting for staging [2024-01-08T00:00:00+00:00, 2024-01-15T00:00:00+00:00)": "upstream",
+        "global limit reached (1 runs in flight across all backfills), waiting for a turn in line": "global_limit",
         "max_starts_per_hour=2 reached: may start at 2024-01-01T11:00:00+00:00": "max_starts_per_hour",
         "run x was deleted in Airflow": "other",
     }
