@@ -94,7 +94,7 @@ def levels(dags: list[str], after: dict[str, list[str]] | None) -> dict[str, int
 
 def blocked(upstream: dict[str, WindowState | None]) -> tuple[str, str] | None:
     """What the upstream windows' states (None: not run by this backfill) say: None when all
-    are done; ("wait", dag) for the first still pending or in flight; ("not_run", dag) for the
+    are done; ("wait", dag) for the first still pending or in flight; ("ended", dag) for the
     first that ended otherwise (failed, not run, cancelled)."""
     waiting: str | None = None
     for dag, state in upstream.items():
@@ -103,5 +103,5 @@ def blocked(upstream: dict[str, WindowState | None]) -> tuple[str, str] | None:
         if state in PENDING or state in (WindowState.TRIGGERED, WindowState.RUNNING):
             waiting = waiting or dag
             continue
-        return "not_run", dag
+        return "ended", dag
     return ("wait", waiting) if waiting else None

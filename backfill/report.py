@@ -91,6 +91,8 @@ def collect(record: Record, bf: str, *, airflow: AirflowClient | None = None) ->
         "lanes": lanes,
         "serial": serial_check(airflow, record, bf) if airflow is not None else {},
         "after": params.after or {},
+        "eta_at_submit": float(meta["eta_at_submit"]) if meta.get("eta_at_submit") else None,
+        "finished_at": float(meta["finished_at"]) if meta.get("finished_at") else None,
         "t0": min(times) if times else float(meta.get("created_at", 0)),
         "t1": max(times) if times else float(meta.get("created_at", 0)),
     }
@@ -105,6 +107,7 @@ def text(data: dict[str, Any], *, width: int = 60, max_rows: int = 100) -> str:
         f"backfill {data['backfill_id']}  {data['state'].upper()}  ({data['batch']} windows over "
         f"[{data['range'][0]}, {data['range'][1]}))",
         f"timeline {clock(t0)} .. {clock(t1)} UTC ({span(t1 - t0)}), one lane per DAG, one mark per window",
+        *([eta] if (eta := eta_line(data)) else []),
         "",
     ]
     for dag, bars in lanes.items():
@@ -136,6 +139,18 @@ def text(data: dict[str, Any], *, width: int = 60, max_rows: int = 100) -> str:
     if len(rows) > len(shown):
         out.append(f"  ... {len(rows) - len(shown)} more (--max-rows 0 shows all)")
     return "\n".join(out)
+
+
+def eta_line(data: dict[str, Any]) -> str:
+    """The ETA given at submit next to the actual end (or to now, while it runs)."""
+    eta = data.get("eta_at_submit")
+    if not eta:
+        return ""
+    end = data.get("finished_at")
+    if end is None:
+        return f"ETA at submit {clock(eta)} UTC (still running)"
+    late = end - eta
+    return f"ETA at submit {clock(eta)} UTC, ended {clock(end)} UTC ({'+' if late >= 0 else '-'}{span(abs(late))})"
 
 
 def _counts(bars: list[Bar]) -> str:
@@ -219,7 +234,7 @@ def to_html(data: dict[str, Any]) -> str:
                 f'style="left:{left:.4f}%;width:{width:.4f}%;background:{COLOURS.get(b.state, "#444")}"></div>'
             )
         ups = after.get(dag)
-        label = e(dag) + (f'<small> after {e(", ".join(ups))}</small>' if ups else "")
+        label = e(dag) + (f"<small> after {e(', '.join(ups))}</small>" if ups else "")
         rows.append(
             f'<div class="lane" data-dag="{e(dag)}"><div class="label" title="{e(dag)}">{label}</div>'
             f'<div class="track">{"".join(marks)}</div></div>'
@@ -239,7 +254,8 @@ def to_html(data: dict[str, Any]) -> str:
 <body style="--label:{label_w}px">
 <h1>backfill {e(data["backfill_id"])} &mdash; {e(data["state"])}</h1>
 <div class="sub">{e(data["batch"])} windows over [{e(data["range"][0])}, {e(data["range"][1])}) &middot;
-{len(lanes)} DAG(s), {windows} window(s) &middot; {clock(t0)} .. {clock(t1)} UTC ({span(t1 - t0)})</div>
+{len(lanes)} DAG(s), {windows} window(s) &middot; {clock(t0)} .. {clock(t1)} UTC ({span(t1 - t0)})
+{("&middot; " + e(eta_line(data))) if eta_line(data) else ""}</div>
 <div class="chart" id="timeline">{"".join(rows)}<div class="axis">{ticks}</div></div>
 <p class="legend">{legend}</p>
 {_serial_html(data.get("serial", {}))}

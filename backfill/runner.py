@@ -18,22 +18,23 @@ something else.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from backfill import pacing
 from backfill.airflow import AirflowClient, RunInfo
 from backfill.errors import AirflowConflict, AirflowError, AirflowNotFound, AirflowUnavailable
+from backfill.eta import estimate
 from backfill.gates import held_back
 from backfill.history import decide
 from backfill.locks import DagLocks, WindowKeys
 from backfill.model import BackfillParams
 from backfill.order import blocked
 from backfill.pacing import Pace
-from backfill.record import Record, WindowRecord
+from backfill.record import DagRecord, Record, WindowRecord, text
 from backfill.settings import Settings
-from backfill.states import IN_FLIGHT, PENDING, TERMINAL, RunState, WindowState
+from backfill.states import IN_FLIGHT, PENDING, TERMINAL, DagState, RunState, WindowState
 from backfill.throttle import Throttle
 from backfill.windows import Window
 
@@ -428,7 +429,7 @@ class WindowRunner:
         if verdict is None:
             return None
         what, up = verdict
-        if what == "not_run":
+        if what == "ended":
             reason = f"not run: {up} {window.label()} ended {states[up]} (after={up}, on_failure={params.on_failure})"
             return self._finish(params, dag, idx, window, WindowState.NOT_RUN, reason=reason)
         return self._wait(params, dag, idx, window, f"waiting for {up} {window.label()}",
@@ -639,7 +640,27 @@ class WindowRunner:
         pace = pacing.seed([(r.end_date - r.start_date).total_seconds() for r in runs if r.end_date and r.start_date])
         if pace.total is not None:
             self.record.set_dag(params.backfill_id, dag, client=None, **pace.to_record())
+            self._eta_at_submit(params)
         return pace
+
+    def _eta_at_submit(self, params: BackfillParams) -> None:
+        """Once every DAG's pace is seeded from Airflow's recent runs (each DAG's first window
+        asks), record the ETA those give from the submit's time (``backfill.eta``): what was
+        knowable at submit, shown next to the actual end. Kept once (HSETNX)."""
+        bf = params.backfill_id
+        pipe = self.record.redis.pipeline(transaction=False)
+        for dag in params.dags:
+            pipe.hgetall(self.record.k_dag(bf, dag))
+        raw = pipe.execute()
+        infos = {
+            d: DagRecord.from_hash({text(k): text(v) for k, v in r.items()})
+            for d, r in zip(params.dags, raw, strict=True)
+        }
+        _, end = estimate(
+            params, {d: replace(i, state=DagState.RUNNING) for d, i in infos.items()}, {}, params.created_at
+        )
+        if end is not None:
+            self.record.redis.hsetnx(self.record.k_meta(bf), "eta_at_submit", round(end, 1))
 
     def _learn(self, run: RunInfo) -> Pace:
         run_time = (run.end_date - run.start_date).total_seconds() if run.end_date and run.start_date else None

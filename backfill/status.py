@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from backfill.airflow import AirflowClient
+from backfill.eta import estimate
 from backfill.record import Record
 from backfill.states import FINISHED, IN_FLIGHT, DagState, WindowState
 from backfill.timefmt import clock
@@ -18,8 +20,11 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
     checks = serial_check(airflow, record, bf) if airflow is not None else {}
     meta = record.meta(bf)
     dags = []
+    infos = {dag: record.dag(bf, dag) for dag in params.dags}
+    recs = {dag: record.windows(bf, dag) for dag in params.dags}
+    etas, expected_end = estimate(params, infos, recs, time.time())
     for dag in params.dags:
-        info = record.dag(bf, dag)
+        info = infos[dag]
         current = None
         if info.current is not None:
             idx = info.current
@@ -34,7 +39,7 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
                 "reason": detail.reason,
                 "attempt": detail.attempt,
             }
-        windows = record.windows(bf, dag)
+        windows = recs[dag]
         failures = [
             {"start": params.spec.window(i).start.isoformat(), "run_id": w.run, "reason": w.reason,
              "attempts": w.attempt}
@@ -54,6 +59,7 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
                 "retried": sum(1 for w in windows.values() if w.attempt > 1),
                 "retries_used": sum(w.attempt - 1 for w in windows.values()),
                 "serial": checks.get(dag),
+                "eta": etas[dag].as_dict(),
             }
         )
     out: dict[str, Any] = {
@@ -63,6 +69,8 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
         else meta["state"],
         "created_at": float(meta["created_at"]),
         "finished_at": float(meta["finished_at"]) if meta.get("finished_at") else None,
+        "expected_end": round(expected_end, 1) if expected_end else None,
+        "eta_at_submit": float(meta["eta_at_submit"]) if meta.get("eta_at_submit") else None,
         "params": {
             "dags": params.dags,
             "start": params.start,
@@ -82,6 +90,16 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
     return out
 
 
+def _expected(data: dict[str, Any]) -> str:
+    """The backfill's expected end while it runs; the ETA given at submit beside the end once done."""
+    at_submit = f"ETA at submit {clock(data['eta_at_submit'])} UTC" if data.get("eta_at_submit") else ""
+    if data["finished_at"]:
+        return f" ({at_submit})" if at_submit else ""
+    if data.get("expected_end"):
+        return f"\n  expected end {clock(data['expected_end'])} UTC" + (f" ({at_submit})" if at_submit else "")
+    return ""
+
+
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = round(width * done / total) if total else width
     return "[" + "#" * filled + "." * (width - filled) + "]"
@@ -94,7 +112,8 @@ def render(data: dict[str, Any]) -> str:
         f"  {p['batch']} windows over [{p['start']}, {p['end']}), "
         f"{'newest' if p['reverse'] else 'oldest'} first, on_failure={p['on_failure']}, reprocess={p['reprocess']}",
         f"  created {clock(data['created_at'])} UTC"
-        + (f", finished {clock(data['finished_at'])} UTC" if data["finished_at"] else ""),
+        + (f", finished {clock(data['finished_at'])} UTC" if data["finished_at"] else "")
+        + _expected(data),
         "",
     ]
     width = max(len(d["dag_id"]) for d in data["dags"])
@@ -116,6 +135,16 @@ def render(data: dict[str, Any]) -> str:
                 line += f" attempt {cur['attempt']} of {p.get('retries', 0) + 1}"
             if cur["reason"] and cur["state"] in (WindowState.WAITING, *IN_FLIGHT):
                 line += f"\n  {'':<{width}}  waiting: {cur['reason']}"
+            eta = d.get("eta") or {}
+            if eta.get("expected_end"):
+                line += (
+                    f"\n  {'':<{width}}  expected end {clock(eta['expected_end'])} UTC: {eta['remaining']} "
+                    f"window(s) x ({eta['run_seconds']} s run + {eta['handoff_seconds']} s handoff"
+                    + (f" + {eta['retry_seconds']} s retries" if eta.get("retry_seconds") else "")
+                    + ")"
+                )
+            elif eta.get("remaining"):
+                line += f"\n  {'':<{width}}  expected end: not known yet (no run of this DAG measured)"
         if d.get("serial") is not None:
             line += "".join(f"\n  {'':<{width}}  {text}" for text in describe(d["serial"]))
         lines.append(line)

@@ -1,4 +1,5 @@
-"""Demo: a local stack and a backfill of 3 example DAGs over a month in weekly windows.
+"""Demo: a local stack and a backfill of 3 example DAGs over a month in weekly windows, one of
+them ordered after another (etl_payments' window waits for the same window of etl_orders).
 
 Starts redis-server, ``airflow standalone`` with the example DAGs, a Celery worker and Flower
 (:5555), submits the backfill through the ``backfill.submit_backfill`` task, prints the order
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from devstack import REPO, Stack, free_port, tcp_open
 
 DAGS = ["etl_orders", "etl_users", "etl_payments"]
+AFTER = {"etl_payments": ["etl_orders"]}  # ordering across DAGs: payments after orders, window by window
 
 
 def main() -> int:
@@ -54,9 +56,11 @@ def main() -> int:
 
         from workers.tasks import context, submit_backfill
 
-        summary = submit_backfill.delay(dags=DAGS, start=args.start, end=args.end, batch=args.batch).get(timeout=120)
+        summary = submit_backfill.delay(dags=DAGS, start=args.start, end=args.end, batch=args.batch,
+                                        after=AFTER).get(timeout=120)  # fmt: skip
         bf = summary["backfill_id"]
-        print(f"backfill {bf}: {summary['batches']} ({summary['batch']}, {summary['order']})\n")
+        print(f"backfill {bf}: {summary['batches']} ({summary['batch']}, {summary['order']})")
+        print("  etl_payments runs each window after etl_orders has run it (after=); etl_users runs on its own\n")
         print("execution order, as it happens:")
         record = context().record
         last = "-"

@@ -50,6 +50,14 @@ def test_a_failed_upstream_window_leaves_its_dependent_not_run_and_the_rest_goes
         f"not run: {UP} [2011-06-02T00:00:00+00:00, 2011-06-03T00:00:00+00:00) ended failed "
         f"(after={UP}, on_failure=continue)"
     )
+    # The ETA given at submit (both DAGs had successes in Airflow by then: the test above), next
+    # to the actual end in the report.
+    meta = orch.record.meta(bf)
+    eta, ended = float(meta["eta_at_submit"]), float(meta["finished_at"])
+    assert float(meta["created_at"]) < eta < ended + 120
+    report = CliRunner().invoke(cli, ["report", bf])
+    assert report.exit_code == 0 and "ETA at submit " in report.output and ", ended " in report.output
+    assert f"{DOWN}" in report.output and f"(after {UP})" in report.output
 
 
 @pytest.mark.parametrize(

@@ -54,9 +54,9 @@ def test_what_upstream_windows_mean_for_the_dependent_window() -> None:
     assert blocked({"a": S.SUCCESS, "b": S.SKIPPED, "c": None}) is None  # None: not run by this backfill
     assert blocked({"a": S.SUCCESS, "b": S.RUNNING}) == ("wait", "b")
     assert blocked({"a": S.PLANNED, "b": S.WAITING}) == ("wait", "a")
-    assert blocked({"a": S.RUNNING, "b": S.FAILED}) == ("not_run", "b")  # an end wins over a wait
+    assert blocked({"a": S.RUNNING, "b": S.FAILED}) == ("ended", "b")  # an end wins over a wait
     for ended in (S.FAILED, S.NOT_RUN, S.CANCELLED):
-        assert blocked({"a": ended}) == ("not_run", "a")
+        assert blocked({"a": ended}) == ("ended", "a")
 
 
 def test_the_cli_reads_repeated_after_options_and_refuses_a_malformed_one() -> None:

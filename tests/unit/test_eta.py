@@ -1,0 +1,68 @@
+"""Honest ETAs (``backfill.eta``): runs from the learnt pace, the measured handoff, retries,
+quiet hours, the hourly cap and the order across DAGs, laid out from now."""
+
+from __future__ import annotations
+
+from backfill.eta import HANDOFF_UNKNOWN, estimate
+from backfill.model import BackfillParams
+from backfill.pacing import Pace
+from backfill.record import DagRecord, WindowRecord
+from backfill.states import DagState, WindowState
+
+NOW = 1_704_103_200.0  # 2024-01-01T10:00:00Z
+
+
+def params(**kw: object) -> BackfillParams:
+    base = dict(backfill_id="bf-e", dags=["a", "b"], start="2023-12-01T00:00:00+00:00",
+                end="2023-12-05T00:00:00+00:00", batch="daily")  # fmt: skip
+    return BackfillParams(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def dag(run: float | None, state: str = DagState.RUNNING) -> DagRecord:
+    return DagRecord(state=state, total=4, pace=Pace(total=run))
+
+
+def test_nothing_learnt_means_no_eta_and_a_learnt_pace_lays_the_windows_out() -> None:
+    p = params()
+    etas, end = estimate(p, {"a": dag(None), "b": dag(100)}, {}, NOW)
+    assert end is None and etas["a"].end is None and etas["a"].remaining == 4
+    etas, end = estimate(p, {"a": dag(100), "b": dag(50)}, {}, NOW)
+    # 4 windows of 100 s with 3 handoffs between them (none measured yet).
+    assert etas["a"].end == NOW + 4 * 100 + 3 * HANDOFF_UNKNOWN and end == etas["a"].end
+
+
+def test_the_measured_handoff_and_the_window_in_flight_count() -> None:
+    p = params(dags=["a"])
+    recs = {
+        0: WindowRecord(state=WindowState.SUCCESS, triggered_at=NOW - 300, ended="2024-01-01T09:56:40+00:00"),
+        1: WindowRecord(state=WindowState.RUNNING, triggered_at=NOW - 190, run="r1"),  # 10 s after 0 ended
+    }
+    etas, end = estimate(p, {"a": dag(100)}, {"a": recs}, NOW)
+    assert etas["a"].handoff == 10 and etas["a"].remaining == 3
+    # Window 1 ends at its trigger + 100 (already late: now), then 2 more windows and handoffs.
+    assert end == NOW + 10 + 100 + 10 + 100
+
+
+def test_quiet_hours_and_the_hourly_cap_move_the_starts() -> None:
+    quiet = params(dags=["a"], quiet_hours=["10:00-12:00"])
+    _, end = estimate(quiet, {"a": dag(60)}, {}, NOW)  # nothing starts before 12:00
+    assert end == NOW + 2 * 3600 + 4 * 60 + 3 * HANDOFF_UNKNOWN
+    capped = params(dags=["a"], max_starts_per_hour=2)
+    _, end = estimate(capped, {"a": dag(60)}, {}, NOW)  # starts at 0, ~1 min, then an hour after each
+    assert NOW + 3600 + 60 < end < NOW + 3600 + 60 + 2 * 60 + 2 * HANDOFF_UNKNOWN + 1
+
+
+def test_retries_and_the_order_across_dags() -> None:
+    p = params(retries=2, retry_delay=60, after={"b": ["a"]})
+    done = {0: WindowRecord(state=WindowState.SUCCESS, attempt=2)}  # one retry over one window so far
+    etas, end = estimate(p, {"a": dag(100), "b": dag(10)}, {"a": done}, NOW)
+    assert etas["a"].retry == 1 * (100 + 60)
+    # b's last window waits for a's last window, then runs 10 s.
+    assert etas["b"].end == etas["a"].end + 10 and end == etas["b"].end
+
+
+def test_a_finished_dag_keeps_its_end_and_a_finished_backfill_has_no_eta() -> None:
+    p = params(dags=["a"])
+    finished = DagRecord(state=DagState.SUCCEEDED, total=4, finished_at=NOW - 5, pace=Pace(total=10))
+    etas, end = estimate(p, {"a": finished}, {}, NOW)
+    assert etas["a"].end == NOW - 5 and etas["a"].remaining == 0 and end is None
