@@ -62,6 +62,7 @@ class WindowRunner:
         self._step_start = 0.0
         self._idx = 0
         self._flying = False
+        self._clear_sent = False
         self._pace = Pace()  # this step's view of the DAG's learnt durations
         self.settings = settings
         self.airflow = airflow
@@ -76,6 +77,7 @@ class WindowRunner:
         """``calls``: Airflow requests this window made in its earlier steps; the total is
         recorded with the window's outcome (``api_calls``), to measure the load on Airflow."""
         self._calls = (calls, self.airflow.requests)
+        self._clear_sent = False  # this step sent a clear (it may be on its way even if it failed)
         self._step_start = self.clock.now()
         idx = self._idx = params.index_at(seq, dag)
         window = params.spec.window(idx)
@@ -195,7 +197,14 @@ class WindowRunner:
         except AirflowConflict:
             # The logical date is taken (by an earlier run, or our own earlier try). Triggering
             # first and looking only on a conflict saves a request on every window.
-            return self._date_taken(params, dag, idx, window, run_id, rec)
+            try:
+                return self._date_taken(params, dag, idx, window, run_id, rec)
+            except AirflowError:
+                # Nothing of ours is on its way to Airflow unless a clear was sent: disarm, so a
+                # cancel meanwhile frees the DAG instead of leaving it locked for lock_ttl.
+                if not self._clear_sent:
+                    self.locks.disarm(dag, run_id)
+                raise
         now = self.clock.now()
         # Our clock minus Airflow's (plus half a round trip): places Airflow's start date on ours.
         skew = round(now - run.queued_at.timestamp(), 3) if run.queued_at else 0.0
@@ -338,6 +347,7 @@ class WindowRunner:
             return Step(done=False, delay=self.settings.poll_min)  # someone else is on it: follow
         # A retry (an earlier attempt failed) clears the failed tasks only: what succeeded stays done.
         retry = rec.retry_at is not None and rec.attempt > 1
+        self._clear_sent = True
         self.airflow.clear(dag, run.run_id, only_failed=retry)
         if retry:
             reason = f"attempt {rec.attempt} of {params.retries + 1}: re-running the failed tasks of run {run.run_id}"
