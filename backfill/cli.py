@@ -136,6 +136,12 @@ def _request_options(fn: Any) -> Any:
             metavar="DAG=UPSTREAM[,UPSTREAM]",
             help="Each window of DAG starts once the same window of each UPSTREAM succeeded (repeatable).",
         ),
+        click.option(
+            "--priority",
+            type=click.IntRange(-9, 9),
+            default=None,
+            help="Under the global cap, a higher priority gets freed slots first, none starving (default 0).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -158,6 +164,7 @@ def _request(opts: dict[str, Any]) -> dict[str, Any]:
         notify=check_notify(notify),
         quiet_hours=check_quiet_hours(opts["quiet_hours"]), max_starts_per_hour=opts["max_starts_per_hour"],
         retries=opts["retries"], retry_delay=opts["retry_delay"], after=_after(opts["after"]),
+        priority=opts["priority"],
     )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from backfill.windows import Window, WindowSpec, window_spec
 # Fields added after the first release, with the value that means "not used".
 LATER_FIELDS: dict[str, Any] = {
     "notify": None, "quiet_hours": None, "max_starts_per_hour": 0, "retries": 0, "retry_delay": 60.0,
-    "after": None,
+    "after": None, "priority": 0,
 }  # fmt: skip
 RETRY_DELAY_MAX = 3600.0  # the longest wait between two attempts of a window (unless retry_delay is longer)
 
@@ -63,6 +63,9 @@ class BackfillParams:
     # Ordering across DAGs: DAG -> the DAGs whose same window must have succeeded (or been
     # skipped) before its window starts (``backfill.order``). None: no order between DAGs.
     after: dict[str, list[str]] | None = None
+    # Under the global cap, windows of a higher-priority backfill get freed slots first, within
+    # a bounded head start (``backfill.throttle.PRIORITY_PLACES`` per level): none starves.
+    priority: int = 0
 
     def retry_wait(self, attempt: int) -> float:
         """Seconds between the end of attempt ``attempt`` (1: the first run) and the next."""
@@ -146,6 +149,7 @@ class BackfillParams:
             **({"max_starts_per_hour": self.max_starts_per_hour} if self.max_starts_per_hour else {}),
             **({"retries": self.retries, "retry_delay": self.retry_delay} if self.retries else {}),
             **({"after": self.after} if self.after else {}),
+            **({"priority": self.priority} if self.priority else {}),
         }
 
     def to_json(self) -> str:

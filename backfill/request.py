@@ -50,6 +50,7 @@ class Request:
     retries: int | None = None
     retry_delay: float | None = None
     after: dict[str, list[str]] | str | None = None
+    priority: int | None = None
 
 
 def new_backfill_id() -> str:
@@ -121,6 +122,11 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         raise InputError(f"max_starts_per_hour: expected a whole number >= 1 (0 or none: no limit), got {starts!r}")
     retries, retry_delay = check_retries(request.retries, request.retry_delay)
     after = check_after(request.after, dags)
+    priority = 0 if request.priority is None else request.priority
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -9 <= priority <= 9:
+        raise InputError(
+            f"priority: expected a whole number from -9 to 9 (higher goes first, default 0), got {priority!r}"
+        )
     spec = window_spec(request.start, request.end, request.batch, tz=request.tz, max_windows=max_windows)
     last = spec.window(spec.count - 1)
     now = datetime.now(UTC)
@@ -159,6 +165,7 @@ def validate(request: Request, *, max_windows: int) -> BackfillParams:
         retries=retries,
         retry_delay=retry_delay,
         after=after,
+        priority=priority,
     )
 
 

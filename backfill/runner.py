@@ -294,7 +294,8 @@ class WindowRunner:
     def _slot(self, params: BackfillParams, dag: str, run_id: str) -> str | None:
         # Run ids repeat across the DAGs of a backfill: a slot is held by (run id, DAG).
         member = slot_member(dag, run_id)
-        return self.throttle.acquire(params.backfill_id, member, max_parallel_dags=params.max_parallel_dags)
+        return self.throttle.acquire(params.backfill_id, member, max_parallel_dags=params.max_parallel_dags,
+                                     priority=params.priority)  # fmt: skip
 
     def _cancelled(self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str) -> Step:
         if self.record.meta(params.backfill_id).get("fail_running") == "1":

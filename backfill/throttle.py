@@ -8,8 +8,9 @@ Two limits, both held in Redis so they hold across every worker and machine:
 
 A window takes its backfill's slot first, then a global one, right before it triggers, and
 gives both back when its run has ended. A window that finds no free slot joins a line ordered
-by when it first asked; slots go to the head of the line, so no DAG starves, and since a DAG
-queues again for every window, DAGs take turns. The global line only ever holds windows that
+by when it first asked (in the global line, less its backfill's ``priority`` head start:
+``PRIORITY_PLACES`` per level); slots go to the head of the line, so no DAG starves, and since
+a DAG queues again for every window, DAGs take turns. The global line only ever holds windows that
 have their backfill's slot, so a backfill at its own limit never blocks the others.
 
 A slot is held under the window's run id and DAG (``<run id>@<dag>``) with an expiry that
@@ -28,6 +29,12 @@ import redis
 
 from backfill.clock import SYSTEM, Clock
 from backfill.lua import source
+
+# A backfill's priority, per level, in places in the global line: its windows go ahead of
+# windows that asked up to that many asks before them, and never further, so a lower-priority
+# backfill still advances (a waiting window is overtaken at most PRIORITY_PLACES x the
+# difference of priorities times).
+PRIORITY_PLACES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +67,10 @@ class Semaphore:
     def _keys(self) -> list[str]:
         return [self.key, f"{self.key}:line", f"{self.key}:seen", self.limit_key, f"{self.key}:tickets"]
 
-    def acquire(self, member: str, limit: int) -> Grant:
-        """Take (or keep) a slot for ``member``; ``limit`` applies unless Redis holds an override."""
-        args: list[Any] = [member, limit, self.clock.script_now(), self._ttl_ms, self._stale_ms]
+    def acquire(self, member: str, limit: int, *, head_start: int = 0) -> Grant:
+        """Take (or keep) a slot for ``member``; ``limit`` applies unless Redis holds an override.
+        ``head_start``: places ahead of its arrival ``member`` joins the line at (a priority)."""
+        args: list[Any] = [member, limit, self.clock.script_now(), self._ttl_ms, self._stale_ms, head_start]
         ok, pos, used, lim = self._lua_acquire(keys=self._keys(), args=args)
         return Grant(bool(ok), int(pos), int(used), int(lim))
 
@@ -121,15 +129,16 @@ class Throttle:
         key = f"{self._prefix}:bf:{bf}:slots"
         return Semaphore(self._client, key, ttl=self._ttl, stale=self._stale, clock=self.clock)
 
-    def acquire(self, bf: str, member: str, *, max_parallel_dags: int) -> str | None:
-        """None when the window may trigger, else why it waits."""
+    def acquire(self, bf: str, member: str, *, max_parallel_dags: int, priority: int = 0) -> str | None:
+        """None when the window may trigger, else why it waits. ``priority``: a head start of
+        ``PRIORITY_PLACES`` per level in the global line (negative: behind)."""
         if max_parallel_dags > 0:
             grant = self.of_backfill(bf).acquire(member, max_parallel_dags)
             if not grant.granted:
                 # No position or count in the text: the reason is recorded (and logged) only
                 # when it changes, and a waiting DAG should make one line, not one per move.
                 return f"max_parallel_dags={grant.limit} reached, waiting for a turn in line"
-        grant = self.glob.acquire(member, self.global_limit)
+        grant = self.glob.acquire(member, self.global_limit, head_start=priority * PRIORITY_PLACES)
         if not grant.granted:
             return (
                 f"global limit reached ({grant.limit} runs in flight across all backfills), waiting for a turn in line"

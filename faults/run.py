@@ -48,6 +48,7 @@ class BackfillSpec:
     retries: int = 0
     retry_delay: float = 60.0
     after: dict[str, list[str]] | None = None
+    priority: int = 0
 
 
 @dataclass
@@ -116,6 +117,7 @@ def generate(seed: int) -> Schedule:
     for spec in backfills:
         if len(spec.dags) > 1 and order.random() < 0.4:
             spec.after = {d: order.sample(spec.dags[:i], order.randint(1, i)) for i, d in enumerate(spec.dags) if i}
+        spec.priority = order.choice((0, 0, 0, 1, 5, -2))
     users: list[UserAction] = []
     for _ in range(rng.choice((0, 0, 1, 2, 3))):
         kind = rng.choice(("cancel", "cancel_fail", "resume", "resume", "pause", "trigger", "trigger", "odd"))
@@ -302,7 +304,7 @@ class Sim:
                     notify={"url": "http://hook.invalid/own", "failed_windows": True},  # invariant 11
                     quiet_hours=spec.quiet_hours, max_starts_per_hour=spec.max_starts_per_hour,  # invariant 12
                     retries=spec.retries, retry_delay=spec.retry_delay,  # invariant 2
-                    after=spec.after,  # invariant 13
+                    after=spec.after, priority=spec.priority,  # invariant 13; 8 (the caps)
                 )  # fmt: skip
                 params = validate(request, max_windows=1000)
             params, _, _ = life.submit(params, task_id=task_id, unpause=False, new_id=lambda: kw["id"])

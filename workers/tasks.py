@@ -117,6 +117,7 @@ def submit_backfill(
     retries: int | None = None,
     retry_delay: float | None = None,
     after: dict[str, list[str]] | None = None,
+    priority: int | None = None,
 ) -> dict[str, Any]:
     """Plan a backfill of ``dags`` over [start, end] in ``batch`` windows and start it.
 
@@ -134,6 +135,8 @@ def submit_backfill(
     ``retry_delay`` seconds later (default 60), doubling each time, at most an hour apart.
     ``after``: ``{"marts": ["staging"]}``: each window of marts starts only once the same
     window of staging succeeded (``backfill.order``); cycles and unknown DAGs are refused.
+    ``priority`` (-9 to 9, default 0): under the global cap, a higher one's windows get freed
+    slots first, never starving the others (``backfill.throttle.PRIORITY_PLACES``).
     Raises ``InputError`` (nothing triggered) for bad input, unknown or paused DAGs.
     """
     ctx = context()
@@ -148,7 +151,7 @@ def submit_backfill(
             dags=dags or [], start=start, end=end, batch=batch, tz=tz, reverse=reverse, conf=conf,
             on_failure=on_failure, reprocess=reprocess, unpause=unpause, on_conflict=on_conflict or "refuse",
             notify=notify, quiet_hours=quiet_hours, max_starts_per_hour=max_starts_per_hour,
-            retries=retries, retry_delay=retry_delay, after=after,
+            retries=retries, retry_delay=retry_delay, after=after, priority=priority,
             max_parallel_dags=ctx.settings.max_parallel_dags if max_parallel_dags is None else max_parallel_dags,
         )  # fmt: skip
         params = validate(request, max_windows=ctx.settings.max_windows)

@@ -1,7 +1,9 @@
 -- Take (or keep) a slot of a fair counting semaphore (backfill.throttle).
 -- KEYS: holders (member -> expiry ms), line (member -> ticket), seen (member -> last ask),
 --       limit override (string, optional), ticket counter
--- ARGV: member, limit, now ms (or ""), ttl ms, stale ms
+-- ARGV: member, limit, now ms (or ""), ttl ms, stale ms, head start (places in line; a
+--       backfill's priority: its windows are placed that many tickets earlier, so a later,
+--       higher-priority window goes first, yet overtakes a waiting one only that many times)
 -- Returns {granted 0/1, place in line, slots held, limit applied}.
 local now = now_ms(ARGV[3])
 local limit = tonumber(redis.call('GET', KEYS[4]) or ARGV[2])
@@ -23,7 +25,7 @@ if limit <= 0 then
 end
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   -- A counter, not the clock: two windows asking in the same millisecond keep their order.
-  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[5]), ARGV[1])
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[5]) - tonumber(ARGV[6] or '0'), ARGV[1])
   redis.call('EXPIRE', KEYS[5], 604800)  -- dropped a week after the last ask
 end
 redis.call('ZADD', KEYS[3], now, ARGV[1])

@@ -313,3 +313,31 @@ def test_a_revoke_from_the_celery_cli_cancels_the_backfill_too(orch):
     status = json.loads(run_cli("status", bf, "--json"))
     counts = status["dags"][0]["counts"]
     assert status["state"] == "cancelled" and counts["cancelled"] >= 1 and counts["cancelled"] + counts["success"] == 6
+
+
+def test_under_the_global_cap_the_freed_slot_goes_to_the_higher_priority_backfill(orch):
+    def in_line(bf: str) -> bool:
+        return any((d["current"] or {}).get("reason", "").startswith("global limit reached")
+                   for d in json.loads(run_cli("status", bf, "--json", "--no-verify"))["dags"])  # fmt: skip
+
+    run_cli("throttle", "--global", "1")
+    try:
+        low = submit_cli("etl_orders", "etl_users", "--start", "2018-02-01", "--end", "2018-02-02",
+                         "--conf", '{"sleep": 8}')  # fmt: skip
+        wait_for(lambda: in_line(low), timeout=60, what="the low-priority backfill's second DAG in line")
+        high = submit_cli("etl_payments", "--start", "2018-02-01", "--end", "2018-02-02", "--conf", '{"sleep": 1}',
+                          "--priority", "5")  # fmt: skip
+        wait_for(lambda: in_line(high), timeout=60, what="the high-priority window in line, behind it")
+        assert wait_done(orch.record, low, timeout=300)["state"] == "succeeded"  # it still advances
+        assert wait_done(orch.record, high, timeout=300)["state"] == "succeeded"
+    finally:
+        assert "BACKFILL_GLOBAL_MAX_RUNS" in run_cli("throttle", "--global", "off")
+    lows = [r for dag in ("etl_orders", "etl_users") for r in runs(orch.airflow, dag, low)]
+    everything = by_trigger_time(lows + runs(orch.airflow, "etl_payments", high))
+    assert len(everything) == 6 and max_concurrent(everything) == 1
+    # From Airflow's records: the first run was the low backfill's; the slot it freed went to the
+    # high-priority window, though a window of the low backfill had asked for it first (Redis).
+    assert everything[0].run_id.startswith(low) and everything[1].run_id.startswith(high), everything
+    asked = [(e["ts"], e["dag"]) for bf in (low, high) for _, e in orch.record.events(bf)
+             if e.get("kind") == "window" and (e.get("reason") or "").startswith("global limit reached")]  # fmt: skip
+    assert min(asked)[1] != "etl_payments" and min(t for t, d in asked if d == "etl_payments") > min(asked)[0]

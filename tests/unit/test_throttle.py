@@ -82,3 +82,29 @@ def test_a_worker_clock_ahead_expires_nothing_early(scratch_redis):
     assert th.glob.in_use() == 1
     assert DagLocks(scratch_redis, prefix="t", ttl=60).acquire("d", "bf-a__1") is None
     assert DagLocks(scratch_redis, prefix="t", ttl=60, clock=ahead).acquire("d", "bf-b__1") == "bf-a__1"
+
+
+def test_priority_goes_first_under_the_global_cap_without_starving_the_others(scratch_redis):
+    from backfill.throttle import PRIORITY_PLACES, Throttle
+
+    throttle = Throttle(scratch_redis, prefix="t", ttl=60, stale=600, global_limit=1)
+    assert throttle.acquire("low", "holder@d", max_parallel_dags=0) is None  # the one slot
+    assert throttle.acquire("low", "low-1@d", max_parallel_dags=0) is not None  # waits first
+    assert throttle.acquire("high", "high-1@d", max_parallel_dags=2, priority=1) is not None  # asks later
+    throttle.release("low", "holder@d")
+    # The freed slot goes to the later, higher-priority window; the low one keeps its place.
+    assert throttle.acquire("low", "low-1@d", max_parallel_dags=0) is not None
+    assert throttle.acquire("high", "high-1@d", max_parallel_dags=2, priority=1) is None
+    # A stream of high-priority windows overtakes the low one at most PRIORITY_PLACES times.
+    holder, overtaken = "high-1@d", 0
+    for i in range(2, 3 * PRIORITY_PLACES):
+        member = f"high-{i}@d"
+        assert throttle.acquire("high", member, max_parallel_dags=2, priority=1) is not None
+        throttle.release("high", holder)
+        if throttle.acquire("low", "low-1@d", max_parallel_dags=0) is None:
+            break
+        assert throttle.acquire("high", member, max_parallel_dags=2, priority=1) is None
+        holder, overtaken = member, overtaken + 1
+    else:
+        raise AssertionError("the low-priority window never got a slot")
+    assert PRIORITY_PLACES - 5 <= overtaken <= PRIORITY_PLACES
