@@ -368,10 +368,11 @@ def status_cmd(
     while True:
         # --watch and --wait check Airflow's records once, at the end, not at every refresh.
         later = watch or wait
-        data = status(svc.record, backfill_id, events=events, airflow=None if no_verify or later else svc.airflow)
+        data = status(svc.record, backfill_id, events=events, airflow=None if no_verify or later else svc.airflow,
+                      locks=svc.locks)  # fmt: skip
         ended = data["state"] not in ("running", "cancelling")
         if later and ended and not no_verify:
-            data = status(svc.record, backfill_id, events=events, airflow=svc.airflow)
+            data = status(svc.record, backfill_id, events=events, airflow=svc.airflow, locks=svc.locks)
         if not wait or ended:
             if as_json:
                 click.echo(json.dumps(data, indent=2))

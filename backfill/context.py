@@ -31,7 +31,8 @@ class Context:
         )
         airflow = AirflowClient(settings.airflow)
         record = Record(client, prefix=settings.key_prefix, ttl=settings.record_ttl)
-        locks = DagLocks(client, prefix=settings.key_prefix, ttl=settings.lock_ttl, slot_ttl=settings.slot_ttl)
+        locks = DagLocks(client, prefix=settings.key_prefix, ttl=settings.lock_ttl, slot_ttl=settings.slot_ttl,
+                         stale=settings.waiter_stale)  # fmt: skip
         throttle = Throttle(
             client,
             prefix=settings.key_prefix,

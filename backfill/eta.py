@@ -84,7 +84,7 @@ def _dag(
     if params.retries and done and run is not None:
         retry = retries / len(done) * (run + params.retry_wait(1))
     if info.state in FINISHED or not left:
-        return DagEta(0, run, handoff, retry, info.finished_at)
+        return DagEta(0, run, handoff, retry, info.finished_at or (None if info.state in FINISHED else now))
     if run is None:
         return DagEta(len(left), None, handoff, retry, None)
     t = now

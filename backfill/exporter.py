@@ -61,6 +61,7 @@ HANDOFF_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 WAIT_REASONS: tuple[tuple[str, str], ...] = (
     ("DAG busy:", "dag_busy"),  # a run of the DAG the orchestrator did not trigger (or another window's)
     ("DAG locked by", "lock"),  # another backfill holds the DAG
+    ("DAG next for", "lock"),  # or is first in line for it
     ("max_parallel_dags=", "max_parallel_dags"),
     ("global limit reached", "global_limit"),
     (WAIT_OUTAGE, "airflow_unavailable"),

@@ -37,14 +37,17 @@ class WindowKeys(NamedTuple):
 
 class DagLocks:
     def __init__(
-        self, client: redis.Redis, *, prefix: str, ttl: float, slot_ttl: float | None = None, clock: Clock = SYSTEM
-    ) -> None:
+        self, client: redis.Redis, *, prefix: str, ttl: float, slot_ttl: float | None = None, stale: float = 12.0,
+        clock: Clock = SYSTEM,
+    ) -> None:  # fmt: skip
         self._redis = client
         self._prefix = prefix
+        self._stale_ms = int(stale * 1000)  # a waiter not seen this long leaves the DAG's line
         self._ttl_ms = int(ttl * 1000)
         self._slot_ttl_ms = int((slot_ttl or ttl) * 1000)  # the throttle's: see Settings.slot_ttl
         self.clock = clock
         self._lua_acquire = client.register_script(source("lock_acquire"))
+        self._lua_take = client.register_script(source("lock_take"))
         self._lua_hold = client.register_script(source("lock_hold"))
         self._lua_arm = client.register_script(source("lock_arm"))
         self._lua_release = client.register_script(source("lock_release"))
@@ -57,6 +60,39 @@ class DagLocks:
     def acquire(self, dag_id: str, token: str) -> str | None:
         """Take or renew the DAG's lock. Returns None when ``token`` holds it, else the holder."""
         return _text(self._lua_acquire(keys=[self.key(dag_id)], args=[token, self._ttl_ms, self.clock.script_now()]))
+
+    def line_keys(self, dag_id: str) -> list[str]:
+        """The DAG's line of windows that want its lock: tickets, last asks, the ticket counter."""
+        base = f"{self._prefix}:lockline:{dag_id}"
+        return [base, f"{base}:seen", f"{base}:n"]
+
+    def take(self, dag_id: str, token: str, *, head_start: int = 0) -> tuple[str, bool] | None:
+        """``acquire``, first come among the windows that want the DAG (``lock_take.lua``): None
+        when ``token`` holds it; else who has it (True) or is first in line for it (False)."""
+        args: list[Any] = [token, self._ttl_ms, self.clock.script_now(), self._stale_ms, head_start]
+        found = self._lua_take(keys=[self.key(dag_id), *self.line_keys(dag_id)], args=args)
+        if not found:
+            return None
+        return _text(found[0]) or "", _text(found[1]) == "held"
+
+    def queue(self, dag_id: str) -> tuple[str | None, list[str]]:
+        """Who holds the DAG's lock (None: nobody) and the windows in line for it, in the order
+        they will get it (those still asking)."""
+        now = self.clock.redis_ms(self._redis)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hmget(self.key(dag_id), ["token", "until"])
+        line, seen, _ = self.line_keys(dag_id)
+        pipe.zrange(line, 0, -1)
+        pipe.zrangebyscore(seen, now - self._stale_ms, "+inf")
+        (holder, until), waiting, live = pipe.execute()
+        alive = {_text(m) for m in live}
+        held = _text(holder) if holder and until and int(until) > now else None
+        return held, [t for t in (_text(m) or "" for m in waiting) if t in alive]
+
+    def leave_line_on(self, pipe: redis.client.Pipeline, dag_id: str, token: str) -> None:
+        line, seen, _ = self.line_keys(dag_id)
+        pipe.zrem(line, token)
+        pipe.zrem(seen, token)
 
     def hold(self, dag_id: str, token: str, *, window: WindowKeys, member: str, slot_keys: list[str]) -> str | None:
         """Renew the lock and the slots of a window whose run is in flight (``lock_hold.lua``).

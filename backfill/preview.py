@@ -6,12 +6,17 @@ triggered or recorded."""
 from __future__ import annotations
 
 import statistics
+import time
 from typing import Any
 
 from backfill.airflow import AirflowClient
+from backfill.eta import estimate
 from backfill.history import Verdict, survey
 from backfill.model import BackfillParams
+from backfill.pacing import Pace
+from backfill.record import DagRecord, WindowRecord
 from backfill.request import concurrency_warnings, refusals, with_schedules
+from backfill.states import DagState, WindowState
 from backfill.timefmt import span
 
 
@@ -54,7 +59,9 @@ def preview(
         "dry_run": True,
         "dags": dags,
         **params.outline(),
-        "estimated_seconds": _overall(dags, params.max_parallel_dags, global_limit, params.after),
+        "estimated_seconds": _with_gates(
+            params, dags, _overall(dags, params.max_parallel_dags, global_limit, params.after)
+        ),
         "problems": problems,
         "warnings": concurrency_warnings(infos),
     }
@@ -117,6 +124,23 @@ def _overall(
     limits = [k for k in (max_parallel, global_limit) if k > 0]
     bound = sum(each) / min(limits) if limits else 0.0
     return float(round(max(max(each), bound, _critical_path(dags, after or {})), 1))
+
+
+def _with_gates(params: BackfillParams, dags: list[dict[str, Any]], overall: float | None) -> float | None:
+    """``overall``, or longer when the windows laid out as ``backfill.eta`` does (a handoff
+    between windows, quiet hours, the hourly cap, the order) end later."""
+    if overall is None or not all(d.get("actions") is not None for d in dags):
+        return overall
+    infos, recs = {}, {}
+    for d in dags:
+        dag = d["dag_id"]
+        infos[dag] = DagRecord(state=DagState.RUNNING, total=d["count"], pace=Pace(total=d["median_run_seconds"]))
+        runs_nothing = [a["action"] not in ("new", "rerun", "wait") for a in d["actions"]]
+        recs[dag] = {i: WindowRecord(state=WindowState.SKIPPED) for i, skip in zip(params.indices(dag), runs_nothing,
+                                                                                    strict=True) if skip}  # fmt: skip
+    now = time.time()
+    _, end = estimate(params, infos, recs, now)
+    return overall if end is None else float(round(max(overall, end - now), 1))
 
 
 def _critical_path(dags: list[dict[str, Any]], after: dict[str, list[str]]) -> float:

@@ -35,7 +35,7 @@ from backfill.pacing import Pace
 from backfill.record import DagRecord, Record, WindowRecord, text
 from backfill.settings import Settings
 from backfill.states import IN_FLIGHT, PENDING, TERMINAL, DagState, RunState, WindowState
-from backfill.throttle import Throttle
+from backfill.throttle import PRIORITY_PLACES, Throttle
 from backfill.windows import Window
 
 log = logging.getLogger("backfill")
@@ -142,12 +142,13 @@ class WindowRunner:
             # Then the order across DAGs (a retry passed it; so did a step that took the lock).
             ups = (params.after or {}).get(dag)
             if ups and rec.attempt == 1:
-                held = self._upstream(params, dag, idx, window, ups)
-                if held is not None:
-                    return held
-        lock_holder = self.locks.acquire(dag, run_id)
-        if lock_holder is not None:
-            locked = f"DAG locked by {_describe(lock_holder)}"
+                upstream = self._upstream(params, dag, idx, window, ups)
+                if upstream is not None:
+                    return upstream
+        taken = self.locks.take(dag, run_id, head_start=params.priority * PRIORITY_PLACES)
+        if taken is not None:  # held by another window, or promised to the one first in line
+            who, held = taken
+            locked = f"DAG locked by {_describe(who)}" if held else f"DAG next for {_describe(who)}, first in line"
             return self._wait(params, dag, idx, window, locked, self.settings.busy_poll)
         self._lease_until = self.clock.now() + self.locks.ttl
         why = self._busy(dag, run_id, claimed)
@@ -579,6 +580,7 @@ class WindowRunner:
         token = params.run_id(window)
         pipe = self.record.redis.pipeline(transaction=False)
         self.locks.release_on(pipe, dag, token)
+        self.locks.leave_line_on(pipe, dag, token)
         self.throttle.release(params.backfill_id, slot_member(dag, token), client=pipe)
         if learnt is not None:
             self.record.set_dag(params.backfill_id, dag, client=pipe, **learnt.to_record())

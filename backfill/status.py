@@ -7,15 +7,21 @@ from typing import Any
 
 from backfill.airflow import AirflowClient
 from backfill.eta import estimate
+from backfill.locks import DagLocks
 from backfill.record import Record
 from backfill.states import FINISHED, IN_FLIGHT, DagState, WindowState
 from backfill.timefmt import clock
 from backfill.verify import describe, serial_check
 
 
-def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowClient | None = None) -> dict[str, Any]:
+def status(
+    record: Record, bf: str, *, events: bool = False, airflow: AirflowClient | None = None,
+    locks: DagLocks | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """``airflow``: also check from Airflow's run records that each DAG's runs were serial
-    (``backfill.verify``): per DAG, ``serial`` is ``{"checked": n, "overlaps": [...]}``."""
+    (``backfill.verify``): per DAG, ``serial`` is ``{"checked": n, "overlaps": [...]}``.
+    ``locks``: per running DAG, which backfill holds it and which are in line, in the order
+    they will get it (``queue``)."""
     params = record.params(bf)
     checks = serial_check(airflow, record, bf) if airflow is not None else {}
     meta = record.meta(bf)
@@ -60,6 +66,7 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
                 "retries_used": sum(w.attempt - 1 for w in windows.values()),
                 "serial": checks.get(dag),
                 "eta": etas[dag].as_dict(),
+                "queue": _queue(locks, dag) if locks is not None and info.state not in FINISHED else None,
             }
         )
     out: dict[str, Any] = {
@@ -88,6 +95,18 @@ def status(record: Record, bf: str, *, events: bool = False, airflow: AirflowCli
     if events:
         out["events"] = [e for _, e in record.events(bf)]
     return out
+
+
+def _queue(locks: DagLocks, dag: str) -> dict[str, Any]:
+    """The backfills wanting the DAG: its holder and the line, by backfill (a window's token is
+    ``<backfill id>__<window start>``)."""
+    holder, line = locks.queue(dag)
+
+    def of(token: str) -> dict[str, str]:
+        bf, _, start = token.partition("__")
+        return {"backfill_id": bf, "window_start": start}
+
+    return {"holder": of(holder) if holder else None, "line": [of(t) for t in line]}
 
 
 def _expected(data: dict[str, Any]) -> str:
@@ -145,6 +164,14 @@ def render(data: dict[str, Any]) -> str:
                 )
             elif eta.get("remaining"):
                 line += f"\n  {'':<{width}}  expected end: not known yet (no run of this DAG measured)"
+        q = d.get("queue") or {}
+        others = [w for w in ([q["holder"]] if q.get("holder") else []) + q.get("line", [])
+                  if w["backfill_id"] != data["backfill_id"]]  # fmt: skip
+        if others:
+            held = q.get("holder") or {}
+            who = f"held by {held['backfill_id']}" if held else "free"
+            order = ", ".join(f"{i}. {w['backfill_id']}" for i, w in enumerate(q.get("line", []), 1))
+            line += f"\n  {'':<{width}}  DAG {who}" + (f"; in line for it: {order}" if order else "")
         if d.get("serial") is not None:
             line += "".join(f"\n  {'':<{width}}  {text}" for text in describe(d["serial"]))
         lines.append(line)

@@ -215,7 +215,8 @@ class Sim:
         self.record = SimRecord(self.redis, prefix="bf", ttl=self.settings.record_ttl, clock=clock, world=world,
                                 ended_at=self.ended_at)  # fmt: skip
         st = self.settings
-        self.locks = DagLocks(self.redis, prefix="bf", ttl=st.lock_ttl, slot_ttl=st.slot_ttl, clock=clock)
+        self.locks = DagLocks(self.redis, prefix="bf", ttl=st.lock_ttl, slot_ttl=st.slot_ttl, stale=st.waiter_stale,
+                              clock=clock)  # fmt: skip
         self.throttle = Throttle(self.redis, prefix="bf", ttl=st.slot_ttl, stale=st.waiter_stale,
                                  global_limit=schedule.global_max_runs, clock=clock)  # fmt: skip
         self.submitted: dict[str, str] = {}  # backfill id -> "recorded" or why it was refused

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,12 @@ def test_console_script_and_celery_call(orch):
     out = subprocess.run([BIN / "backfill", "--help"], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0 and "submit" in out.stdout and "status" in out.stdout
 
-    kwargs = {"dags": ["etl_orders"], "start": "2009-03-01", "end": "2009-03-02", "batch": "daily"}
+    # Every keyword of the contract, through celery call (JSON kwargs).
+    far = (datetime.now(UTC) + timedelta(hours=12)).strftime("%H:%M")
+    kwargs = {"dags": ["etl_orders", "etl_users"], "start": "2009-03-01", "end": "2009-03-02", "batch": "daily",
+              "retries": 1, "retry_delay": 1, "after": {"etl_users": ["etl_orders"]}, "priority": 2,
+              "quiet_hours": f"{far}-{far[:3]}59" if far[3:] != "59" else f"{far[:3]}00-{far}",
+              "max_starts_per_hour": 100}  # fmt: skip
     call = subprocess.run(
         [BIN / "celery", "-A", "workers", "call", "backfill.submit_backfill", "--kwargs", json.dumps(kwargs)],
         capture_output=True,
@@ -140,8 +146,15 @@ def test_console_script_and_celery_call(orch):
     )
     assert call.returncode == 0, call.stderr
     summary = orch.tasks.app.AsyncResult(call.stdout.strip()).get(timeout=60)
-    assert wait_done(orch.record, summary["backfill_id"])["state"] == "succeeded"
-    assert [r.state for r in runs(orch.airflow, "etl_orders", summary["backfill_id"])] == ["success", "success"]
+    bf = summary["backfill_id"]
+    assert wait_done(orch.record, bf, timeout=240)["state"] == "succeeded"
+    p = orch.record.params(bf)
+    assert (p.retries, p.retry_delay, p.after, p.priority, p.max_starts_per_hour) == (
+        1, 1.0, {"etl_users": ["etl_orders"]}, 2, 100)  # fmt: skip
+    assert p.quiet_hours == [kwargs["quiet_hours"]]
+    orders, users = runs(orch.airflow, "etl_orders", bf), runs(orch.airflow, "etl_users", bf)
+    assert [r.state for r in orders + users] == ["success"] * 4
+    assert all(u.queued_at >= o.end_date for o, u in zip(orders, users, strict=True))  # after= held
 
     bad = subprocess.run(
         [BIN / "backfill", "submit", "etl_orders", "--start", "x", "--end", "2009-03-02"],

@@ -317,7 +317,7 @@ def test_a_revoke_from_the_celery_cli_cancels_the_backfill_too(orch):
 
 def test_under_the_global_cap_the_freed_slot_goes_to_the_higher_priority_backfill(orch):
     def in_line(bf: str) -> bool:
-        return any((d["current"] or {}).get("reason", "").startswith("global limit reached")
+        return any(((d["current"] or {}).get("reason") or "").startswith("global limit reached")
                    for d in json.loads(run_cli("status", bf, "--json", "--no-verify"))["dags"])  # fmt: skip
 
     run_cli("throttle", "--global", "1")
@@ -341,3 +341,23 @@ def test_under_the_global_cap_the_freed_slot_goes_to_the_higher_priority_backfil
     asked = [(e["ts"], e["dag"]) for bf in (low, high) for _, e in orch.record.events(bf)
              if e.get("kind") == "window" and (e.get("reason") or "").startswith("global limit reached")]  # fmt: skip
     assert min(asked)[1] != "etl_payments" and min(t for t, d in asked if d == "etl_payments") > min(asked)[0]
+
+
+def test_backfills_sharing_a_dag_queue_for_it_in_order_and_status_shows_the_line(orch):
+    a = submit_cli("etl_payments", "--start", "2018-03-01", "--end", "2018-03-02", "--conf", '{"sleep": 6}')
+    b = submit_cli("etl_payments", "--start", "2018-04-01", "--end", "2018-04-02", "--conf", '{"sleep": 1}')
+
+    def queued() -> dict:
+        return json.loads(run_cli("status", b, "--json", "--no-verify"))["dags"][0]["queue"] or {}
+
+    q = wait_for(lambda: (q := queued()).get("line") and q, timeout=60, what="b in line for etl_payments")
+    assert q["holder"]["backfill_id"] == a and [w["backfill_id"] for w in q["line"]] == [b]
+    text = run_cli("status", b, "--no-verify")
+    assert f"DAG held by {a}; in line for it: 1. {b}" in text
+    assert wait_done(orch.record, a, timeout=300)["state"] == "succeeded"
+    assert wait_done(orch.record, b, timeout=300)["state"] == "succeeded"
+    # From Airflow's records: the DAG went to whoever asked first, window by window: a's first
+    # window, then b's (in line while it ran), then a's second (it asked after b), then b's.
+    ran = by_trigger_time(runs(orch.airflow, "etl_payments", a) + runs(orch.airflow, "etl_payments", b))
+    assert [r.run_id.split("__")[0] for r in ran] == [a, b, a, b], [r.run_id for r in ran]
+    assert max_concurrent(ran) == 1

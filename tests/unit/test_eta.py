@@ -66,3 +66,17 @@ def test_a_finished_dag_keeps_its_end_and_a_finished_backfill_has_no_eta() -> No
     finished = DagRecord(state=DagState.SUCCEEDED, total=4, finished_at=NOW - 5, pace=Pace(total=10))
     etas, end = estimate(p, {"a": finished}, {}, NOW)
     assert etas["a"].end == NOW - 5 and etas["a"].remaining == 0 and end is None
+
+
+def test_the_plan_estimate_counts_quiet_hours_ahead() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from backfill.preview import _with_gates
+
+    now = datetime.now(UTC)
+    quiet = f"{now - timedelta(minutes=1):%H:%M}-{now + timedelta(hours=2):%H:%M}"
+    dags = [{"dag_id": "a", "count": 4, "median_run_seconds": 60.0, "actions": [{"action": "new"}] * 3 + [
+        {"action": "skip"}]}]  # fmt: skip
+    assert _with_gates(params(dags=["a"]), dags, 180.0) == 180.0 + 2 * HANDOFF_UNKNOWN  # 3 runs, 2 handoffs
+    gated = _with_gates(params(dags=["a"], quiet_hours=[quiet]), dags, 180.0)
+    assert gated is not None and 2 * 3600 - 120 < gated < 2 * 3600 + 300

@@ -169,3 +169,23 @@ class FixedClock(Clock):
 
     def now(self) -> float:
         return self.t
+
+
+def test_windows_wanting_a_dag_get_it_first_come_or_by_priority_and_a_silent_one_leaves_the_line(scratch_redis):
+    locks = DagLocks(scratch_redis, prefix="t", ttl=60, stale=0.3)
+    assert locks.take("d", "a__1") is None
+    assert locks.take("d", "b__1") == ("a__1", True)  # held: b joins the line
+    assert locks.take("d", "c__1", head_start=0) == ("a__1", True)
+    assert locks.queue("d") == ("a__1", ["b__1", "c__1"])
+    assert locks.release("d", "a__1")
+    # Free, but promised to b, first in line: a's next window waits behind b and c.
+    assert locks.take("d", "a__2") == ("b__1", False)
+    assert locks.take("d", "b__1") is None and locks.queue("d") == ("b__1", ["c__1", "a__2"])
+    assert locks.release("d", "b__1")
+    # A higher priority goes ahead of the line: the DAG is free, so it takes it at once.
+    assert locks.take("d", "p__1", head_start=100) is None
+    assert locks.queue("d") == ("p__1", ["c__1", "a__2"])
+    assert locks.release("d", "p__1")
+    # One that stops asking leaves the line after ``stale``: the next one takes the DAG.
+    time.sleep(0.4)
+    assert locks.take("d", "a__2") is None and locks.queue("d") == ("a__2", [])
