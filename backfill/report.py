@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backfill.airflow import AirflowClient
+from backfill.gates import quiet_until
 from backfill.record import Record
 from backfill.states import IN_FLIGHT
 from backfill.timefmt import clock, span
 from backfill.verify import describe, serial_check
+from backfill.windows import get_tz
 
 COLOURS = {
     "success": "#2e9d4f",
@@ -83,7 +85,10 @@ def collect(record: Record, bf: str, *, airflow: AirflowClient | None = None) ->
             )  # fmt: skip
         lanes[dag] = bars
     times = [t for bars in lanes.values() for b in bars for t in (b.t0, b.t1)]
+    lo = min(times) if times else float(meta.get("created_at", 0))
+    hi = max(times) if times else lo
     return {
+        "quiet": _quiet_bands(params.quiet_hours, params.tz, lo, hi),
         "backfill_id": bf,
         "state": meta.get("state", "?"),
         "batch": params.batch,
@@ -141,6 +146,27 @@ def text(data: dict[str, Any], *, width: int = 60, max_rows: int = 100) -> str:
     return "\n".join(out)
 
 
+def _quiet_bands(ranges: list[str] | None, tz: str | None, t0: float, t1: float) -> list[tuple[float, float]]:
+    """The quiet hours within [t0, t1] (Unix times), for the page to shade."""
+    if not ranges or t1 <= t0:
+        return []
+    zone, t = get_tz(tz), t0
+    out: list[tuple[float, float]] = []
+    while t < t1 and len(out) < 400:
+        until = quiet_until(ranges, datetime.fromtimestamp(t, UTC), zone)
+        if until is not None:
+            out.append((t, min(t1, until.timestamp())))
+            t = until.timestamp()
+        t += 60.0  # quiet hours begin and end on the minute
+    merged: list[tuple[float, float]] = []
+    for a, b in out:
+        if merged and a <= merged[-1][1] + 60.0:
+            merged[-1] = (merged[-1][0], b)
+        else:
+            merged.append((a, b))
+    return merged
+
+
 def eta_line(data: dict[str, Any]) -> str:
     """The ETA given at submit next to the actual end (or to now, while it runs)."""
     eta = data.get("eta_at_submit")
@@ -171,6 +197,7 @@ h1{font-size:18px;margin:0 0 4px} .sub{color:#555;margin-bottom:16px}
 .track{position:relative;flex:1;height:18px;background:#f6f6f6;border-radius:3px}
 .bar{position:absolute;top:1px;height:16px;min-width:2px;border-radius:2px;box-sizing:border-box;
      border-right:1px solid #fff}
+.quiet{position:absolute;top:0;height:18px;background:repeating-linear-gradient(45deg,#e4e4e4 0 4px,#f6f6f6 4px 8px)}
 .dep{position:absolute;top:-3px;height:24px;width:0;border-left:2px dashed #444;z-index:1}
 .label small{color:#777;font-size:11px}
 .axis{display:flex;justify-content:space-between;margin-left:var(--label);color:#666;font-size:12px;padding-top:4px}
@@ -221,6 +248,8 @@ def to_html(data: dict[str, Any]) -> str:
     after: dict[str, list[str]] = data.get("after", {})
     for dag, bars in lanes.items():
         marks = _dependency_marks(dag, bars, lanes, after.get(dag, []), t0, total)
+        marks += [f'<div class="quiet" title="quiet hours" style="left:{(a - t0) / total * 100:.4f}%;'
+                  f'width:{(b - a) / total * 100:.4f}%"></div>' for a, b in data.get("quiet", [])]  # fmt: skip
         for b in bars:
             left = (b.t0 - t0) / total * 100
             width = max((b.t1 - b.t0) / total * 100, 0.0)
@@ -241,6 +270,10 @@ def to_html(data: dict[str, Any]) -> str:
         )
     ticks = "".join(f"<span>{clock(t0 + total * i / 4)[11:]}</span>" for i in range(5))
     legend = "".join(f'<span><i style="background:{c}"></i>{s.replace("_", " ")}</span>' for s, c in COLOURS.items())
+    if data.get("quiet"):
+        legend += '<span><i class="quiet" style="position:static"></i>quiet hours</span>'
+    if after:
+        legend += '<span><i style="border-left:2px dashed #444;width:0"></i>upstream window ended</span>'
     table = "".join(
         f"<tr><td>{e(b.dag)}</td><td>#{b.seq}</td><td>{e(b.start)}</td><td>{e(b.state)}</td>"
         f"<td>{clock(b.t0) if b.t0 else ''}</td><td>{span(b.t1 - b.t0) if b.ran else '-'}</td>"

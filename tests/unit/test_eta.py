@@ -80,3 +80,22 @@ def test_the_plan_estimate_counts_quiet_hours_ahead() -> None:
     assert _with_gates(params(dags=["a"]), dags, 180.0) == 180.0 + 2 * HANDOFF_UNKNOWN  # 3 runs, 2 handoffs
     gated = _with_gates(params(dags=["a"], quiet_hours=[quiet]), dags, 180.0)
     assert gated is not None and 2 * 3600 - 120 < gated < 2 * 3600 + 300
+
+
+def test_the_timeline_shades_quiet_hours_and_marks_where_upstream_windows_ended() -> None:
+    from backfill.report import Bar, _quiet_bands, to_html
+
+    t0 = NOW  # 10:00 UTC
+    assert _quiet_bands(["10:30-11:00"], None, t0, t0 + 7200) == [(t0 + 1800, t0 + 3600)]
+    assert _quiet_bands(None, None, t0, t0 + 7200) == []
+
+    def bar(dag: str, a: float, b: float) -> Bar:
+        return Bar(dag=dag, seq=1, start="2024-01-01", end="2024-01-02", state="success", run_id="r", t0=a, t1=b,
+                   reason=None)  # fmt: skip
+
+    data = {"backfill_id": "bf", "state": "succeeded", "batch": "daily", "range": ["a", "b"], "t0": t0,
+            "t1": t0 + 7200, "lanes": {"up": [bar("up", t0, t0 + 600)], "down": [bar("down", t0 + 700, t0 + 900)]},
+            "after": {"down": ["up"]}, "quiet": [(t0 + 1800, t0 + 3600)]}  # fmt: skip
+    page = to_html(data)
+    assert page.count('class="dep"') == 1 and 'data-after="up"' in page and "left:8.3333%" in page
+    assert page.count('class="quiet"') == 3 and "quiet hours" in page and "after up" in page  # 2 lanes + legend
