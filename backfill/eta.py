@@ -18,7 +18,7 @@ least the remaining work divided by it. A DAG with nothing learnt has no ETA, no
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_right, insort
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -28,7 +28,7 @@ from backfill.gates import quiet_until
 from backfill.model import BackfillParams
 from backfill.order import levels
 from backfill.record import DagRecord, WindowRecord
-from backfill.states import FINISHED, IN_FLIGHT, TERMINAL
+from backfill.states import FINISHED, IN_FLIGHT, PENDING, TERMINAL, WindowState
 from backfill.windows import get_tz
 
 HANDOFF_UNKNOWN = 3.0  # seconds from a run's end to the next trigger, before one is measured
@@ -78,11 +78,10 @@ def _dag(
     left = [i for i in order if (recs.get(i) or WindowRecord()).state not in TERMINAL]
     run = info.pace.total or info.pace.run
     handoff = _handoff(order, recs)
-    done = [recs[i] for i in order if i in recs and recs[i].state in TERMINAL]
-    retries = sum(w.attempt - 1 for w in recs.values())
+    ran = [recs[i] for i in order if i in recs and recs[i].state in (WindowState.SUCCESS, WindowState.FAILED)]
     retry = 0.0
-    if params.retries and done and run is not None:
-        retry = retries / len(done) * (run + params.retry_wait(1))
+    if params.retries and ran and run is not None:  # retries per window that ran, so far
+        retry = sum(w.attempt - 1 for w in ran) / len(ran) * (run + params.retry_wait(1))
     if info.state in FINISHED or not left:
         return DagEta(0, run, handoff, retry, info.finished_at or (None if info.state in FINISHED else now))
     if run is None:
@@ -95,10 +94,11 @@ def _dag(
             t = max(now, rec.triggered_at + run)  # in flight: its own trigger counts
         else:
             begin = max([t] + [ends.get((u, i), now) for u in (params.after or {}).get(dag, [])])
-            if rec.retry_at:
-                begin = max(begin, rec.retry_at)
-            begin = _gated(params, begin, starts, zone)
-            t = begin + run + retry
+            if rec.retry_at and rec.state in PENDING:  # waiting for its retry: that cost is known
+                begin = _gated(params, max(begin, rec.retry_at), starts, zone)
+                t = begin + run
+            else:
+                t = _gated(params, begin, starts, zone) + run + retry
         ends[(dag, i)] = t
         t += handoff
     return DagEta(len(left), run, handoff, retry, ends[(dag, left[-1])])
@@ -121,10 +121,11 @@ def _gated(params: BackfillParams, t: float, starts: list[float], zone: Any) -> 
         if quiet is not None:
             t = max(t, quiet.timestamp())
         cap = params.max_starts_per_hour
-        recent = [s for s in starts if t - HOUR < s <= t] if cap else []
-        if cap and len(recent) >= cap:
-            t = recent[len(recent) - cap] + HOUR
-            continue
+        if cap:  # the starts in (t - 1 h, t]: bisected, a long backfill's layout stays linear
+            lo, hi = bisect_right(starts, t - HOUR), bisect_right(starts, t)
+            if hi - lo >= cap:
+                t = starts[hi - cap] + HOUR
+                continue
         if quiet is None:
             break
     if params.max_starts_per_hour:

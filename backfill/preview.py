@@ -154,7 +154,7 @@ def _critical_path(dags: list[dict[str, Any]], after: dict[str, list[str]]) -> f
             d, t, out = by_id[dag], 0.0, {}
             actions = d.get("actions") or [{"action": "new"}] * len(d["windows"])
             for (start, _), act in zip(d["windows"], actions, strict=True):
-                ready = max([t] + [of(u).get(start, 0.0) for u in after.get(dag, [])])
+                ready = max([t] + [of(u).get(start, 0.0) for u in after.get(dag, []) if u in by_id])
                 took = d["median_run_seconds"] if act["action"] in ("new", "rerun", "wait") else 0.0
                 t = out[start] = ready + took
             ends[dag] = out

@@ -333,6 +333,10 @@ class Record:
         deliveries racing to do the same thing (clear a run), one wins the claim."""
         return self._run_note(params, dag, idx, fields, field, expect) == 1
 
+    def claim_all(self, params: BackfillParams, dag: str, idx: int, expect: dict[str, Any], **fields: Any) -> bool:
+        """``claim`` on several fields at once: each of ``expect``'s fields must hold its value."""
+        return self._run_note(params, dag, idx, fields, "*", expect) == 1
+
     def _run_note(
         self, params: BackfillParams, dag: str, idx: int, fields: dict[str, Any], field: str, expect: Any
     ) -> int:

@@ -35,7 +35,7 @@ from backfill.pacing import Pace
 from backfill.record import DagRecord, Record, WindowRecord, text
 from backfill.settings import Settings
 from backfill.states import IN_FLIGHT, PENDING, TERMINAL, DagState, RunState, WindowState
-from backfill.throttle import PRIORITY_PLACES, Throttle
+from backfill.throttle import Throttle
 from backfill.windows import Window
 
 log = logging.getLogger("backfill")
@@ -145,7 +145,8 @@ class WindowRunner:
                 upstream = self._upstream(params, dag, idx, window, ups)
                 if upstream is not None:
                     return upstream
-        taken = self.locks.take(dag, run_id, head_start=params.priority * PRIORITY_PLACES)
+        # In a DAG's line a place is a whole run: a priority level is one place there.
+        taken = self.locks.take(dag, run_id, head_start=params.priority)
         if taken is not None:  # held by another window, or promised to the one first in line
             who, held = taken
             locked = f"DAG locked by {_describe(who)}" if held else f"DAG next for {_describe(who)}, first in line"
@@ -188,7 +189,12 @@ class WindowRunner:
         if rerun is not None:  # a clear that never took effect: clear again, gated as a trigger is
             return self._rerun(params, dag, idx, window, rerun, rec, again=True)
         if rec.retry_at and rec.run:  # the next attempt: re-run the run that failed
-            step = self._retry(params, dag, idx, window, rec)
+            try:
+                step = self._retry(params, dag, idx, window, rec)
+            except AirflowError:
+                if not self._clear_sent:  # nothing on its way to Airflow: a cancel may free the DAG
+                    self.locks.disarm(dag, run_id)
+                raise
             if step is not None:
                 return step
         conf = {**params.conf, "window_start": window.start.isoformat(), "window_end": window.end.isoformat()}
@@ -343,12 +349,14 @@ class WindowRunner:
         # tell "cleared and finished again" from "died before the clear went through"; of two
         # deliveries racing here, only the one that wins the claim clears.
         now = self.clock.now()
-        claim = ("clear_at", rec.clear_at) if again else ("run_id", None)
-        if not self.record.claim(params, dag, idx, *claim, run_id=run.run_id, prev_end=_iso(run.end_date),
-                                 clear_at=now):  # fmt: skip
+        # A retry (an earlier attempt failed) of that same run clears its failed tasks only.
+        retry = rec.retry_at is not None and rec.attempt > 1 and run.run_id == rec.run
+        expect: dict[str, Any] = {"clear_at": rec.clear_at} if again else {"run_id": None}
+        if retry:  # and only for this attempt: a stalled delivery of an earlier one claims nothing
+            expect["attempt"] = rec.attempt
+        if not self.record.claim_all(params, dag, idx, expect, run_id=run.run_id, prev_end=_iso(run.end_date),
+                                     clear_at=now):  # fmt: skip
             return Step(done=False, delay=self.settings.poll_min)  # someone else is on it: follow
-        # A retry (an earlier attempt failed) clears the failed tasks only: what succeeded stays done.
-        retry = rec.retry_at is not None and rec.attempt > 1
         self._clear_sent = True
         self.airflow.clear(dag, run.run_id, only_failed=retry)
         if retry:
@@ -356,16 +364,12 @@ class WindowRunner:
         else:
             reason = (f"re-running existing run {run.run_id} ({run.run_type}, was {run.state}, "
                       f"reprocess={params.reprocess})")  # fmt: skip
+        # The previous attempt's end is not this one's (cancel --fail-running, the report).
+        erase = ("ended", "duration", "started") if retry else ()
         self._set(
-            params,
-            dag,
-            idx,
-            window,
-            WindowState.TRIGGERED,
-            reason=reason,
-            run=run.run_id,
-            triggered_at=self.clock.now(),
-        )
+            params, dag, idx, window, WindowState.TRIGGERED, reason=reason, run=run.run_id,
+            triggered_at=self.clock.now(), erase=erase,
+        )  # fmt: skip
         self.locks.disarm(dag, params.run_id(window))
         if params.max_starts_per_hour:
             self.throttle.starts.started(params.backfill_id, start_member(dag, params.run_id(window), rec.attempt))
@@ -485,14 +489,16 @@ class WindowRunner:
             expect=("attempt", rec.attempt if rec.attempt > 1 else None), **ran,
         )  # fmt: skip
         self._flying = False
-        self._release(params, dag, window)
-        if code == 0:  # another delivery scheduled it, or ended the window: look again
+        if code == 0:  # another delivery scheduled it (its next attempt may hold the DAG now), or it ended
             return Step(done=False, delay=self.settings.poll_min)
+        self._release(params, dag, window)
         return Step(done=False, delay=min(at - self.clock.now(), self.settings.visibility_timeout / 2), reason=reason)
 
     def _retry_wait(self, params: BackfillParams, dag: str, idx: int, window: Window, rec: WindowRecord) -> Step:
-        if self._lease_until:  # a redelivery of the step that scheduled the retry: let go
-            self._release(params, dag, window)
+        if self._lease_until:  # a redelivery of the step that scheduled the retry: let go, unless
+            # another delivery (its clock ahead of ours) armed the DAG for the retry's clear
+            if self.locks.release_idle(dag, params.run_id(window)) == 1:
+                self.throttle.release(params.backfill_id, slot_member(dag, params.run_id(window)))
             self._lease_until = 0.0
         wait = (rec.retry_at or 0.0) - self.clock.now()
         return Step(done=False, delay=min(max(wait, self.settings.poll_min), self.settings.visibility_timeout / 2),
@@ -662,9 +668,12 @@ class WindowRunner:
         knowable at submit, shown next to the actual end. Kept once (HSETNX)."""
         bf = params.backfill_id
         pipe = self.record.redis.pipeline(transaction=False)
+        pipe.hexists(self.record.k_meta(bf), "eta_at_submit")
         for dag in params.dags:
             pipe.hgetall(self.record.k_dag(bf, dag))
-        raw = pipe.execute()
+        known, *raw = pipe.execute()
+        if known:
+            return
         infos = {
             d: DagRecord.from_hash({text(k): text(v) for k, v in r.items()})
             for d, r in zip(params.dags, raw, strict=True)

@@ -52,3 +52,15 @@ def test_a_retry_is_scheduled_once_forgetting_the_previous_clear(scratch_redis) 
     assert schedule(None) == 0
     assert record.window("bf-r", "d", 0).attempt == 2
     assert record.dag("bf-r", "d").counts[WindowState.FAILED] == 0  # not a final state: nothing counted
+
+
+def test_a_retry_clear_is_claimed_once_and_only_for_the_current_attempt(scratch_redis) -> None:
+    record = Record(scratch_redis, prefix="t", ttl=60)
+    p = params(retries=3)
+    assert record.create(p)
+    record.transition(p, "d", 0, WindowState.WAITING, reason="retry", run="r1", attempt=3, retry_at=5.0)
+    # A delivery stalled since attempt 2 claims nothing; one of two at attempt 3 wins.
+    assert not record.claim_all(p, "d", 0, {"run_id": None, "attempt": 2}, run_id="r1", clear_at=1.0)
+    assert record.claim_all(p, "d", 0, {"run_id": None, "attempt": 3}, run_id="r1", clear_at=2.0)
+    assert not record.claim_all(p, "d", 0, {"run_id": None, "attempt": 3}, run_id="r1", clear_at=3.0)
+    assert record.window("bf-r", "d", 0).clear_at == 2.0
