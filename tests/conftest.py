@@ -29,7 +29,7 @@ from backfill.airflow import AirflowClient, AirflowConfig
 from devstack import Stack
 from tests.compose_stack import ComposeStack
 
-EXAMPLE_DAG_COUNT = 4 + 50 + 12 + 8  # etl_* + fleet_00..49 + exp_* (experiments) + user_* (user_schedules.py)
+EXAMPLE_DAG_COUNT = 4 + 50 + 12 + 9  # etl_* + fleet_00..49 + exp_* (experiments) + user_* (user_schedules.py)
 
 # Small segments so that every multi-window test also crosses chain segments; short waits so
 # the suite is quick. The worker and this process read the same values.

@@ -25,6 +25,8 @@ cron_interval = make_etl_dag(
 delta = make_etl_dag("user_delta_daily", schedule=timedelta(days=1), **HISTORY)
 once = make_etl_dag("user_once", schedule="@once", **HISTORY)
 manual = make_etl_dag("user_manual", schedule=None, start_date=START, max_active_runs=3, default_sleep=1)
+# The start gates' test re-runs this one's history (kept apart from the history tests' DAGs).
+gates = make_etl_dag("user_cron_gates", schedule="@daily", **HISTORY)
 
 ORDERS = Asset("warehouse://orders")
 

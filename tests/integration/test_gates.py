@@ -15,6 +15,9 @@ from backfill.cli import cli
 from tests.integration.helpers import runs, submit, wait_done, wait_for
 
 pytestmark = pytest.mark.integration
+CRON = "user_cron_gates"
+TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+DAYS = [TODAY - timedelta(days=n) for n in (3, 2, 1)]  # its scheduler's history (user_schedules.START)
 
 
 def test_no_run_starts_in_quiet_hours_and_the_windows_start_when_they_end(orch):
@@ -23,6 +26,21 @@ def test_no_run_starts_in_quiet_hours_and_the_windows_start_when_they_end(orch):
     end = (now + timedelta(seconds=25 + 60)).replace(second=0, microsecond=0)
     begin = (now - timedelta(minutes=1)).replace(second=0, microsecond=0)
     quiet = f"{begin:%H:%M}-{end:%H:%M}"
+    # Alongside, as users run it: a cron DAG (Airflow 3's default timetable, max_active_runs=2)
+    # whose history its own scheduler made; re-running that history (each clear is a start)
+    # under the same quiet hours and one start an hour.
+    history = wait_for(
+        lambda: (
+            (rs := orch.airflow.runs_between(CRON, DAYS[0], DAYS[-1]))
+            and len(rs) == 3
+            and all(r.state in ("success", "failed") for r in rs)
+            and rs
+        ),
+        180,
+        "the cron DAG's history",
+    )
+    cron = submit(orch, dags=[CRON], start=f"{DAYS[0]:%Y-%m-%d}", end=f"{DAYS[-1]:%Y-%m-%d}", reprocess="completed",
+                  quiet_hours=quiet, max_starts_per_hour=1)["backfill_id"]  # fmt: skip
     bf = submit(orch, dags=["etl_users", "etl_orders"], start="2011-03-01", end="2011-03-02", conf={"sleep": 0.5},
                 quiet_hours=quiet)["backfill_id"]  # fmt: skip
 
@@ -41,6 +59,18 @@ def test_no_run_starts_in_quiet_hours_and_the_windows_start_when_they_end(orch):
         # Airflow's own record: queued (triggered) and started only once the quiet hours ended.
         assert all(r.queued_at is not None and r.queued_at >= end for r in ran), [r.queued_at for r in ran]
         assert all(r.start_date is not None and r.start_date >= end for r in ran)
+    # The cron DAG: its first window's run re-ran after the quiet hours (a new start date in
+    # Airflow), the next one is held by the hourly cap, the last untouched.
+    wait_for(lambda: (orch.record.dag(cron, CRON).reason or "").startswith("max_starts_per_hour=1 reached"), 120,
+             "the cron DAG's second window held by the cap")  # fmt: skip
+    now = {r.run_id: r for r in orch.airflow.runs_between(CRON, DAYS[0], DAYS[-1])}
+    first, second, third = (now[r.run_id] for r in history)
+    assert first.start_date >= end and first.state == "success"
+    assert second.start_date == history[1].start_date and third.start_date == history[2].start_date
+    assert len(now) == 3  # re-runs of its own scheduled runs: no new run at those dates
+    out = CliRunner().invoke(cli, ["cancel", cron])
+    assert out.exit_code == 0, out.output
+    assert wait_done(orch.record, cron)["state"] == "cancelled"
 
 
 def test_the_hourly_cap_holds_windows_back_and_says_until_when(orch):
