@@ -22,9 +22,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import urllib3
@@ -418,6 +418,40 @@ class AirflowClient:
         runs = self._list(f"runs {prefix}* of DAG {dag_id!r}", dag_id, query)
         # A LIKE pattern: '_' matches any character, so check the prefix here.
         return [r for r in runs if r.run_id.startswith(prefix)]
+
+    def ended_runs(self, dag_ids: list[str], *, since: float) -> list[RunInfo]:
+        """Runs of any of ``dag_ids`` that ended (success or failed) at or after ``since`` (epoch
+        seconds), in one request per page: ``POST /api/v2/dags/~/dagRuns/list`` (the watcher's)."""
+        return [RunInfo.from_json(r) for r in self.ended_runs_json(dag_ids, since=since)]
+
+    def ended_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
+        """``ended_runs``, as Airflow's JSON."""
+        return self._batch("ended", dag_ids, [RunState.SUCCESS, RunState.FAILED], end_date_gte=since)
+
+    def started_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
+        """Runs of any of ``dag_ids`` that started at or after ``since`` (running, or ended since),
+        as Airflow's JSON (the watcher's other list)."""
+        states = [RunState.RUNNING, RunState.SUCCESS, RunState.FAILED]
+        return self._batch("started", dag_ids, states, start_date_gte=since)
+
+    def _batch(self, what: str, dag_ids: list[str], states: Sequence[str], **dates: float) -> list[dict[str, Any]]:
+        """``POST /api/v2/dags/~/dagRuns/list``: runs of many DAGs in a few states since a date,
+        every page."""
+        out: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        filters = {k: datetime.fromtimestamp(v, UTC).isoformat() for k, v in dates.items()}
+        label = f"runs of {len(dag_ids)} DAG(s) {what} since {next(iter(filters.values()))}"
+        while True:
+            body = {"dag_ids": dag_ids, "states": states, **filters, "order_by": "id", "page_limit": PAGE,
+                    "page_offset": len(out)}  # fmt: skip
+            page = self._call(label, self._json, "POST", "/api/v2/dags/{dag_id}/dagRuns/list",
+                              path_params={"dag_id": "~"}, body=body)  # fmt: skip
+            new = [r for r in page["dag_runs"] if (r["dag_id"], r["dag_run_id"]) not in seen]
+            out += new
+            seen.update((r["dag_id"], r["dag_run_id"]) for r in new)
+            total = page.get("total_entries")
+            if not new or (isinstance(total, int) and len(out) >= total):
+                return out
 
     def trigger(
         self, dag_id: str, run_id: str, window: Window, *, conf: dict[str, Any], note: str | None = None

@@ -63,6 +63,7 @@ def cancel(
     reason = "backfill cancelled"
     life = Lifecycle(ctx)  # the notification last, below: a broker error must not stop the cancel
     windows = sum(life.cancel_dag(params, dag, reason=reason, fail_running=fail_running) for dag in params.dags)
+    ctx.parking.wake_backfill(bf)  # parked windows (backfill.watch) drop out now, not at their deadline
     ctx.throttle.release_backfill(bf)
     failed: list[str] = []
     left: list[str] = []

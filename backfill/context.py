@@ -12,6 +12,7 @@ from backfill.record import Record
 from backfill.runner import WindowRunner
 from backfill.settings import Settings
 from backfill.throttle import Throttle
+from backfill.watch import Parking
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Context:
     locks: DagLocks
     runner: WindowRunner
     throttle: Throttle
+    parking: Parking
 
     @classmethod
     def build(cls, settings: Settings) -> Context:
@@ -40,5 +42,7 @@ class Context:
             stale=settings.waiter_stale,
             global_limit=settings.global_max_runs,
         )
-        runner = WindowRunner(settings=settings, airflow=airflow, record=record, locks=locks, throttle=throttle)
-        return cls(settings, client, airflow, record, locks, runner, throttle)
+        parking = Parking(client, prefix=settings.key_prefix)
+        runner = WindowRunner(settings=settings, airflow=airflow, record=record, locks=locks, throttle=throttle,
+                              parking=parking)  # fmt: skip
+        return cls(settings, client, airflow, record, locks, runner, throttle, parking)

@@ -40,6 +40,7 @@ from backfill.record import WindowRecord, text
 from backfill.request import check_history, check_in_airflow, concurrency_warnings, new_backfill_id, with_schedules
 from backfill.runner import Step, slot_member
 from backfill.states import FINISHED, TERMINAL, DagState, WindowState
+from backfill.watch import Watched
 
 # The order the DAG's closing log line gives its counts in.
 TERMINAL_ORDER = (
@@ -88,6 +89,11 @@ class Delivery(Protocol):
     def hand_on(self) -> None:
         """Publish the chain's next link now (raises if it cannot be published)."""
 
+    def park(self, countdown: float, changes: dict[str, Any], watched: Watched) -> BaseException | None:
+        """Keep this message (with ``changes``) parked in Redis until ``watched`` ends or
+        ``countdown`` s pass (``backfill.watch``); returns what the task raises to end this
+        execution, or None if it could not be parked (then it is retried with a countdown)."""
+
     def end_chain(self) -> None:
         """Forget the rest of the chain: it is not run here."""
 
@@ -102,6 +108,7 @@ class Next:
     chain: bool = True  # let the chain go on to its next link
     failed: str | None = None  # end the task as failed with this message (on_failure=stop)
     result: dict[str, Any] = field(default_factory=dict)
+    park: Watched | None = None  # wait parked until this run ends (backfill.watch), at most retry_in
 
 
 def settle(delivery: Delivery, nxt: Next, *, retry_max: float, window: bool) -> dict[str, Any]:
@@ -115,7 +122,8 @@ def settle(delivery: Delivery, nxt: Next, *, retry_max: float, window: bool) -> 
     if window:
         changes["calls"] = nxt.calls
     if nxt.retry_in is not None:
-        raise delivery.retry(nxt.retry_in, changes)
+        parked = delivery.park(nxt.retry_in, changes, nxt.park) if nxt.park is not None else None
+        raise parked if parked is not None else delivery.retry(nxt.retry_in, changes)
     if nxt.chain and not nxt.failed:
         try:
             delivery.hand_on()
@@ -199,14 +207,16 @@ class Lifecycle:
 
     # -- one window -------------------------------------------------------------------------
 
-    def window(self, backfill_id: str, dag: str, seq: int, *, errors: int = 0, calls: int = 0) -> Next:
+    def window(
+        self, backfill_id: str, dag: str, seq: int, *, errors: int = 0, calls: int = 0, executions: int = 0
+    ) -> Next:
         """Advance one window by one step, then do what follows its end (see the module)."""
         ctx = self.ctx
         try:
             params = ctx.record.params(backfill_id)
-            step = ctx.runner.step(params, dag, seq, calls=calls)
+            step = ctx.runner.step(params, dag, seq, calls=calls, executions=executions)
             if not step.done:
-                return Next(retry_in=step.delay, calls=ctx.runner.calls())
+                return Next(retry_in=step.delay, calls=ctx.runner.calls(), park=step.watch)
             nxt = self.after(params, dag, seq, step)
             # A repeat may be a retry of a hand-on that failed: keep its backoff growing.
             return replace(nxt, errors=errors) if step.repeat else nxt

@@ -54,6 +54,7 @@ class WindowRecord:
     ended: str | None = None
     duration: float | None = None  # seconds, start to end in Airflow
     api_calls: int | None = None  # Airflow requests the window made, recorded at its end
+    steps: int | None = None  # task executions the window took, recorded at its end (bench B4)
     unavailable_since: float | None = None  # Airflow unreachable since (an outage in progress)
     outage_attempts: int = 0
     stalled_since: float | None = None  # its run cannot end by itself since (a paused DAG)

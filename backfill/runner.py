@@ -36,6 +36,7 @@ from backfill.record import DagRecord, Record, WindowRecord, text
 from backfill.settings import Settings
 from backfill.states import IN_FLIGHT, PENDING, TERMINAL, DagState, RunState, WindowState
 from backfill.throttle import Throttle
+from backfill.watch import Parking, Watched, window_key
 from backfill.windows import Window
 
 log = logging.getLogger("backfill")
@@ -51,32 +52,41 @@ class Step:
     state: str = ""  # done: the window's final state
     reason: str | None = None
     repeat: bool = False  # done before this execution: a redelivery or a duplicate
+    watch: Watched | None = None  # not done: the run whose start or end wakes it (backfill.watch)
 
 
 class WindowRunner:
     def __init__(
-        self, *, settings: Settings, airflow: AirflowClient, record: Record, locks: DagLocks, throttle: Throttle
-    ) -> None:
+        self, *, settings: Settings, airflow: AirflowClient, record: Record, locks: DagLocks, throttle: Throttle,
+        parking: Parking | None = None,
+    ) -> None:  # fmt: skip
         self.clock = record.clock
         self._lease_until = 0.0
         self._step_start = 0.0
         self._idx = 0
         self._flying = False
         self._clear_sent = False
+        self._dag = ""
+        self._executions = 0
         self._pace = Pace()  # this step's view of the DAG's learnt durations
         self.settings = settings
         self.airflow = airflow
         self.record = record
         self.locks = locks
         self.throttle = throttle
+        self.parking = parking  # windows in flight wait parked while a watcher is alive
         self._calls = (0, 0)  # (requests of earlier steps, client counter at this step's start)
 
     # -- the step -------------------------------------------------------------------------
 
-    def step(self, params: BackfillParams, dag: str, seq: int, *, calls: int = 0) -> Step:
+    def step(self, params: BackfillParams, dag: str, seq: int, *, calls: int = 0, executions: int = 0) -> Step:
         """``calls``: Airflow requests this window made in its earlier steps; the total is
-        recorded with the window's outcome (``api_calls``), to measure the load on Airflow."""
+        recorded with the window's outcome (``api_calls``), to measure the load on Airflow;
+        ``executions``: this one's number among the window's task executions (``steps``, the
+        same for the load on the workers), if known."""
         self._calls = (calls, self.airflow.requests)
+        self._dag = dag
+        self._executions = executions
         self._clear_sent = False  # this step sent a clear (it may be on its way even if it failed)
         self._step_start = self.clock.now()
         idx = self._idx = params.index_at(seq, dag)
@@ -120,7 +130,7 @@ class WindowRunner:
         # waits); the lock and slots are kept at the step's end.
         if rec.in_flight and rec.run:
             try:
-                run = self.airflow.get_run(dag, rec.run)
+                run = self._woken_for(params, dag, idx, rec) or self.airflow.get_run(dag, rec.run)
             except AirflowNotFound:
                 # Deleted in Airflow behind our back: start this window over.
                 self.record.note(params, dag, idx, run_id=None, run=None, prev_end=None, clear_at=None)
@@ -223,7 +233,7 @@ class WindowRunner:
         if self.record.is_cancelled(params.backfill_id):
             # Cancelled while we triggered: the cancel may have listed the runs before ours.
             return self._cancelled(params, dag, idx, window, run_id)
-        return Step(done=False, delay=self._poll_delay(rec, 0.0))
+        return self._look(rec, run_id, 0.0)
 
     def _date_taken(
         self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str, rec: WindowRecord
@@ -375,7 +385,7 @@ class WindowRunner:
             self.throttle.starts.started(params.backfill_id, start_member(dag, params.run_id(window), rec.attempt))
         if self.record.is_cancelled(params.backfill_id):  # as after a trigger: the cancel may have swept before
             return self._cancelled(params, dag, idx, window, run.run_id)
-        return Step(done=False, delay=self._poll_delay(rec, 0.0))
+        return self._look(rec, run.run_id, 0.0)
 
     def _follow(
         self, params: BackfillParams, dag: str, idx: int, window: Window, run: RunInfo, rec: WindowRecord
@@ -397,8 +407,8 @@ class WindowRunner:
                 self._unstalled(params, dag, idx, window, run, rec)
                 # Not started for a while, yet not paused: Airflow is short of capacity. Look
                 # (and ask about the pause) no more often than at a busy DAG.
-                return Step(done=False, delay=max(self.settings.busy_poll, self._poll_delay(rec, elapsed)))
-            return Step(done=False, delay=self._poll_delay(rec, elapsed))
+                return self._look(rec, run.run_id, elapsed, at_least=self.settings.busy_poll)
+            return self._look(rec, run.run_id, elapsed)
         if run.state == RunState.RUNNING:
             if rec.state != WindowState.RUNNING:
                 self._set(params, dag, idx, window, WindowState.RUNNING, run=run.run_id, started=_iso(run.start_date))
@@ -409,7 +419,7 @@ class WindowRunner:
                 return self._stalled(params, dag, idx, window, run, rec, why)
             else:
                 self._unstalled(params, dag, idx, window, run, rec)
-            return Step(done=False, delay=self._poll_delay(rec, elapsed, run))
+            return self._look(rec, run.run_id, elapsed, run)
         if rec.state != WindowState.RUNNING and run.start_date is not None:
             # Paced looks can miss the running phase of a short run: record it anyway, so the
             # events show every window's start in order, live or afterwards.
@@ -568,6 +578,8 @@ class WindowRunner:
         learnt: Pace | None = None,
         **extra: Any,
     ) -> Step:
+        if self._executions:
+            extra["steps"] = self._executions
         code = self._set(params, dag, idx, window, state, reason=reason, api_calls=self.calls(), **extra)
         self._flying = False
         self._release(params, dag, window, learnt=learnt)
@@ -643,6 +655,35 @@ class WindowRunner:
         return code
 
     # -- polling --------------------------------------------------------------------------
+
+    def _woken_for(self, params: BackfillParams, dag: str, idx: int, rec: WindowRecord) -> RunInfo | None:
+        """The ended run the watcher woke this window for, if it is this attempt's run and end
+        (a retry re-runs the same run id: an earlier attempt's end is not this one's)."""
+        if self.parking is None or not self.settings.watch_every:
+            return None
+        raw = self.parking.ended(window_key(params.backfill_id, dag, params.seq_of(idx, dag)))
+        if raw is None:
+            return None
+        run = RunInfo.from_json(raw)
+        seen = run.end_date or run.start_date  # woken at its end, or at its start
+        if run.run_id != rec.run or seen is None or rec.triggered_at is None:
+            return None
+        # On our clock (skew: ours minus Airflow's at the trigger), after this attempt began: a
+        # retry re-runs the same run id, and the previous attempt's dates are not this one's.
+        if seen.timestamp() + rec.skew < rec.triggered_at - 1.0:
+            return None
+        return run
+
+    def _look(self, rec: WindowRecord, run_id: str, elapsed: float, run: RunInfo | None = None, *,
+              at_least: float = 0.0) -> Step:  # fmt: skip
+        """Wait for the run's end: woken by the watcher at its end (a look of its own only every
+        ``watch_fallback``, should the watcher miss it), or, with no watcher alive, at the next
+        paced look."""
+        if self.parking is not None and self.settings.watch_every and self.parking.alive():
+            since = rec.triggered_at or self.clock.now()
+            running = run is not None and run.state == RunState.RUNNING
+            return Step(done=False, delay=self.settings.watched_wait, watch=Watched(self._dag, run_id, since, running))
+        return Step(done=False, delay=max(at_least, self._poll_delay(rec, elapsed, run)))
 
     def _poll_delay(self, rec: WindowRecord, elapsed: float, run: RunInfo | None = None) -> float:
         """When to look again at the window's run (``backfill.pacing``)."""

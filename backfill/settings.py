@@ -34,6 +34,8 @@ class Settings:
     poll_min: float = 0.05  # shortest wait between two looks at a running run
     poll_max: float = 60.0  # longest wait between two looks at a running run
     busy_poll: float = 3.0  # wait between two looks at a busy or locked DAG
+    watch_every: float = 1.0  # the watcher lists the ended runs this often (backfill.watch); 0: no watcher
+    watch_fallback: float = 100.0  # with a watcher alive, a window in flight looks itself this often (watched_wait)
     retry_max: float = 60.0  # longest backoff after a transient Airflow error
     give_up_after: float = 3600.0  # a window fails after Airflow is unreachable this long
     visibility_timeout: int = 1800  # Redis broker: unacked messages come back after this
@@ -56,10 +58,11 @@ class Settings:
             "retry_max",
             "late_margin",
             "redis_socket_timeout",
+            "watch_fallback",
         ):
             if getattr(self, name) <= 0:
                 raise InputError(f"setting {name}: must be greater than 0, got {getattr(self, name)!r}")
-        for name in ("max_parallel_dags", "global_max_runs"):
+        for name in ("max_parallel_dags", "global_max_runs", "watch_every"):
             if getattr(self, name) < 0:
                 raise InputError(f"setting {name}: must be 0 (no limit) or more, got {getattr(self, name)!r}")
         if self.slot_stale and self.slot_stale < 2 * self.busy_poll:
@@ -101,6 +104,13 @@ class Settings:
                     else ""
                 )
             )
+
+    @property
+    def watched_wait(self) -> float:
+        """How long a window parked for its run waits before it looks itself (``watch_fallback``),
+        within what its lock's lease covers (a parked message is no broker message: the
+        visibility timeout does not bound it)."""
+        return min(self.watch_fallback, self.lock_ttl - self.lease_margin)
 
     @property
     def waiter_stale(self) -> float:

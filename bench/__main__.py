@@ -26,14 +26,14 @@ from pathlib import Path
 from bench.common import REPO, TABLE_HEAD, Figure, bench_stack
 
 DOCS = REPO / "docs" / "performance.md"
-BENCHES = ("b1", "b2", "b3", "b4")
+BENCHES = ("b1", "b2", "b3", "b4", "b5")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     # No argparse `choices` here: with nargs="*" it rejects an empty list (Python issue 9625).
-    ap.add_argument("which", nargs="*", metavar="{b1,b2,b3,b4}", help="which benchmarks (default: all)")
+    ap.add_argument("which", nargs="*", metavar="{b1,b2,b3,b4,b5}", help="which benchmarks (default: all)")
     ap.add_argument("--rounds", type=int, default=7, help="B1 rounds (native and ours alternate)")
     ap.add_argument("--write-docs", action="store_true", help="put the table in docs/performance.md")
     ap.add_argument("--group", choices=list(GROUPS), help=argparse.SUPPRESS)  # internal: one group, in-process
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if missed else 0
 
 
-GROUPS = {"airflow": ("b1", "b2"), "b3": ("b3",), "b4": ("b4",)}
+GROUPS = {"airflow": ("b1", "b2"), "b3": ("b3",), "b4": ("b4",), "b5": ("b5",)}
 
 
 def run_group(group: str, root: Path, *, rounds: int, which: list[str]) -> list[Figure]:
@@ -113,6 +113,10 @@ def run_group(group: str, root: Path, *, rounds: int, which: list[str]) -> list[
         from bench import many
 
         figures += many.b4(root / "b4")
+    elif group == "b5":
+        from bench import many
+
+        figures += many.b5(root / "b5")
     return figures
 
 

@@ -194,23 +194,34 @@ def b1(airflow: AirflowClient, tasks: ModuleType, *, rounds: int) -> list[Figure
 
 
 def b2(airflow: AirflowClient, tasks: ModuleType, *, windows_2s: int = 8, windows_60s: int = 4) -> list[Figure]:
-    """Both DAGs in one backfill-pair at once (different DAGs run in parallel)."""
+    """Both DAGs in one backfill-pair at once (different DAGs run in parallel). A window's own
+    requests are counted by its client (``api_calls``); the watcher's lists serve every window
+    in flight, so each window is charged an equal share of the lists made meanwhile."""
     dags = {"bench_run_2s": windows_2s, "bench_run_60s": windows_60s}
     dates = DateAllocator(airflow, list(dags))
+    parking = tasks.context().parking
+    lists0 = parking.lists()
     subs = {}
     for dag, n in dags.items():
         start = dates.take(n)
         subs[dag] = tasks.submit_backfill.delay([dag], start.isoformat(), (start + timedelta(days=n)).isoformat())
     record = tasks.context().record
-    out = []
+    own: dict[str, list[float]] = {}
     for dag, sub in subs.items():
         bf = sub.get(timeout=60)["backfill_id"]
         meta = wait_backfill(tasks, bf, 1200)
         assert meta["state"] == "succeeded", meta
         recs = record.windows(bf, dag).values()
         assert all(w.api_calls is not None for w in recs), "a window ended without its request count"
-        calls = [float(w.api_calls or 0) for w in recs]
-        print(f"  B2 {dag}: requests per window {sorted(calls)}", flush=True)
-        limit = 10 if dag == "bench_run_2s" else 20
-        out.append(Figure("B2", f"Airflow requests per window, {dag[10:]} task", calls, limit, "requests"))
+        own[dag] = [float(w.api_calls or 0) for w in recs]
+    lists = parking.lists() - lists0
+    share = lists / sum(dags.values())
+    out = []
+    for dag, calls in own.items():
+        total = [c + share for c in calls]
+        print(f"  B2 {dag}: own requests per window {sorted(calls)}, + {share:.2f} of the watcher's {lists} "
+              f"lists each", flush=True)  # fmt: skip
+        out.append(Figure("B2", f"Airflow requests per window, {dag[10:]} task", total, 4, "requests",
+                          note=f"its own median {statistics.median(calls):g} + {share:.2f} lists of the watcher "
+                          f"({lists} over the {sum(dags.values())} windows of both DAGs)"))  # fmt: skip
     return out

@@ -1,6 +1,7 @@
-"""B4: 200 DAGs with a window running at once, one worker with 2 processes, against the stand-in.
+"""B4: 1,000 DAGs with a window running at once, one worker with 2 processes, against the stand-in;
+B5: the Airflow requests per second that puts on Airflow, with 200 and with 1,000 DAGs.
 
-One backfill of 200 DAGs x ``windows`` daily windows; every run takes ``duration`` s (+-10 %)
+One backfill of 1,000 DAGs x ``windows`` daily windows; every run takes ``duration`` s (+-10 %)
 once started. From the stand-in's own records: how many runs were active at once, and per DAG
 the gaps between a run's end and the next window's trigger (a starved DAG shows a long gap).
 From the record: every window succeeded. From ``/proc``: the CPU time of the worker's
@@ -16,13 +17,18 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from bench.common import Figure, bench_stack, process_cpu, wait_backfill, wait_until
 from bench.standin import Standin, serve
 
-DAG_COUNT = 200
+DAG_COUNT = 1000
+B5_DAGS = (200, 1000)
+B5_DURATION = 240.0  # a four-minute run: B5 counts the requests of the waits, not of the handoffs
+B5_TARGET = 20.0  # requests per second at 1,000 DAGs
+HANDOFF_TARGET = 2.5  # seconds from a run's end to its DAG's next trigger, first windows included
 FLOOR_RATIO = 2.0  # the orchestrator's CPU per window, at most this many times Celery's own floor
 INF = float("inf")  # a reference figure
 # BACKFILL_* settings of this process go to the worker too (to compare settings side by side).
@@ -33,13 +39,7 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
     dags = [f"bench_{i:03d}" for i in range(DAG_COUNT)]
     standin = Standin(set(dags), duration=duration, jitter=0.1, queued=0.5)
     with bench_stack(root) as b:
-        from devstack import free_port
-
-        server = serve(standin, port := free_port())
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        b.stack.airflow_url = f"http://127.0.0.1:{port}"
-        b.stack.airflow_password = "standin"
-        b.stack.start_redis()
+        server, port = _standin_stack(b, standin)
         # The same worker runs Celery's floor afterwards (bench.floor adds one task to its app).
         worker = b.start_worker(app="bench.floor", **ENV)
         tasks = b.orchestrator()
@@ -56,10 +56,10 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
             calls = [w.api_calls or 0 for _, w in recs]
             first_calls = [w.api_calls or 0 for i, w in recs if i == 0]
             later_calls = [w.api_calls or 0 for i, w in recs if i > 0]
-            # The floor at the same pace: as many task executions as ours made, over a run's length.
-            # A window makes one request per execution, but its first execution makes two (the
-            # busy check and the trigger) and a DAG's first window's three (its recent runs too).
-            executions = sum(calls) - DAG_COUNT * windows - DAG_COUNT
+            # The floor at the same pace: as many task executions as ours made (each window records
+            # its own, ``steps``), over a run's length.
+            executions = sum(w.steps or 1 for _, w in recs)
+            lists = tasks.context().parking.lists()
             looks = _spread(executions, DAG_COUNT, windows)
             per_window = executions / (DAG_COUNT * windows)
             every = (duration + standin.queued) / max(1.0, per_window - 1)
@@ -81,7 +81,8 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
     print(
         f"  B4: {meta['state']}, {ok}/{total} windows succeeded in {wall:.0f} s, max {standin.max_active} runs "
         f"active at once, CPU {cpu:.1f} s ({1000 * cpu / total:.1f} ms per window), "
-        f"median {statistics.median(calls)} requests per window (first {statistics.median(first_calls)}, "
+        f"median {statistics.median(calls)} own requests per window (first {statistics.median(first_calls)}, "
+        f"{lists} lists of the watcher), "
         f"later {statistics.median(later_calls) if later_calls else '-'}), end->next trigger gap median "
         f"{statistics.median(gaps):.2f} s max {max(gaps):.2f} s "
         f"(after a DAG's first window: max {max(after_first):.2f} s, later: max {max(later):.2f} s)",
@@ -114,12 +115,59 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
             "B4",
             "longest run end -> next trigger of its DAG",
             [max(gaps)],
-            5.0,
+            HANDOFF_TARGET,
             "s",
             note=f"a starved DAG would show a long gap; median over all handoffs {statistics.median(gaps):.2f} s",
         ),
-        Figure("B4", "first window of all 200 DAGs triggered within", [first[-1] - first[0]], 10.0, "s"),
+        Figure("B4", f"first window of all {DAG_COUNT:,} DAGs triggered within", [first[-1] - first[0]], 10.0, "s"),
     ]
+
+
+def b5(root: Path) -> list[Figure]:
+    """Airflow requests per second (the stand-in's count, submit to end) of a backfill of one
+    ``B5_DURATION`` s window per DAG, with 200 and with 1,000 DAGs, one after the other on the
+    same worker: what the waits cost Airflow once the windows are triggered."""
+    figures: list[Figure] = []
+    dags_all = [f"bench_{i:03d}" for i in range(max(B5_DAGS))]
+    standin = Standin(set(dags_all), duration=B5_DURATION, jitter=0.1, queued=0.5)
+    with bench_stack(root) as b:
+        server, _ = _standin_stack(b, standin)
+        b.start_worker(**ENV)
+        tasks = b.orchestrator()
+        try:
+            for n, year in zip(B5_DAGS, (2001, 2002), strict=True):
+                dags = dags_all[:n]
+                t0 = time.time()
+                sub = tasks.submit_backfill.delay(dags, f"{year}-01-01", f"{year}-01-01", "daily").get(timeout=120)
+                wait_backfill(tasks, sub["backfill_id"], 4 * B5_DURATION + 120)
+                t1 = time.time()
+                times = [t for t in standin.request_times if t0 <= t <= t1]
+                busy = [t for t in times if t >= t0 + 10]  # once every window is triggered
+                rate, wait_rate = len(times) / (t1 - t0), len(busy) / max(1.0, t1 - t0 - 10)
+                print(f"  B5 {n} DAGs: {len(times)} requests in {t1 - t0:.0f} s = {rate:.1f}/s "
+                      f"({wait_rate:.1f}/s after the first 10 s)", flush=True)  # fmt: skip
+                figures.append(Figure(
+                    "B5", f"Airflow requests per second, {n:,} DAGs in flight", [rate],
+                    B5_TARGET if n == max(B5_DAGS) else INF, "req/s",
+                    note=f"{len(times)} requests over {t1 - t0:.0f} s (one {B5_DURATION:.0f} s window per DAG); "
+                    f"{wait_rate:.2f}/s once every window was triggered",
+                ))  # fmt: skip
+        finally:
+            server.shutdown()
+            tasks.app.close()
+    return figures
+
+
+def _standin_stack(b: Any, standin: Standin) -> tuple[Any, int]:
+    """The stand-in served on a private port, the stack pointed at it, its redis-server started."""
+    from devstack import free_port
+
+    server = serve(standin, port := free_port())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    b.stack.airflow_url = f"http://127.0.0.1:{port}"
+    b.stack.airflow_password = "standin"
+    b.stack.start_redis()
+    return server, port
 
 
 def _spread(executions: int, dags: int, windows: int) -> list[list[int]]:

@@ -76,6 +76,7 @@ class Standin:
     runs: dict[str, dict[str, Run]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: int = 0
+    request_times: list[float] = field(default_factory=list)  # when each request came (B5)
     max_active: int = 0
     triggers: list[tuple[float, str]] = field(default_factory=list)
 
@@ -91,8 +92,32 @@ class Standin:
         return body
 
     def active(self) -> int:
-        states = (r.times(self.queued)[0] for runs in self.runs.values() for r in runs.values())
+        # The latest few runs of each DAG only: asked at every trigger, over thousands of runs.
+        states = (r.times(self.queued)[0] for runs in self.runs.values() for r in list(runs.values())[-3:])
         return sum(1 for s in states if s in ("queued", "running"))
+
+    def ended(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /api/v2/dags/~/dagRuns/list``: runs of ``dag_ids`` in ``states`` ended at or
+        after ``end_date_gte``, or started at or after ``start_date_gte`` (the watcher's
+        filters), oldest first, paged."""
+        ended = _parse(body["end_date_gte"]).timestamp() if body.get("end_date_gte") else None
+        started = _parse(body["start_date_gte"]).timestamp() if body.get("start_date_gte") else None
+        states = set(body.get("states") or ("queued", "running", "success", "failed"))
+        found = []
+        for dag in body.get("dag_ids") or list(self.runs):
+            for run in self.runs.get(dag, {}).values():
+                state, start, end = run.times(self.queued)
+                if state not in states:
+                    continue
+                if ended is not None and (end is None or end < ended):
+                    continue
+                if started is not None and (start is None or start < started):
+                    continue
+                found.append((run.queued_at, run))
+        found.sort(key=lambda x: x[0])
+        offset, limit = int(body.get("page_offset") or 0), int(body.get("page_limit") or 100)
+        page = [self.run_json(r) for _, r in found[offset : offset + limit]]
+        return {"dag_runs": page, "total_entries": len(found)}
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -145,6 +170,7 @@ def make_handler(st: Standin) -> type[BaseHTTPRequestHandler]:
             body = self._body() if method != "GET" else {}
             with st.lock:
                 st.requests += 1
+                st.request_times.append(time.time())
                 status, out = self._handle(method, url.path, q, body)
             self._send(status, out)
 
@@ -153,6 +179,8 @@ def make_handler(st: Standin) -> type[BaseHTTPRequestHandler]:
                 return 201, {"access_token": "standin.eyJleHAiOjQxMDI0NDQ4MDB9.x"}
             if path == "/bench/stats":
                 return 200, st.stats()
+            if path == "/api/v2/dags/~/dagRuns/list" and method == "POST":
+                return 200, st.ended(body)
             path = path.removesuffix("/details")  # the DAG's details: the same fields, and more
             m = re.fullmatch(r"/api/v2/dags/([^/]+)(/dagRuns(?:/([^/]+)(/clear)?)?)?", path)
             if not m or m.group(1) not in st.dags:

@@ -69,6 +69,16 @@ class Dag:
     queue_delay: float = 1.0
 
 
+def _json(info: RunInfo) -> dict[str, Any]:
+    """A run as Airflow's API shows it (the fields RunInfo.from_json reads)."""
+    body: dict[str, Any] = {"dag_id": info.dag_id, "dag_run_id": info.run_id, "state": info.state,
+                            "run_type": info.run_type, "conf": info.conf}  # fmt: skip
+    for name in ("logical_date", "data_interval_start", "data_interval_end", "start_date", "end_date", "queued_at"):
+        value = getattr(info, name)
+        body[name] = value.isoformat() if value is not None else None
+    return body
+
+
 def _dt(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
@@ -203,6 +213,22 @@ class FakeAirflow:
     def recent_successes(self, dag_id: str, limit: int = 20) -> list[RunInfo]:
         return self._select("recent_successes", dag_id, lambda r: r.state == "success",
                             key=lambda r: -(r.end or 0), limit=limit)  # fmt: skip
+
+    def ended_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
+        """The watcher's list (``POST /dags/~/dagRuns/list``), as Airflow's JSON."""
+        self._enter("ended_runs")
+        out = [_json(r.info(self.world.t)) for d in dag_ids if d in self.runs for r in self.runs[d].values()
+               if r.state in ("success", "failed") and r.end is not None and r.end >= since]  # fmt: skip
+        self._leave("ended_runs")
+        return out
+
+    def started_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
+        """The watcher's other list: runs started since (running, or ended since)."""
+        self._enter("started_runs")
+        out = [_json(r.info(self.world.t)) for d in dag_ids if d in self.runs for r in self.runs[d].values()
+               if r.state in ("running", "success", "failed") and r.start is not None and r.start >= since]  # fmt: skip
+        self._leave("started_runs")
+        return out
 
     def runs_by_prefix(self, dag_id: str, prefix: str, *, active: bool = False) -> list[RunInfo]:
         return self._select("runs_by_prefix", dag_id, lambda r: r.run_id.startswith(prefix) and (

@@ -22,11 +22,14 @@ from backfill.runner import WindowRunner
 from backfill.settings import Settings
 from backfill.states import TERMINAL
 from backfill.throttle import Throttle
+from backfill.watch import Parking, Watched, Watcher, window_key
 from faults.airflow import Dag, FakeAirflow, day
 from faults.invariants import check
 from faults.world import T0, Fault, Message, Rates, SimRedis, World
 
 SCRIPTS = tuple(sorted(p.stem for p in files("backfill.lua").iterdir() if p.name.endswith(".lua")))
+WATCH_EVERY = 5.0  # the watcher's rounds (seconds of the world's time)
+IDLE_ROUNDS = 60.0  # its rounds while nothing is parked
 HORIZON = 4 * 86400.0  # a schedule that has not ended by then is reported as never ending
 
 
@@ -77,6 +80,7 @@ class Schedule:
     skews: tuple[float, ...] = (0.0, 0.0, 0.0, 1.5, -1.5, 10.0)  # the workers' clock errors
     horizon: float = HORIZON
     lock_ttl: float | None = None  # None: the default
+    watch: bool = False  # windows in flight park and a watcher wakes them (backfill.watch)
 
 
 def generate(seed: int) -> Schedule:
@@ -139,7 +143,8 @@ def generate(seed: int) -> Schedule:
         publish_error=intensity, duplicate=rng.choice((0.0, 0.02, 0.1)), late=rng.choice((0.0, 0.1)),
     )  # fmt: skip
     return Schedule(seed, dags, history, backfills, users, rates, global_max_runs=rng.choice((0, 0, 1, 2)),
-                    fail_rate=rng.choice((0.0, 0.1, 0.3)), segment_size=rng.choice((1, 2, 20)))  # fmt: skip
+                    fail_rate=rng.choice((0.0, 0.1, 0.3)), segment_size=rng.choice((1, 2, 20)),
+                    watch=random.Random(seed * 13 + 7).random() < 0.5)  # drawn apart too  # fmt: skip
 
 
 class SimRecord(Record):
@@ -182,6 +187,17 @@ class SimDelivery:
     def end_chain(self) -> None:
         pass
 
+    def park(self, countdown: float, changes: dict[str, Any], watched: Watched) -> BaseException | None:
+        msg = self.msg
+        kw = {**msg.kwargs, **changes}
+        body = {"task": msg.task, "kwargs": kw, "chain": msg.chain, "stamp": msg.stamp}
+        try:
+            self.sim.parking.park(window_key(kw["backfill_id"], kw["dag_id"], kw["seq"]), body, countdown, watched)
+        except TRANSIENT:
+            return None  # waits on a countdown instead
+        self.sim.watch()
+        return SimRetry()
+
 
 class Sim:
     """A schedule's world: the stand-in, Redis, the orchestrator, the broker's handlers."""
@@ -202,6 +218,8 @@ class Sim:
             busy_poll=20, poll_max=60, retry_max=60, give_up_after=600,
             global_max_runs=schedule.global_max_runs, segment_size=schedule.segment_size,
             **({"lock_ttl": schedule.lock_ttl} if schedule.lock_ttl else {}),
+            watch_every=WATCH_EVERY if schedule.watch else 0,
+            watch_fallback=min(100.0, max(1.0, (schedule.lock_ttl or 300.0) - 190.0)),
         )  # fmt: skip
         world.call_max, world.late_margin = self.settings.call_max, self.settings.late_margin
         world.visibility_timeout = float(self.settings.visibility_timeout)
@@ -223,6 +241,10 @@ class Sim:
         self.cancels: dict[str, float] = {}  # backfill id -> when a cancel was asked
         self.cancel_done: dict[str, float] = {}  # backfill id -> when a cancel --fail-running returned
         self.task_errors: list[str] = []
+        self.parking = Parking(self.redis, prefix="bf", clock=clock)  # type: ignore[arg-type]
+        self.watchers = 0  # watcher processes so far (a crashed one is replaced, its memory lost)
+        self.watcher = self._new_watcher()
+        self.watching = False  # a watcher round is scheduled
         world.handlers.update(submit=self.on_submit, window=self.on_window, revoked=self.on_revoked)
         world.handlers["continue"] = self.on_continue
 
@@ -230,9 +252,62 @@ class Sim:
 
     def context(self) -> Context:
         """A worker process's view: shared clients, its own runner (per-step state)."""
+        parking = Parking(self.redis, prefix="bf", clock=self.world.clock)  # type: ignore[arg-type]
         runner = WindowRunner(settings=self.settings, airflow=self.airflow, record=self.record,  # type: ignore[arg-type]
-                              locks=self.locks, throttle=self.throttle)  # fmt: skip
-        return Context(self.settings, self.redis, self.airflow, self.record, self.locks, runner, self.throttle)  # type: ignore[arg-type]
+                              locks=self.locks, throttle=self.throttle, parking=parking)  # fmt: skip
+        return Context(self.settings, self.redis, self.airflow, self.record, self.locks, runner, self.throttle,  # type: ignore[arg-type]
+                       parking)  # fmt: skip
+
+    # -- the watcher (backfill.watch) -------------------------------------------------------
+
+    def _new_watcher(self) -> Watcher:
+        self.watchers += 1
+        holder = f"watcher-{self.watchers}"
+        return Watcher(parking=self.parking, airflow=self.airflow, publish=self._publish_parked,  # type: ignore[arg-type]
+                       every=WATCH_EVERY, ceiling=self.settings.poll_max, holder=holder)  # fmt: skip
+
+    def _publish_parked(self, body: dict[str, Any]) -> None:
+        chain = [(task, kwargs) for task, kwargs in body["chain"]]
+        self.world.publish(Message(body["task"], body["kwargs"], chain, body["stamp"]))
+        if self.world.rng.random() < 0.5:
+            # The message may be delivered, run and park again before the watcher goes on.
+            self.world.sleep(0.001)
+
+    def watch(self, after: float = WATCH_EVERY) -> None:
+        """Keep watcher rounds going while anything may park or is parked (a worker's watcher
+        runs all the time; rounds here stop when nothing is left, so a schedule can end)."""
+        if self.watching or not self.settings.watch_every:
+            return
+        self.watching = True
+        self.world.at(self.world.t + after, self._round)
+
+    def _round(self) -> None:
+        self.watching = False
+        actor = self.world.spawn("watcher", self._tick)
+
+        def crashed() -> None:  # the watcher's process died: a new one, its memory lost
+            self.watcher = self._new_watcher()
+            self.watch()
+
+        actor.on_crash = crashed
+
+    def _tick(self) -> None:
+        wait = WATCH_EVERY
+        try:
+            wait = self.watcher.tick()
+            parked = bool(self.parking.parked())
+        except TRANSIENT:
+            parked = True  # the next round tries again
+        except Exception as exc:  # a bug: reported, and the rounds go on (a worker's thread would)
+            self.task_errors.append(f"watcher raised {exc!r}")
+            parked = True
+        last_submit = T0 + max((b.at for b in self.schedule.backfills), default=0.0)
+        if parked:
+            self.watch(wait)
+        elif self.world.in_flight > 0 or self.world.t < last_submit + 10:
+            # Nothing parked: rounds only now and then here (a worker's watcher keeps its
+            # heartbeat; here windows between rounds may find none and wait on countdowns).
+            self.watch(IDLE_ROUNDS)
 
     def life(self) -> Lifecycle:
         return Lifecycle(self.context(), self)
@@ -359,6 +434,7 @@ class Sim:
                 "user-submit", lambda: world.publish(Message("submit", {"id": spec.id, "spec": spec}))))  # fmt: skip
         for action in self.schedule.users:
             world.at(T0 + action.at, lambda a=action: world.spawn(f"user-{a.kind}", lambda: self.user(a)))
+        self.watch()
         try:
             world.run(until=T0 + self.schedule.horizon)
         finally:

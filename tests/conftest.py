@@ -40,6 +40,8 @@ WORKER_ENV = {
     "BACKFILL_RETRY_MAX": "10",
     # A killed worker's messages come back after this (the tests kill workers on purpose).
     "BACKFILL_VISIBILITY_TIMEOUT": "30",
+    # A parked window looks at its run itself this often should the watcher miss its end.
+    "BACKFILL_WATCH_FALLBACK": "10",
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import replace
 from datetime import date, datetime
@@ -29,6 +30,7 @@ from celery.worker import state as worker_state
 from redis.exceptions import RedisError
 
 from backfill import metrics
+from backfill.airflow import AirflowClient
 from backfill.commands import resume_params
 from backfill.context import Context
 from backfill.errors import BackfillNotFound, WindowFailed
@@ -41,6 +43,7 @@ from backfill.request import (
     check_on_conflict,
     validate,
 )
+from backfill.watch import Watched, Watcher, window_key
 from workers.app import app
 
 log = logging.getLogger("backfill")
@@ -275,7 +278,9 @@ def run_window(
     self: Task, *, backfill_id: str, dag_id: str, seq: int, window: str = "", errors: int = 0, calls: int = 0
 ) -> dict[str, Any]:
     """Advance one window; retried with a countdown until its Airflow run has ended."""
-    return _follow_up(self, lifecycle().window(backfill_id, dag_id, seq, errors=errors, calls=calls))
+    executions = self.request.retries + 1  # every look is a retry or a parked message's return
+    return _follow_up(self, lifecycle().window(backfill_id, dag_id, seq, errors=errors, calls=calls,
+                                               executions=executions))  # fmt: skip
 
 
 class CeleryDelivery:
@@ -296,6 +301,23 @@ class CeleryDelivery:
 
     def end_chain(self) -> None:
         self.task.request.chain = None
+
+    def park(self, countdown: float, changes: dict[str, Any], watched: Watched) -> BaseException | None:
+        """The message a retry would publish, parked in Redis instead (``backfill.watch``):
+        the watcher publishes it when the run ends, or after ``countdown`` s."""
+        task, request = self.task, self.task.request
+        kwargs = {**request.kwargs, **changes}
+        sig = task.signature_from_request(request, None, kwargs, retries=request.retries + 1)
+        key = window_key(kwargs["backfill_id"], kwargs["dag_id"], kwargs["seq"])
+        try:
+            context().parking.park(key, dict(sig), countdown, watched)
+        except RedisError as exc:
+            metrics.REDIS_ERRORS.labels("run_window").inc()
+            log.warning("%s: could not park its next look (%r): waiting on a countdown", request.id, exc)
+            return None
+        return cast(
+            BaseException, Retry(when=countdown)
+        )  # acked; Flower shows the window waiting (RETRY), as a countdown does
 
 
 def _follow_up(task: Task, nxt: Next) -> dict[str, Any]:
@@ -340,3 +362,28 @@ def _on_revoked(sender: Task | None = None, request: Any = None, **_: Any) -> No
                 log.exception("%s %s: could not record the revoke", bf, dag)
             else:
                 time.sleep(0.5 * attempt)
+
+
+# -- the watcher --------------------------------------------------------------------------
+
+_watcher_stop = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_watcher(**_: Any) -> None:
+    """Every worker runs a watcher thread in its main process (``backfill.watch``); one at a
+    time holds the lease and works, the others stand by to take over."""
+    settings = app.conf.backfill_settings
+    if not settings.watch_every:
+        return
+    ctx = context()
+    watcher = Watcher(parking=ctx.parking, airflow=AirflowClient(settings.airflow), every=settings.watch_every,
+                      ceiling=settings.poll_max,
+                      publish=lambda message: signature(message, app=app).apply_async())  # fmt: skip
+    _watcher_stop.clear()
+    threading.Thread(target=watcher.run, args=(_watcher_stop,), name="backfill-watcher", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_watcher(**_: Any) -> None:
+    _watcher_stop.set()

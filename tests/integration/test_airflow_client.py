@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 
 import pytest
 import urllib3
@@ -10,7 +11,7 @@ import urllib3
 from backfill.airflow import AirflowClient, AirflowConfig
 from backfill.errors import AirflowAuthError, AirflowConflict, AirflowNotFound, AirflowUnavailable
 from backfill.windows import window_spec
-from tests.integration.helpers import Proxy
+from tests.integration.helpers import Proxy, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +51,30 @@ def test_one_run_per_logical_date_is_a_conflict(orch):
     with pytest.raises(AirflowConflict):
         orch.airflow.trigger("etl_users", "manual__ld_probe_b", w, conf={})
     assert [r.run_id for r in orch.airflow.runs_at("etl_users", w.start)] == ["manual__ld_probe_a"]
+
+
+def test_the_watchers_lists_filter_by_dags_states_and_dates(orch):
+    """The watcher's two requests (``POST /dags/~/dagRuns/list``), against Airflow 3.3: runs of
+    the DAGs named, started or ended since a time, in the states asked."""
+    af = orch.airflow
+    before = time.time() - 5  # our clock and Airflow's are one machine's here
+    w = window_spec("2011-08-01", "2011-08-01", "daily").window(0)
+    af.trigger("etl_users", "manual__watch_probe", w, conf={"sleep": 2})
+    w2 = window_spec("2011-08-02", "2011-08-02", "daily").window(0)
+    af.trigger("etl_orders", "manual__watch_probe", w2, conf={"sleep": 0})
+
+    def ids(listed):
+        return {(r["dag_id"], r["dag_run_id"]) for r in listed if r["dag_run_id"] == "manual__watch_probe"}
+
+    started = wait_for(lambda: ids(af.started_runs_json(["etl_users"], since=before)), 90, "the probe started")
+    assert started == {("etl_users", "manual__watch_probe")}  # etl_orders was not asked for
+    wait_for(lambda: af.get_run("etl_users", "manual__watch_probe").state == "success", 90, "the probe ended")
+    ended = af.ended_runs_json(["etl_users", "etl_orders"], since=before)
+    assert ("etl_users", "manual__watch_probe") in ids(ended)
+    (run,) = [r for r in ended if r["dag_id"] == "etl_users" and r["dag_run_id"] == "manual__watch_probe"]
+    assert run["state"] == "success" and run["end_date"] and run["start_date"]
+    assert ids(af.ended_runs_json(["etl_users"], since=time.time() + 60)) == set()  # ended before that
+    assert ids(af.started_runs_json(["etl_users"], since=time.time() + 60)) == set()
 
 
 def _token(stack) -> str:

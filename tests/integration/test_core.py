@@ -10,10 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from airflow_client.client import PoolBody, PoolPatchBody
@@ -292,12 +289,12 @@ def test_two_worker_processes_carry_fifty_dags_in_flight(orch):
 
         wait_for(in_flight, 120, "50 windows in flight")
         assert orch.record.meta(bf)["state"] == "running"
-        # The waiting windows are countdown messages held by the worker, not busy processes:
-        # `celery inspect scheduled` lists them, with their backfill id and DAG in kwargs.
-        # (At any instant a few are reserved or running instead: look until one snapshot
-        # shows at least 10.)
-        scheduled = wait_for(lambda: len(s := scheduled_windows(orch, bf)) >= 10 and s, 60, "10 scheduled windows")
-        assert set(scheduled) <= set(fleet)
+        # The waiting windows hold no process: each is a message parked in Redis, which the
+        # watcher publishes when its run ends (backfill.watch). (At any instant a few are being
+        # looked at instead: look until one snapshot shows at least 40.)
+        parked = wait_for(lambda: len(p := orch.ctx.parking.parked(bf)) >= 40 and p, 60, "40 parked windows")
+        assert {key.split("/")[1] for key in parked} <= set(fleet)
+        assert orch.ctx.parking.alive()
     finally:
         pools.patch_pool(
             "fleet_gate", PoolPatchBody(pool="fleet_gate", slots=6, include_deferred=False), update_mask=["slots"]
@@ -306,23 +303,6 @@ def test_two_worker_processes_carry_fifty_dags_in_flight(orch):
     all_runs = [r for dag in fleet for r in runs(orch.airflow, dag, bf)]
     assert len(all_runs) == 50 and {r.state for r in all_runs} == {"success"}
     assert max_concurrent(all_runs) == 50
-
-
-def scheduled_windows(orch, bf: str) -> list[str]:
-    out = subprocess.run(
-        [Path(sys.executable).parent / "celery", "-A", "workers", "inspect", "scheduled", "--json"],
-        capture_output=True,
-        text=True,
-        env=orch.stack.env(),
-        timeout=60,
-    )
-    replies = json.loads(out.stdout)
-    return [
-        entry["request"]["kwargs"]["dag_id"]
-        for reply in replies.values()
-        for entry in reply
-        if entry["request"]["name"] == "backfill.run_window" and entry["request"]["kwargs"]["backfill_id"] == bf
-    ]
 
 
 def test_no_broker_message_exceeds_64_kib_whatever_the_range(orch):

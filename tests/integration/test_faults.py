@@ -46,11 +46,44 @@ def test_workers_killed_repeatedly_lose_nothing_and_run_nothing_twice(orch):
         orch.worker = victims["w1"]  # later tests use the live one
         stack.stop(victims["w2"])
     assert kills == 3
+    assert_once_each(orch, bf, meta, dags, spec)
+
+
+def assert_once_each(orch, bf: str, meta: dict, dags: list[str], spec) -> None:
+    """The backfill succeeded with exactly one run per window, each succeeded, never two at
+    once on a DAG (from Airflow's run records), and the record counts them."""
     assert meta["state"] == "succeeded"
     for dag in dags:
         rs = runs(orch.airflow, dag, bf)
-        # Exactly one run per window, each succeeded, never two at once on the DAG.
         assert Counter(r.logical_date for r in rs) == Counter(w.start for w in spec)
         assert {r.state for r in rs} == {"success"}
         assert_serial(rs)
         assert orch.record.dag(bf, dag).counts["success"] == spec.count
+
+
+def test_the_watchers_worker_killed_while_windows_are_parked_loses_nothing(orch):
+    """Windows waiting for their runs are parked in Redis (backfill.watch), not held by a worker:
+    SIGKILL the worker whose thread holds the watcher's lease while they wait, and the other
+    worker's watcher takes over and wakes them; every window runs once, serial."""
+    stack, parking = orch.stack, orch.ctx.parking
+    spare = stack.start_worker("w2", concurrency=2, **WORKER_ENV)
+    workers = {"w1": orch.worker, "w2": spare}
+    dags = ["etl_orders", "etl_users"]
+    spec = window_spec("2012-02-01", "2012-02-04", "daily")
+    bf = submit(orch, dags=dags, start="2012-02-01", end="2012-02-04", batch="daily", conf={"sleep": 6})["backfill_id"]
+    try:
+        wait_for(lambda: len(parking.parked(bf)) == 2, 120, "both DAGs' windows parked")
+        holder = parking.holder()
+        (victim,) = [n for n, w in workers.items() if holder.endswith(f":{w.popen.pid}")]
+        workers[victim].signal(signal.SIGKILL)
+        workers[victim].popen.wait(10)
+        survivor = next(w for n, w in workers.items() if n != victim)
+        taken = wait_for(lambda: (h := parking.holder()) != holder and h, 30, "the lease taken over")
+        assert taken.endswith(f":{survivor.popen.pid}")
+        meta = wait_done(orch.record, bf, timeout=300)
+        workers[victim] = stack.start_worker(victim, concurrency=2, **WORKER_ENV)
+    finally:
+        orch.worker = workers["w1"]  # later tests use the live one
+        stack.stop(workers["w2"])
+    assert_once_each(orch, bf, meta, dags, spec)
+    assert parking.parked(bf) == {}

@@ -1,0 +1,341 @@
+"""Windows in flight wait parked in Redis; one watcher looks at all their runs at once.
+
+Without it, each window in flight looks at its own run (one request per look, paced by what
+its DAG taught, ``backfill.pacing``). With it:
+
+- a window whose run is in flight ends its execution by *parking* its next message in Redis
+  (the message a Celery retry would publish: same task id, kwargs, rest of the chain, stamps),
+  with a deadline (``Settings.watch_fallback``: its own look, should nothing wake it sooner);
+- the watcher, a thread in every worker's main process of which one at a time holds a lease,
+  lists every ``watch_every`` seconds the runs of the watched DAGs that ended since its last
+  list, in one request (``POST /api/v2/dags/~/dagRuns/list``: many DAGs, filtered by state and
+  end date), makes their windows due, and publishes every due message.
+
+So a run's end is seen within about ``watch_every`` for one request per round whatever the
+number of windows, and a window costs its busy check, its trigger and the look that reads its
+end (``docs/performance.md``, B2 and B5).
+
+What holds whatever crashes where:
+
+- *At least once.* A claim moves a message's deadline a lease ahead before publishing it, and
+  the message is removed only once published (``park_claim.lua``, ``park_done.lua``): a watcher
+  dying in between leaves it to the next round or the next watcher. A window's step is safe to
+  repeat (``backfill.runner``), so a message published twice costs one look.
+- *One message per window.* Parking replaces what the window had parked: duplicate deliveries
+  (a redelivery after a crash) collapse here instead of polling side by side.
+- *The watcher is an accelerator.* A window parks only while a watcher is alive (its heartbeat
+  key); otherwise it waits on a Celery countdown as before. A run the watcher misses (ended
+  before the window parked, listed late) is seen at the window's own deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from backfill.airflow import AirflowClient
+from backfill.clock import SYSTEM, Clock
+from backfill.lua import source
+from backfill.pacing import FIELDS, SCHEDULER_START, Pace, next_look
+
+log = logging.getLogger("backfill")
+
+CLAIM_LEASE = 60.0  # seconds a claimed message waits for its publish before it is due again
+CLAIM_BATCH = 500  # messages claimed per script call
+END_MARGIN = 5.0  # the end dates listed reach back this far before the last list (commit delays, skew)
+
+
+def window_key(backfill_id: str, dag: str, seq: int) -> str:
+    return f"{backfill_id}/{dag}/{seq}"  # a DAG id has no '/'
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    dag: str
+    run_id: str
+    since: float  # when the run was triggered (the window's clock)
+    running: bool = False  # the window has seen it started (else the watcher wakes it at its start too)
+
+
+class Parking:
+    """The parked messages and the watcher's lease and heartbeat, in Redis."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str, clock: Clock = SYSTEM) -> None:
+        self._redis = client
+        self.clock = clock
+        self.k_due = f"{prefix}:park:due"
+        self.k_msg = f"{prefix}:park:msg"
+        self.k_run = f"{prefix}:park:run"
+        self.k_ended = f"{prefix}:park:ended"  # the run each woken window was woken for, as listed
+        self.k_lease = f"{prefix}:watch:lease"
+        self.k_lists = f"{prefix}:watch:lists"
+        self._prefix = prefix
+        self._park = client.register_script(source("park"))
+        self._claim = client.register_script(source("park_claim"))
+        self._done = client.register_script(source("park_done"))
+        self._lease = client.register_script(source("watch_lease"))
+        self._alive = client.register_script(source("watch_alive"))
+        self._alive_until = 0.0  # this process's cached answer of alive()
+
+    # -- windows ----------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        """Whether a watcher is alive (its heartbeat is fresh). Cached for a second: asked at
+        every look of every window in flight."""
+        now = self.clock.now()
+        if now < self._alive_until:
+            return True
+        if self._alive(keys=[self.k_lease], args=[self.clock.script_now()]):
+            self._alive_until = now + 1.0
+            return True
+        return False
+
+    def park(self, key: str, message: dict[str, Any], delay: float, watched: Watched) -> None:
+        run = json.dumps([watched.dag, watched.run_id, watched.since, watched.running])
+        self._park(keys=[self.k_due, self.k_msg, self.k_run, self.k_ended],
+                   args=[key, int(delay * 1000), json.dumps(message), run, self.clock.script_now()])  # fmt: skip
+
+    def wake(self, keys: Iterable[str], runs: dict[str, dict[str, Any]] | None = None) -> int:
+        """Make these windows' messages due now (those still parked); ``runs``: the ended run
+        each was woken for, as Airflow listed it (the woken step reads it instead of asking)."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.zadd(self.k_due, {key: 0}, xx=True, ch=True)
+        woken = [k for k, changed in zip(keys, pipe.execute(), strict=True) if changed]
+        # Only for windows still parked: a run listed twice leaves nothing behind for a window gone.
+        if runs and (left := {k: json.dumps(runs[k]) for k in woken if k in runs}):
+            self._redis.hset(self.k_ended, mapping=left)  # type: ignore[arg-type]
+        return len(woken)
+
+    def ended(self, key: str) -> dict[str, Any] | None:
+        """The ended run a window was woken for, taken (read once): the step checks it is its
+        own attempt's end before trusting it."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hget(self.k_ended, key)
+        pipe.hdel(self.k_ended, key)
+        raw = pipe.execute()[0]
+        return json.loads(raw) if raw else None
+
+    def wake_backfill(self, backfill_id: str) -> int:
+        """Every parked window of a backfill, due now (a cancel: they see it at once)."""
+        keys = [k for k in (_text(k) for k in self._redis.hkeys(self.k_run)) if k.startswith(f"{backfill_id}/")]
+        return self.wake(keys)
+
+    def parked(self, backfill_id: str | None = None) -> dict[str, float]:
+        """Parked windows and their deadlines (epoch seconds on Redis's clock)."""
+        rows: list[tuple[bytes, float]] = self._redis.zrange(self.k_due, 0, -1, withscores=True)  # type: ignore[assignment]
+        keys = ((_text(k), float(s) / 1000) for k, s in rows)
+        return {k: s for k, s in keys if backfill_id is None or k.startswith(f"{backfill_id}/")}
+
+    # -- the watcher ------------------------------------------------------------------------
+
+    def lease(self, holder: str, ttl: float) -> bool:
+        """Take or renew the watcher's lease (one watcher at a time per Redis and prefix)."""
+        return bool(self._lease(keys=[self.k_lease], args=[holder, int(ttl * 1000), self.clock.script_now()]))
+
+    def give_up(self, holder: str) -> None:
+        """Let the lease go (a worker shutting down): a stand-by takes over at its next round."""
+        if _text(self._redis.hget(self.k_lease, "holder") or b"") == holder:
+            self._redis.delete(self.k_lease)
+
+    def holder(self) -> str | None:
+        """Who holds the watcher's lease (``host:pid``), if anyone ever took it."""
+        value = self._redis.hget(self.k_lease, "holder")
+        return _text(value) if value else None
+
+    def watched(self) -> dict[str, Watched]:
+        out = {}
+        for key, raw in self._redis.hgetall(self.k_run).items():
+            dag, run_id, since, running = json.loads(raw)
+            out[_text(key)] = Watched(dag, run_id, float(since), bool(running))
+        return out
+
+    def paces(self, pairs: list[tuple[str, str]]) -> list[Pace]:
+        """The learnt pace of each (backfill, DAG) (``backfill.pacing``), one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for bf, dag in pairs:
+            pipe.hmget(f"{self._prefix}:bf:{bf}:dag:{dag}", list(FIELDS))
+        return [Pace.from_record(v) for v in pipe.execute()] if pairs else []
+
+    def count_list(self) -> None:
+        """Count one list request of the watcher (what it costs Airflow: bench B2 and B5)."""
+        self._redis.incr(self.k_lists)
+
+    def lists(self) -> int:
+        return int(self._redis.get(self.k_lists) or 0)
+
+    def claim(self, lease: float = CLAIM_LEASE) -> list[tuple[str, int, dict[str, Any]]]:
+        flat = self._claim(
+            keys=[self.k_due, self.k_msg], args=[self.clock.script_now(), int(lease * 1000), CLAIM_BATCH]
+        )
+        return [(_text(flat[i]), int(float(flat[i + 1])), json.loads(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def done(self, claimed: list[tuple[str, int]]) -> int:
+        if not claimed:
+            return 0
+        args = [x for key, score in claimed for x in (key, score)]
+        return int(self._done(keys=[self.k_due, self.k_msg, self.k_run], args=args))
+
+
+class Watcher:
+    """Rounds while holding the lease: list the watched runs that started or ended, wake their
+    windows, publish every due message (``publish``: Celery's, in a worker).
+
+    A round's lists are asked only when a watched run is due for a look by its DAG's pace
+    (``backfill.pacing``: around its expected end; its start a second after its trigger, then
+    backing off): one list serves every watched run, so a few DAGs cost what their own looks
+    would and a thousand DAGs no more than a few lists a second."""
+
+    def __init__(
+        self, *, parking: Parking, airflow: AirflowClient, publish: Callable[[dict[str, Any]], None],
+        every: float = 1.0, ceiling: float = 60.0, holder: str | None = None,
+    ) -> None:  # fmt: skip
+        self.parking = parking
+        self.airflow = airflow
+        self.publish = publish
+        self.every = every  # the longest between two rounds (new windows, due messages)
+        self.min_gap = every / 4  # the shortest between two rounds with lists
+        self.ceiling = ceiling  # the longest between two lists while a run is watched
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        self.lists = 0  # list requests sent
+        self.published = 0
+        self._forget()
+
+    def _forget(self) -> None:
+        self._next: dict[str, float] = {}  # per watched window: when its pace says to look for its end
+        self._start_next: dict[str, float] = {}  # per window not seen started: when to look for its start
+        self._started: dict[str, float] = {}  # windows woken at their run's start: its start (epoch s)
+        self._last: float | None = None  # when the last list of ends was asked (this process's clock)
+        self._known: set[str] = set()  # the windows watched at that list
+
+    @property
+    def lease_ttl(self) -> float:
+        return max(5.0, 5 * self.every)
+
+    def tick(self) -> float:
+        """One round; returns the seconds until the next one is due."""
+        if not self.parking.lease(self.holder, self.lease_ttl):
+            self._forget()  # another watcher's: start afresh if it comes back
+            return self.every
+        watched = self.parking.watched()
+        now = self.parking.clock.now()
+        for memo in (self._next, self._start_next, self._started):
+            for key in [k for k in memo if k not in watched]:
+                del memo[key]
+        if watched:
+            self._wake_started(watched, now)
+            self._wake_ended(watched, now)
+        else:
+            self._forget()
+        self._publish_due()
+        soonest = min([*self._next.values(), *self._start_next.values()], default=now + self.every)
+        return min(self.every, max(self.min_gap, soonest - self.parking.clock.now()))
+
+    def _paces(self, keys: list[str], watched: dict[str, Watched]) -> list[Pace]:
+        return self.parking.paces([(k.split("/")[0], watched[k].dag) for k in keys])
+
+    def _end_look(self, key: str, w: Watched, pace: Pace, now: float) -> float:
+        start = self._started.get(key)
+        started = start - w.since if start is not None else None
+        return now + next_look(pace, max(0.0, now - w.since), started=started, floor=self.min_gap,
+                               ceiling=self.ceiling)  # fmt: skip
+
+    def _wake_started(self, watched: dict[str, Watched], now: float) -> None:
+        """Wake the windows whose run started (they record it: ``status`` shows it running)."""
+        waiting = {k: w for k, w in watched.items() if not w.running and k not in self._started}
+        for key in [k for k in self._start_next if k not in waiting]:
+            del self._start_next[key]
+        if not waiting:
+            return
+        for key, w in waiting.items():
+            self._start_next.setdefault(key, w.since + SCHEDULER_START)
+        if min(self._start_next[k] for k in waiting) > now:
+            return
+        since = min(w.since for w in waiting.values()) - END_MARGIN
+        listed = self.airflow.started_runs_json(sorted({w.dag for w in waiting.values()}), since=since)
+        self._counted()
+        found = {(r["dag_id"], r["dag_run_id"]): r for r in listed}
+        hits = {k: found[(w.dag, w.run_id)] for k, w in waiting.items() if (w.dag, w.run_id) in found}
+        self.parking.wake(hits, hits)
+        for key, w in waiting.items():
+            if key in hits:
+                start = _epoch(hits[key].get("start_date"))
+                self._started[key] = start if start is not None else now
+                self._start_next.pop(key, None)
+            else:  # still queued: look again, backing off (a busy Airflow starts it late)
+                self._start_next[key] = now + min(self.ceiling, max(self.min_gap, 0.5 * (now - w.since)))
+
+    def _wake_ended(self, watched: dict[str, Watched], now: float) -> None:
+        new = [k for k in watched if k not in self._next]
+        for key, pace in zip(new, self._paces(new, watched), strict=True):
+            self._next[key] = self._end_look(key, watched[key], pace, watched[key].since)
+        if min(self._next.values()) > now:
+            return
+        fresh = [w.since for k, w in watched.items() if k not in self._known]
+        since = min([*fresh, *([self._last] if self._last is not None else [])]) - END_MARGIN
+        listed = self.airflow.ended_runs_json(sorted({w.dag for w in watched.values()}), since=since)
+        self._counted()
+        keys = list(watched)
+        for key, pace in zip(keys, self._paces(keys, watched), strict=True):
+            self._next[key] = self._end_look(key, watched[key], pace, now)
+        found = {(r["dag_id"], r["dag_run_id"]): r for r in listed}
+        runs = {k: found[(w.dag, w.run_id)] for k, w in watched.items() if (w.dag, w.run_id) in found}
+        woken = self.parking.wake(runs, runs)
+        if woken:
+            log.debug("watcher: %d run(s) ended, %d window(s) woken", len(runs), woken)
+        self._known, self._last = set(watched), now
+
+    def _counted(self) -> None:
+        self.lists += 1
+        self.parking.count_list()
+
+    def _publish_due(self) -> int:
+        count = 0
+        while True:
+            claimed = self.parking.claim()
+            if not claimed:
+                return count
+            sent: list[tuple[str, int]] = []
+            try:
+                for key, score, message in claimed:
+                    self.publish(message)
+                    sent.append((key, score))
+            finally:
+                self.parking.done(sent)
+            count += len(sent)
+            self.published += len(sent)
+            if len(claimed) < CLAIM_BATCH:
+                return count
+
+    def run(self, stop: threading.Event) -> None:
+        """Rounds until ``stop`` is set; an error costs one round, never the thread."""
+        while not stop.is_set():
+            try:
+                wait = self.tick()
+            except Exception as exc:  # Redis or Airflow failing for a moment: the next round tries again
+                log.warning("watcher: %r (next round in %.1f s)", exc, self.every)
+                wait = self.every
+            stop.wait(wait)
+        with contextlib.suppress(redis.RedisError):
+            self.parking.give_up(self.holder)
+
+
+def _epoch(value: str | None) -> float | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,143 @@
+"""The parked windows and the watcher (backfill.watch), against a real Redis; Airflow's list of
+ended runs is a stub here (the real endpoint is tested in tests/integration/test_airflow_client.py,
+and every integration test runs its windows through the watcher)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+from backfill.watch import Parking, Watched, Watcher, window_key
+
+
+class EndedRuns:
+    """Airflow's ``POST /dags/~/dagRuns/list``, as far as the watcher asks it."""
+
+    def __init__(self) -> None:
+        self.started: set[tuple[str, str]] = set()
+        self.ended: set[tuple[str, str]] = set()
+        self.asked: list[tuple[str, list[str], float]] = []
+
+    def ended_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
+        self.asked.append(("ended", dag_ids, since))
+        return [{"dag_id": d, "dag_run_id": r, "state": "success"} for d, r in sorted(self.ended) if d in dag_ids]
+
+    def started_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
+        self.asked.append(("started", dag_ids, since))
+        return [{"dag_id": d, "dag_run_id": r, "state": "running", "start_date": "2026-12-01T00:00:00Z"}
+                for d, r in sorted(self.started) if d in dag_ids]  # fmt: skip
+
+
+def _parking(client: redis.Redis) -> Parking:
+    return Parking(client, prefix="t")
+
+
+def _watcher(parking: Parking, airflow: EndedRuns, out: list[dict[str, Any]], holder: str = "w1") -> Watcher:
+    return Watcher(parking=parking, airflow=airflow, publish=out.append, every=0.01, holder=holder)  # type: ignore[arg-type]
+
+
+def test_a_parked_message_waits_for_its_deadline_or_its_wake(scratch_redis: redis.Redis) -> None:
+    p = _parking(scratch_redis)
+    key = window_key("bf-1", "etl", 0)
+    p.park(key, {"task": "backfill.run_window", "n": 1}, 100.0, Watched("etl", "bf-1__a", time.time()))
+    assert p.claim() == []  # not due yet
+    assert p.wake([key, window_key("bf-1", "etl", 9)]) == 1  # the other window is not parked: untouched
+    (got,) = p.claim()
+    assert got[0] == key and got[2] == {"task": "backfill.run_window", "n": 1}
+    assert p.claim() == []  # claimed: due again only after the claim's lease
+    assert p.done([(got[0], got[1])]) == 1
+    assert p.parked() == {} and p.watched() == {}
+
+
+def test_parking_again_replaces_so_duplicate_deliveries_collapse(scratch_redis: redis.Redis) -> None:
+    p = _parking(scratch_redis)
+    key = window_key("bf-1", "etl", 0)
+    watched = Watched("etl", "bf-1__a", time.time())
+    p.park(key, {"n": 1}, 0.0, watched)
+    (claimed,) = p.claim()
+    # The published message ran and parked its next look before the watcher marked it done.
+    p.park(key, {"n": 2}, 100.0, watched)
+    assert p.done([(claimed[0], claimed[1])]) == 0  # the new parking stays
+    assert list(p.parked("bf-1")) == [key] and p.watched()[key] == watched
+    p.park(key, {"n": 3}, 100.0, watched)
+    assert len(p.parked()) == 1
+
+
+def test_a_watcher_dying_between_claim_and_publish_loses_nothing(scratch_redis: redis.Redis) -> None:
+    p = _parking(scratch_redis)
+    key = window_key("bf-1", "etl", 0)
+    p.park(key, {"n": 1}, 0.0, Watched("etl", "bf-1__a", time.time()))
+    assert len(p.claim(lease=0.2)) == 1  # ... and the watcher died here
+    assert p.claim(lease=0.2) == []
+    time.sleep(0.3)
+    (again,) = p.claim()
+    assert again[2] == {"n": 1}
+
+
+def test_the_watcher_wakes_the_windows_whose_run_started_or_ended(scratch_redis: redis.Redis) -> None:
+    p, airflow, out = _parking(scratch_redis), EndedRuns(), []
+    now = time.time() - 1.5  # triggered 1.5 s ago: due for a look at their start, and at their end
+    p.park(window_key("bf-1", "a", 0), {"w": "a"}, 100.0, Watched("a", "bf-1__x", now))
+    p.park(window_key("bf-1", "b", 0), {"w": "b"}, 100.0, Watched("b", "bf-1__x", now))
+    p.park(window_key("bf-1", "c", 0), {"w": "c"}, 100.0, Watched("c", "bf-1__x", now, running=True))
+    watcher = _watcher(p, airflow, out)
+    assert not p.alive()
+    airflow.started.add(("b", "bf-1__x"))
+    watcher.tick()
+    assert p.alive() and out == [{"w": "b"}]  # b started: it records so (c was seen running already)
+    assert [(what, dags) for what, dags, _ in airflow.asked] == [("started", ["a", "b"]), ("ended", ["a", "b", "c"])]
+    assert all(since <= now for _, _, since in airflow.asked)
+    assert p.ended(window_key("bf-1", "b", 0)) == {"dag_id": "b", "dag_run_id": "bf-1__x", "state": "running",
+                                                   "start_date": "2026-12-01T00:00:00Z"}  # fmt: skip
+    airflow.ended.add(("a", "bf-1__x"))
+    time.sleep(1.1)
+    watcher.tick()
+    assert out[1:] == [{"w": "a"}]
+    assert sorted(p.parked()) == [window_key("bf-1", "c", 0)]  # (b's step has not parked again here)
+    # The woken step reads the run as listed, once.
+    assert p.ended(window_key("bf-1", "a", 0)) == {"dag_id": "a", "dag_run_id": "bf-1__x", "state": "success"}
+    assert p.ended(window_key("bf-1", "a", 0)) is None
+    assert p.lists() == watcher.lists >= 2
+
+
+def test_lists_follow_the_runs_pace_not_every_round(scratch_redis: redis.Redis) -> None:
+    """A run expected to take a minute is not listed every round: one list serves every run,
+    and runs are listed when their DAG's pace says (backfill.pacing)."""
+    p, airflow, out = _parking(scratch_redis), EndedRuns(), []
+    scratch_redis.hset("t:bf:bf-1:dag:slow", mapping={"avg_duration": 60, "dev_duration": 3, "avg_run": 59,
+                                                      "dev_run": 3})  # fmt: skip
+    p.park(window_key("bf-1", "slow", 0), {"w": 1}, 100.0, Watched("slow", "bf-1__x", time.time(), running=True))
+    watcher = _watcher(p, airflow, out)
+    waits = []
+    for _ in range(20):
+        waits.append(watcher.tick())
+        time.sleep(0.01)
+    assert airflow.asked == []  # its end is not expected for about a minute
+    assert min(waits) == watcher.every  # nothing due: a round per `every`, for new windows
+
+
+def test_one_watcher_at_a_time(scratch_redis: redis.Redis) -> None:
+    p = _parking(scratch_redis)
+    first, second = _watcher(p, EndedRuns(), []), _watcher(_parking(scratch_redis), EndedRuns(), [], holder="w2")
+    first.tick()
+    assert p.lease("w2", 5.0) is False
+    second.tick()  # stands by
+    assert p.lease("w1", 5.0) is True
+    p.give_up("w1")
+    assert not p.alive() and p.holder() is None
+    assert p.lease("w2", 0.2) is True  # the stand-by takes over
+    assert p.holder() == "w2" and p.alive()
+    time.sleep(0.3)  # ... and dies: its lease runs out, and with it the heartbeat windows read
+    p._alive_until = 0.0  # (alive() keeps its answer for a second)
+    assert not p.alive()
+    assert p.lease("w1", 5.0) is True
+
+
+def test_a_cancel_wakes_the_backfills_parked_windows_only(scratch_redis: redis.Redis) -> None:
+    p = _parking(scratch_redis)
+    for bf in ("bf-1", "bf-2"):
+        p.park(window_key(bf, "etl", 0), {"bf": bf}, 100.0, Watched("etl", f"{bf}__a", time.time()))
+    assert p.wake_backfill("bf-1") == 1
+    assert [m for _, _, m in p.claim()] == [{"bf": "bf-1"}]
