@@ -160,8 +160,9 @@ PAGE = 100  # Airflow's default maximum_page_limit  # list query parameters: ?st
 class AirflowClient:
     """A small, typed face over the DAG and DAG-run endpoints the orchestrator uses."""
 
-    def __init__(self, config: AirflowConfig, *, pool_manager: Any | None = None) -> None:
+    def __init__(self, config: AirflowConfig, *, pool_manager: Any | None = None, record_metrics: bool = True) -> None:
         self.config = config
+        self.record_metrics = record_metrics  # each request in backfill.metrics (Prometheus)
         self.requests = 0  # HTTP requests sent, token requests included
         self._lock = threading.Lock()
         self._token: str | None = None
@@ -276,7 +277,8 @@ class AirflowClient:
             except urllib3.exceptions.HTTPError as exc:
                 error = AirflowUnavailable(f"{what}: Airflow at {self.config.url} is unreachable ({exc})")
             finally:
-                metrics.request_done(_endpoint(args), status, time.monotonic() - began)
+                if self.record_metrics:
+                    metrics.request_done(_endpoint(args), status, time.monotonic() - began)
             if not isinstance(error, AirflowUnavailable) or attempt >= tries:
                 raise error
             time.sleep(0.25 * 2 ** (attempt - 1))

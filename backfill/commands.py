@@ -20,11 +20,14 @@ backfill_id=ID``) does 1-3 too: the workers' ``task_revoked`` handler calls ``Li
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from backfill.airflow import RunInfo
 from backfill.context import Context
@@ -63,7 +66,8 @@ def cancel(
     reason = "backfill cancelled"
     life = Lifecycle(ctx)  # the notification last, below: a broker error must not stop the cancel
     windows = sum(life.cancel_dag(params, dag, reason=reason, fail_running=fail_running) for dag in params.dags)
-    ctx.parking.wake_backfill(bf)  # parked windows (backfill.watch) drop out now, not at their deadline
+    with contextlib.suppress(RedisError):  # parked windows (backfill.watch) drop out now, not at their deadline
+        ctx.parking.wake_backfill(bf)
     ctx.throttle.release_backfill(bf)
     failed: list[str] = []
     left: list[str] = []

@@ -42,6 +42,7 @@ from backfill.windows import Window
 log = logging.getLogger("backfill")
 
 WAIT_OUTAGE = "Airflow unavailable, retrying with backoff"
+QUEUED_SLACK = 0.5  # s: a listed run queued this long before our trigger time is an earlier attempt's
 MAX_UNEXPLAINED_CONFLICTS = 8  # 409s with no run at the window's date before the window fails
 
 
@@ -385,6 +386,7 @@ class WindowRunner:
             self.throttle.starts.started(params.backfill_id, start_member(dag, params.run_id(window), rec.attempt))
         if self.record.is_cancelled(params.backfill_id):  # as after a trigger: the cancel may have swept before
             return self._cancelled(params, dag, idx, window, run.run_id)
+        rec.triggered_at = now  # this attempt's, as recorded above
         return self._look(rec, run.run_id, 0.0)
 
     def _follow(
@@ -665,12 +667,12 @@ class WindowRunner:
         if raw is None:
             return None
         run = RunInfo.from_json(raw)
-        seen = run.end_date or run.start_date  # woken at its end, or at its start
-        if run.run_id != rec.run or seen is None or rec.triggered_at is None:
+        if run.run_id != rec.run or run.queued_at is None or rec.triggered_at is None:
             return None
-        # On our clock (skew: ours minus Airflow's at the trigger), after this attempt began: a
-        # retry re-runs the same run id, and the previous attempt's dates are not this one's.
-        if seen.timestamp() + rec.skew < rec.triggered_at - 1.0:
+        # Queued (on our clock: skew is ours minus Airflow's at the trigger) when this attempt
+        # began: a retry clears the same run id, which queues it anew; the previous attempt's run
+        # as listed is not this one's (asked from Airflow instead).
+        if run.queued_at.timestamp() + rec.skew < rec.triggered_at - QUEUED_SLACK:
             return None
         return run
 
@@ -680,7 +682,7 @@ class WindowRunner:
         ``watch_fallback``, should the watcher miss it), or, with no watcher alive, at the next
         paced look."""
         if self.parking is not None and self.settings.watch_every and self.parking.alive():
-            since = rec.triggered_at or self.clock.now()
+            since = (rec.triggered_at or self.clock.now()) - rec.skew  # on Airflow's clock: it lists by its dates
             running = run is not None and run.state == RunState.RUNNING
             return Step(done=False, delay=self.settings.watched_wait, watch=Watched(self._dag, run_id, since, running))
         return Step(done=False, delay=max(at_least, self._poll_delay(rec, elapsed, run)))

@@ -50,6 +50,7 @@ from backfill.pacing import FIELDS, SCHEDULER_START, Pace, next_look
 
 log = logging.getLogger("backfill")
 
+ENDED = ("success", "failed")  # the states of a run that ended
 CLAIM_LEASE = 60.0  # seconds a claimed message waits for its publish before it is due again
 CLAIM_BATCH = 500  # messages claimed per script call
 END_MARGIN = 5.0  # the end dates listed reach back this far before the last list (commit delays, skew)
@@ -84,6 +85,7 @@ class Parking:
         self._claim = client.register_script(source("park_claim"))
         self._done = client.register_script(source("park_done"))
         self._lease = client.register_script(source("watch_lease"))
+        self._wake = client.register_script(source("park_wake"))
         self._alive = client.register_script(source("watch_alive"))
         self._alive_until = 0.0  # this process's cached answer of alive()
 
@@ -102,23 +104,24 @@ class Parking:
 
     def park(self, key: str, message: dict[str, Any], delay: float, watched: Watched) -> None:
         run = json.dumps([watched.dag, watched.run_id, watched.since, watched.running])
-        self._park(keys=[self.k_due, self.k_msg, self.k_run, self.k_ended],
+        meta = f"{self._prefix}:bf:{key.split('/')[0]}"  # Record.k_meta: its cancel flag
+        self._park(keys=[self.k_due, self.k_msg, self.k_run, self.k_ended, meta],
                    args=[key, int(delay * 1000), json.dumps(message), run, self.clock.script_now()])  # fmt: skip
 
-    def wake(self, keys: Iterable[str], runs: dict[str, dict[str, Any]] | None = None) -> int:
-        """Make these windows' messages due now (those still parked); ``runs``: the ended run
-        each was woken for, as Airflow listed it (the woken step reads it instead of asking)."""
-        keys = list(keys)
-        if not keys:
+    def wake(self, runs: dict[str, dict[str, Any]]) -> int:
+        """Make these windows' messages due now (those still parked, not being published), with
+        the run each was woken for, as Airflow listed it (the woken step reads it instead of
+        asking). Returns how many were woken."""
+        if not runs:
             return 0
-        pipe = self._redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.zadd(self.k_due, {key: 0}, xx=True, ch=True)
-        woken = [k for k, changed in zip(keys, pipe.execute(), strict=True) if changed]
-        # Only for windows still parked: a run listed twice leaves nothing behind for a window gone.
-        if runs and (left := {k: json.dumps(runs[k]) for k in woken if k in runs}):
-            self._redis.hset(self.k_ended, mapping=left)  # type: ignore[arg-type]
-        return len(woken)
+        args: list[str] = []
+        for key, run in runs.items():
+            args += [key, json.dumps(run), "1" if run.get("state") in ENDED else "0"]
+        return int(self._wake(keys=[self.k_due, self.k_ended], args=args))
+
+    def wake_now(self, keys: Iterable[str]) -> int:
+        """Make these windows' messages due now, with no run for them (a cancel)."""
+        return self.wake({k: {} for k in keys})
 
     def ended(self, key: str) -> dict[str, Any] | None:
         """The ended run a window was woken for, taken (read once): the step checks it is its
@@ -127,12 +130,12 @@ class Parking:
         pipe.hget(self.k_ended, key)
         pipe.hdel(self.k_ended, key)
         raw = pipe.execute()[0]
-        return json.loads(raw) if raw else None
+        return json.loads(raw) or None if raw else None  # {}: woken with no run (a cancel)
 
     def wake_backfill(self, backfill_id: str) -> int:
         """Every parked window of a backfill, due now (a cancel: they see it at once)."""
         keys = [k for k in (_text(k) for k in self._redis.hkeys(self.k_run)) if k.startswith(f"{backfill_id}/")]
-        return self.wake(keys)
+        return self.wake_now(keys)
 
     def parked(self, backfill_id: str | None = None) -> dict[str, float]:
         """Parked windows and their deadlines (epoch seconds on Redis's clock)."""
@@ -177,13 +180,13 @@ class Parking:
     def lists(self) -> int:
         return int(self._redis.get(self.k_lists) or 0)
 
-    def claim(self, lease: float = CLAIM_LEASE) -> list[tuple[str, int, dict[str, Any]]]:
+    def claim(self, lease: float = CLAIM_LEASE) -> list[tuple[str, float, dict[str, Any]]]:
         flat = self._claim(
             keys=[self.k_due, self.k_msg], args=[self.clock.script_now(), int(lease * 1000), CLAIM_BATCH]
         )
-        return [(_text(flat[i]), int(float(flat[i + 1])), json.loads(flat[i + 2])) for i in range(0, len(flat), 3)]
+        return [(_text(flat[i]), float(flat[i + 1]), json.loads(flat[i + 2])) for i in range(0, len(flat), 3)]
 
-    def done(self, claimed: list[tuple[str, int]]) -> int:
+    def done(self, claimed: list[tuple[str, float]]) -> int:
         if not claimed:
             return 0
         args = [x for key, score in claimed for x in (key, score)]
@@ -218,29 +221,37 @@ class Watcher:
         self._next: dict[str, float] = {}  # per watched window: when its pace says to look for its end
         self._start_next: dict[str, float] = {}  # per window not seen started: when to look for its start
         self._started: dict[str, float] = {}  # windows woken at their run's start: its start (epoch s)
-        self._last: float | None = None  # when the last list of ends was asked (this process's clock)
-        self._known: set[str] = set()  # the windows watched at that list
+        self._covered: dict[str, float] = {}  # per watched window: when a list of ends last covered its DAG
 
     @property
     def lease_ttl(self) -> float:
-        return max(5.0, 5 * self.every)
+        """How long the lease outlives its holder's last round: a round takes a few Airflow
+        requests (and a stand-by takes over this long after a watcher dies)."""
+        return max(30.0, 5 * self.every)
 
     def tick(self) -> float:
-        """One round; returns the seconds until the next one is due."""
+        """One round; returns the seconds until the next one is due. Due messages are published
+        first and again last, whatever the lists do: a parked window's deadline holds even when
+        Airflow fails every list."""
         if not self.parking.lease(self.holder, self.lease_ttl):
             self._forget()  # another watcher's: start afresh if it comes back
             return self.every
-        watched = self.parking.watched()
-        now = self.parking.clock.now()
-        for memo in (self._next, self._start_next, self._started):
-            for key in [k for k in memo if k not in watched]:
-                del memo[key]
-        if watched:
-            self._wake_started(watched, now)
-            self._wake_ended(watched, now)
-        else:
-            self._forget()
-        self._publish_due()
+        try:
+            self._publish_due()
+            watched = self.parking.watched()
+            now = self.parking.clock.now()
+            for memo in (self._next, self._start_next, self._started, self._covered):
+                for key in [k for k in memo if k not in watched]:
+                    del memo[key]
+            if watched:
+                self._wake_started(watched, now)
+                self._wake_ended(watched, now)
+            else:
+                self._forget()
+        finally:
+            # Still ours (a round can outlast the lease when Airflow is slow): publish what woke.
+            if self.parking.lease(self.holder, self.lease_ttl):
+                self._publish_due()
         soonest = min([*self._next.values(), *self._start_next.values()], default=now + self.every)
         return min(self.every, max(self.min_gap, soonest - self.parking.clock.now()))
 
@@ -258,19 +269,21 @@ class Watcher:
         waiting = {k: w for k, w in watched.items() if not w.running and k not in self._started}
         for key in [k for k in self._start_next if k not in waiting]:
             del self._start_next[key]
-        if not waiting:
-            return
         for key, w in waiting.items():
             self._start_next.setdefault(key, w.since + SCHEDULER_START)
-        if min(self._start_next[k] for k in waiting) > now:
+        due = {k: w for k, w in waiting.items() if self._start_next[k] <= now}
+        if not due:
             return
-        since = min(w.since for w in waiting.values()) - END_MARGIN
-        listed = self.airflow.started_runs_json(sorted({w.dag for w in waiting.values()}), since=since)
+        since = min(w.since for w in due.values()) - END_MARGIN
+        listed = self.airflow.started_runs_json(sorted({w.dag for w in due.values()}), since=since)
         self._counted()
         found = {(r["dag_id"], r["dag_run_id"]): r for r in listed}
-        hits = {k: found[(w.dag, w.run_id)] for k, w in waiting.items() if (w.dag, w.run_id) in found}
-        self.parking.wake(hits, hits)
-        for key, w in waiting.items():
+        # Every waiting run of a DAG asked is answered, due or not.
+        asked = {w.dag for w in due.values()}
+        answered = {k: w for k, w in waiting.items() if w.dag in asked and w.since - END_MARGIN >= since}
+        hits = {k: found[(w.dag, w.run_id)] for k, w in answered.items() if (w.dag, w.run_id) in found}
+        self.parking.wake(hits)
+        for key, w in answered.items():
             if key in hits:
                 start = _epoch(hits[key].get("start_date"))
                 self._started[key] = start if start is not None else now
@@ -279,24 +292,28 @@ class Watcher:
                 self._start_next[key] = now + min(self.ceiling, max(self.min_gap, 0.5 * (now - w.since)))
 
     def _wake_ended(self, watched: dict[str, Watched], now: float) -> None:
+        """Wake the windows whose run ended. Only the DAGs of runs due for a look are listed, from
+        the last list that covered them: the answer stays small at a thousand DAGs in flight."""
         new = [k for k in watched if k not in self._next]
         for key, pace in zip(new, self._paces(new, watched), strict=True):
             self._next[key] = self._end_look(key, watched[key], pace, watched[key].since)
-        if min(self._next.values()) > now:
+        due = {k: w for k, w in watched.items() if self._next[k] <= now}
+        if not due:
             return
-        fresh = [w.since for k, w in watched.items() if k not in self._known]
-        since = min([*fresh, *([self._last] if self._last is not None else [])]) - END_MARGIN
-        listed = self.airflow.ended_runs_json(sorted({w.dag for w in watched.values()}), since=since)
+        asked = {w.dag for w in due.values()}
+        covered = {k: w for k, w in watched.items() if w.dag in asked}  # every watched run of those DAGs
+        since = min(self._covered.get(k, w.since) for k, w in covered.items()) - END_MARGIN
+        listed = self.airflow.ended_runs_json(sorted(asked), since=since)
         self._counted()
-        keys = list(watched)
+        keys = list(covered)
         for key, pace in zip(keys, self._paces(keys, watched), strict=True):
             self._next[key] = self._end_look(key, watched[key], pace, now)
+            self._covered[key] = now
         found = {(r["dag_id"], r["dag_run_id"]): r for r in listed}
-        runs = {k: found[(w.dag, w.run_id)] for k, w in watched.items() if (w.dag, w.run_id) in found}
-        woken = self.parking.wake(runs, runs)
+        runs = {k: found[(w.dag, w.run_id)] for k, w in covered.items() if (w.dag, w.run_id) in found}
+        woken = self.parking.wake(runs)
         if woken:
             log.debug("watcher: %d run(s) ended, %d window(s) woken", len(runs), woken)
-        self._known, self._last = set(watched), now
 
     def _counted(self) -> None:
         self.lists += 1
@@ -308,7 +325,7 @@ class Watcher:
             claimed = self.parking.claim()
             if not claimed:
                 return count
-            sent: list[tuple[str, int]] = []
+            sent: list[tuple[str, float]] = []
             try:
                 for key, score, message in claimed:
                     self.publish(message)
@@ -320,17 +337,20 @@ class Watcher:
             if len(claimed) < CLAIM_BATCH:
                 return count
 
-    def run(self, stop: threading.Event) -> None:
-        """Rounds until ``stop`` is set; an error costs one round, never the thread."""
+    def run(self, stop: threading.Event, *, drain_only: bool = False) -> None:
+        """Rounds until ``stop`` is set; an error costs one round, never the thread.
+        ``drain_only`` (the watcher turned off): no lease and no lists, only the messages parked
+        before publised at their deadlines (claims are atomic: any number of workers may)."""
         while not stop.is_set():
             try:
-                wait = self.tick()
+                wait = self.every if drain_only and self._publish_due() >= 0 else self.tick()
             except Exception as exc:  # Redis or Airflow failing for a moment: the next round tries again
                 log.warning("watcher: %r (next round in %.1f s)", exc, self.every)
                 wait = self.every
             stop.wait(wait)
-        with contextlib.suppress(redis.RedisError):
-            self.parking.give_up(self.holder)
+        if not drain_only:
+            with contextlib.suppress(redis.RedisError):
+                self.parking.give_up(self.holder)
 
 
 def _epoch(value: str | None) -> float | None:

@@ -304,20 +304,20 @@ class CeleryDelivery:
 
     def park(self, countdown: float, changes: dict[str, Any], watched: Watched) -> BaseException | None:
         """The message a retry would publish, parked in Redis instead (``backfill.watch``):
-        the watcher publishes it when the run ends, or after ``countdown`` s."""
+        the watcher publishes it when the run starts or ends, or after ``countdown`` s."""
         task, request = self.task, self.task.request
         kwargs = {**request.kwargs, **changes}
-        sig = task.signature_from_request(request, None, kwargs, retries=request.retries + 1)
-        key = window_key(kwargs["backfill_id"], kwargs["dag_id"], kwargs["seq"])
         try:
-            context().parking.park(key, dict(sig), countdown, watched)
-        except RedisError as exc:
-            metrics.REDIS_ERRORS.labels("run_window").inc()
+            sig = task.signature_from_request(request, None, kwargs, retries=request.retries + 1)
+            context().parking.park(window_key(kwargs["backfill_id"], kwargs["dag_id"], kwargs["seq"]), dict(sig),
+                                   countdown, watched)  # fmt: skip
+        except Exception as exc:  # never lose the window over it: a countdown, as with no watcher
+            if isinstance(exc, RedisError):
+                metrics.REDIS_ERRORS.labels("run_window").inc()
+            settings = context().settings
             log.warning("%s: could not park its next look (%r): waiting on a countdown", request.id, exc)
-            return None
-        return cast(
-            BaseException, Retry(when=countdown)
-        )  # acked; Flower shows the window waiting (RETRY), as a countdown does
+            return self.retry(min(countdown, settings.poll_max), changes)
+        return cast(BaseException, Retry(when=countdown))  # acked; Flower shows the window waiting (RETRY)
 
 
 def _follow_up(task: Task, nxt: Next) -> dict[str, Any]:
@@ -372,16 +372,25 @@ _watcher_stop = threading.Event()
 @signals.worker_ready.connect
 def _start_watcher(**_: Any) -> None:
     """Every worker runs a watcher thread in its main process (``backfill.watch``); one at a
-    time holds the lease and works, the others stand by to take over."""
+    time holds the lease and works, the others stand by to take over. With the watcher off
+    (``BACKFILL_WATCH_EVERY=0``) the thread only publishes messages parked before, at their
+    deadlines."""
     settings = app.conf.backfill_settings
-    if not settings.watch_every:
-        return
     ctx = context()
-    watcher = Watcher(parking=ctx.parking, airflow=AirflowClient(settings.airflow), every=settings.watch_every,
-                      ceiling=settings.poll_max,
-                      publish=lambda message: signature(message, app=app).apply_async())  # fmt: skip
+    # Its requests go uncounted in Prometheus (a pool process forked while this thread held the
+    # metrics' lock would inherit it held): the watcher counts its lists in Redis instead.
+    airflow = AirflowClient(settings.airflow, record_metrics=False)
+    watcher = Watcher(parking=ctx.parking, airflow=airflow, every=settings.watch_every or 1.0,
+                      ceiling=settings.poll_max, publish=_publish_parked)  # fmt: skip
     _watcher_stop.clear()
-    threading.Thread(target=watcher.run, args=(_watcher_stop,), name="backfill-watcher", daemon=True).start()
+    threading.Thread(target=watcher.run, args=(_watcher_stop,), kwargs={"drain_only": not settings.watch_every},
+                     name="backfill-watcher", daemon=True).start()  # fmt: skip
+
+
+def _publish_parked(message: dict[str, Any]) -> None:
+    # A few quick tries only: a claim lasts a minute, after which the message is due again.
+    signature(message, app=app).apply_async(retry_policy={"max_retries": 3, "interval_start": 0.2,
+                                                          "interval_step": 0.5})  # fmt: skip
 
 
 @signals.worker_shutdown.connect

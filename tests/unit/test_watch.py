@@ -43,7 +43,7 @@ def test_a_parked_message_waits_for_its_deadline_or_its_wake(scratch_redis: redi
     key = window_key("bf-1", "etl", 0)
     p.park(key, {"task": "backfill.run_window", "n": 1}, 100.0, Watched("etl", "bf-1__a", time.time()))
     assert p.claim() == []  # not due yet
-    assert p.wake([key, window_key("bf-1", "etl", 9)]) == 1  # the other window is not parked: untouched
+    assert p.wake_now([key, window_key("bf-1", "etl", 9)]) == 1  # the other window is not parked: untouched
     (got,) = p.claim()
     assert got[0] == key and got[2] == {"task": "backfill.run_window", "n": 1}
     assert p.claim() == []  # claimed: due again only after the claim's lease
@@ -57,8 +57,10 @@ def test_parking_again_replaces_so_duplicate_deliveries_collapse(scratch_redis: 
     watched = Watched("etl", "bf-1__a", time.time())
     p.park(key, {"n": 1}, 0.0, watched)
     (claimed,) = p.claim()
-    # The published message ran and parked its next look before the watcher marked it done.
-    p.park(key, {"n": 2}, 100.0, watched)
+    assert p.wake({key: {"state": "success"}}) == 0  # being published: not woken again
+    # The published message ran and parked its next look before the watcher marked it done,
+    # even at the very millisecond of the claim's deadline.
+    p.park(key, {"n": 2}, claimed[1] / 1000 - time.time(), watched)
     assert p.done([(claimed[0], claimed[1])]) == 0  # the new parking stays
     assert list(p.parked("bf-1")) == [key] and p.watched()[key] == watched
     p.park(key, {"n": 3}, 100.0, watched)
@@ -141,3 +143,20 @@ def test_a_cancel_wakes_the_backfills_parked_windows_only(scratch_redis: redis.R
         p.park(window_key(bf, "etl", 0), {"bf": bf}, 100.0, Watched("etl", f"{bf}__a", time.time()))
     assert p.wake_backfill("bf-1") == 1
     assert [m for _, _, m in p.claim()] == [{"bf": "bf-1"}]
+
+
+def test_only_the_dags_of_runs_due_are_listed(scratch_redis: redis.Redis) -> None:
+    """At a thousand DAGs in flight a list of every DAG's ends would be pages long: a round
+    lists the DAGs whose runs are due, from the last list that covered them."""
+    p, airflow, out = _parking(scratch_redis), EndedRuns(), []
+    scratch_redis.hset("t:bf:bf-1:dag:slow", mapping={"avg_duration": 60, "dev_duration": 3, "avg_run": 59,
+                                                      "dev_run": 3})  # fmt: skip
+    now = time.time() - 1.5
+    p.park(window_key("bf-1", "fast", 0), {"w": 1}, 100.0, Watched("fast", "bf-1__x", now, running=True))
+    p.park(window_key("bf-1", "slow", 0), {"w": 2}, 100.0, Watched("slow", "bf-1__x", now, running=True))
+    watcher = _watcher(p, airflow, out)
+    watcher.tick()
+    assert [(what, dags) for what, dags, _ in airflow.asked] == [("ended", ["fast"])]
+    time.sleep(1.2)
+    watcher.tick()  # covered 1.2 s ago: the next list reaches back from then, not from the trigger
+    assert airflow.asked[1][1] == ["fast"] and airflow.asked[1][2] > airflow.asked[0][2] + 1
