@@ -4,11 +4,14 @@ and every integration test runs its windows through the watcher)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
+import pytest
 import redis
 
+from backfill.errors import AirflowUnavailable
 from backfill.watch import Parking, Watched, Watcher, window_key
 
 
@@ -160,3 +163,35 @@ def test_only_the_dags_of_runs_due_are_listed(scratch_redis: redis.Redis) -> Non
     time.sleep(1.2)
     watcher.tick()  # covered 1.2 s ago: the next list reaches back from then, not from the trigger
     assert airflow.asked[1][1] == ["fast"] and airflow.asked[1][2] > airflow.asked[0][2] + 1
+
+
+def test_deadlines_hold_when_every_list_fails(scratch_redis: redis.Redis) -> None:
+    """Airflow failing every list must not keep parked windows from their own looks."""
+    p, out = _parking(scratch_redis), []
+
+    class Down(EndedRuns):
+        def ended_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
+            raise AirflowUnavailable("Airflow answered HTTP 503")
+
+    p.park(window_key("bf-1", "a", 0), {"w": "due"}, 0.0, Watched("a", "bf-1__x", time.time() - 5, running=True))
+    # Another window's run is due for a look: the round asks Airflow, which fails.
+    p.park(window_key("bf-1", "b", 0), {"w": "b"}, 100.0, Watched("b", "bf-1__x", time.time() - 5, running=True))
+    with pytest.raises(AirflowUnavailable):
+        _watcher(p, Down(), out).tick()
+    assert out == [{"w": "due"}]
+
+
+def test_with_the_watcher_off_messages_parked_before_are_still_published(scratch_redis: redis.Redis) -> None:
+    p, out = _parking(scratch_redis), []
+    p.park(window_key("bf-1", "a", 0), {"w": 1}, 0.2, Watched("a", "bf-1__x", time.time()))
+    stop = threading.Event()
+    thread = threading.Thread(target=_watcher(p, EndedRuns(), out).run, args=(stop,), kwargs={"drain_only": True})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not out and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert out == [{"w": 1}] and p.holder() is None  # no lease taken, no heartbeat: nothing parks anew
