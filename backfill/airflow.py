@@ -421,18 +421,16 @@ class AirflowClient:
         # A LIKE pattern: '_' matches any character, so check the prefix here.
         return [r for r in runs if r.run_id.startswith(prefix)]
 
-    def ended_runs(self, dag_ids: list[str], *, since: float) -> list[RunInfo]:
-        """Runs of any of ``dag_ids`` that ended (success or failed) at or after ``since`` (epoch
-        seconds), in one request per page: ``POST /api/v2/dags/~/dagRuns/list`` (the watcher's)."""
-        return [RunInfo.from_json(r) for r in self.ended_runs_json(dag_ids, since=since)]
-
     def ended_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
-        """``ended_runs``, as Airflow's JSON."""
+        """Runs of any of ``dag_ids`` that ended (success or failed) at or after ``since`` (epoch
+        seconds), as Airflow's JSON, in one request per page: ``POST /api/v2/dags/~/dagRuns/list``
+        (the watcher's)."""
         return self._batch("ended", dag_ids, [RunState.SUCCESS, RunState.FAILED], end_date_gte=since)
 
     def started_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
-        """Runs of any of ``dag_ids`` that started at or after ``since`` (running, or ended since),
-        as Airflow's JSON (the watcher's other list)."""
+        """Runs of any of ``dag_ids`` that started at or after ``since`` (epoch seconds), running or
+        ended since, as Airflow's JSON, in one request per page: ``POST /api/v2/dags/~/dagRuns/list``
+        (the watcher's)."""
         states = [RunState.RUNNING, RunState.SUCCESS, RunState.FAILED]
         return self._batch("started", dag_ids, states, start_date_gte=since)
 

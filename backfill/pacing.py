@@ -55,9 +55,12 @@ class Pace:
         return {k: round(v, 3) for k, v in zip(FIELDS, values, strict=True) if v is not None}
 
 
-def next_look(pace: Pace, elapsed: float, *, started: float | None = None, floor: float, ceiling: float) -> float:
+def next_look(
+    pace: Pace, elapsed: float, *, started: float | None = None, floor: float, ceiling: float, lead: float = 1.0
+) -> float:
     """Seconds until the next look at a run triggered ``elapsed`` s ago (``started``: s after the
-    trigger at which Airflow started it, once seen), within [``floor``, ``ceiling``]."""
+    trigger at which Airflow started it, once seen), within [``floor``, ``ceiling``]. ``lead``:
+    how many deviations before the expected end the first look comes (negative: after it)."""
     expected: float | None
     dev: float | None
     scale: float | None
@@ -69,8 +72,8 @@ def next_look(pace: Pace, elapsed: float, *, started: float | None = None, floor
     if expected and scale:
         dev = min(0.5 * scale, max(MIN_SPREAD * scale, MIN_DEV, dev if dev is not None else 0.1 * scale))
         tick = max(dev / 2, TICK * scale)
-        if elapsed < expected - dev:
-            delay = expected - dev - elapsed
+        if elapsed < expected - lead * dev:
+            delay = expected - lead * dev - elapsed
         elif elapsed < expected + 3 * dev:
             delay = tick
         else:

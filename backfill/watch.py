@@ -5,27 +5,33 @@ its DAG taught, ``backfill.pacing``). With it:
 
 - a window whose run is in flight ends its execution by *parking* its next message in Redis
   (the message a Celery retry would publish: same task id, kwargs, rest of the chain, stamps),
-  with a deadline (``Settings.watch_fallback``: its own look, should nothing wake it sooner);
+  with a deadline (``Settings.watched_wait``: its own look, should nothing wake it sooner);
 - the watcher, a thread in every worker's main process of which one at a time holds a lease,
-  lists every ``watch_every`` seconds the runs of the watched DAGs that ended since its last
-  list, in one request (``POST /api/v2/dags/~/dagRuns/list``: many DAGs, filtered by state and
-  end date), makes their windows due, and publishes every due message.
+  asks when a watched run is due for a look (its start a second after its trigger; its end by
+  its DAG's pace, ``backfill.pacing``) a list for it and for every run of its kind that may
+  have started or ended by now (``POST /api/v2/dags/~/dagRuns/list``: many DAGs, by state and
+  by start or end date). It wakes each window whose run it lists ended, or running and not yet
+  seen so, with the run as listed (the woken step reads it instead of asking Airflow), and
+  publishes every due message.
 
-So a run's end is seen within about ``watch_every`` for one request per round whatever the
-number of windows, and a window costs its busy check, its trigger and the look that reads its
-end (``docs/performance.md``, B2 and B5).
+So a window costs its busy check and its trigger, and its share of lists that serve every
+window in flight: a few DAGs cost what their own looks would, a thousand DAGs a few requests
+a second (``docs/performance.md``, B2, B4 and B5).
 
 What holds whatever crashes where:
 
 - *At least once.* A claim moves a message's deadline a lease ahead before publishing it, and
-  the message is removed only once published (``park_claim.lua``, ``park_done.lua``): a watcher
-  dying in between leaves it to the next round or the next watcher. A window's step is safe to
-  repeat (``backfill.runner``), so a message published twice costs one look.
+  the message is removed only once published, unless parked again meanwhile
+  (``park_claim.lua``, ``park_done.lua``): a watcher dying in between leaves it to the next
+  round or the next watcher. A window's step is safe to repeat (``backfill.runner``), so a
+  message published twice costs one look. Due messages are published first in every round,
+  whatever the lists do.
 - *One message per window.* Parking replaces what the window had parked: duplicate deliveries
   (a redelivery after a crash) collapse here instead of polling side by side.
-- *The watcher is an accelerator.* A window parks only while a watcher is alive (its heartbeat
-  key); otherwise it waits on a Celery countdown as before. A run the watcher misses (ended
-  before the window parked, listed late) is seen at the window's own deadline.
+- *The watcher is an accelerator.* A window parks only while a watcher holds its lease;
+  otherwise it waits on a Celery countdown as before. A run the watcher misses (ended without
+  starting, listed late) is seen at the window's own deadline. With the watcher turned off,
+  every worker still publishes the messages parked before, at their deadlines.
 """
 
 from __future__ import annotations
@@ -244,8 +250,7 @@ class Watcher:
                 for key in [k for k in memo if k not in watched]:
                     del memo[key]
             if watched:
-                self._wake_started(watched, now)
-                self._wake_ended(watched, now)
+                self._wake(watched, now)
             else:
                 self._forget()
         finally:
@@ -258,65 +263,88 @@ class Watcher:
     def _paces(self, keys: list[str], watched: dict[str, Watched]) -> list[Pace]:
         return self.parking.paces([(k.split("/")[0], watched[k].dag) for k in keys])
 
+    def _expected(self, key: str, w: Watched, pace: Pace) -> tuple[float | None, float]:
+        """When the run should end (epoch seconds; None: nothing learnt) and its deviation."""
+        start = self._started.get(key)
+        if start is not None and pace.run:
+            return start + pace.run, pace.run_dev or 0.1 * pace.run
+        if pace.total:
+            return w.since + pace.total, pace.total_dev or 0.1 * pace.total
+        return None, 0.0
+
     def _end_look(self, key: str, w: Watched, pace: Pace, now: float) -> float:
+        """The next look at the run's end. A list costs one request whatever it answers for, so
+        the first look comes a little after the expected end rather than before (one look
+        usually sees it ended), and a run with nothing learnt is listed every round."""
         start = self._started.get(key)
         started = start - w.since if start is not None else None
-        # Nothing learnt (a DAG's first window without history): a list every round, shared with
-        # every other run in flight, rather than looks a fifth of the time waited apart.
         ceiling = self.ceiling if pace.total is not None else min(self.ceiling, self.every)
         return now + next_look(pace, max(0.0, now - w.since), started=started, floor=self.min_gap,
-                               ceiling=ceiling)  # fmt: skip
+                               ceiling=ceiling, lead=-0.5)  # fmt: skip
 
-    def _wake_started(self, watched: dict[str, Watched], now: float) -> None:
-        """Wake the windows whose run started (they record it: ``status`` shows it running)."""
-        waiting = {k: w for k, w in watched.items() if not w.running and k not in self._started}
-        for key in [k for k in self._start_next if k not in waiting]:
-            del self._start_next[key]
-        for key, w in waiting.items():
-            self._start_next.setdefault(key, w.since + SCHEDULER_START)
-        due = {k: w for k, w in waiting.items() if self._start_next[k] <= now}
-        if not due:
-            return
-        since = min(w.since for w in due.values()) - END_MARGIN
-        listed = self.airflow.started_runs_json(sorted({w.dag for w in due.values()}), since=since)
-        self._counted()
-        found = {(r["dag_id"], r["dag_run_id"]): r for r in listed}
-        # Every waiting run of a DAG asked is answered, due or not.
-        asked = {w.dag for w in due.values()}
-        answered = {k: w for k, w in waiting.items() if w.dag in asked and w.since - END_MARGIN >= since}
-        hits = {k: found[(w.dag, w.run_id)] for k, w in answered.items() if (w.dag, w.run_id) in found}
-        self.parking.wake(hits)
-        for key, w in answered.items():
-            if key in hits:
-                start = _epoch(hits[key].get("start_date"))
-                self._started[key] = start if start is not None else now
-                self._start_next.pop(key, None)
-            else:  # still queued: look again, backing off (a busy Airflow starts it late)
-                self._start_next[key] = now + min(self.ceiling, max(self.min_gap, 0.5 * (now - w.since)))
+    def _in_reach(self, key: str, w: Watched, pace: Pace, now: float) -> bool:
+        """Whether the run may have ended by now (a list asked for another DAG covers it too)."""
+        expected, dev = self._expected(key, w, pace)
+        return expected is None or now >= expected - dev
 
-    def _wake_ended(self, watched: dict[str, Watched], now: float) -> None:
-        """Wake the windows whose run ended. Only the DAGs of runs due for a look are listed, from
-        the last list that covered them: the answer stays small at a thousand DAGs in flight."""
+    def _start_look(self, key: str, w: Watched, now: float) -> float | None:
+        """The next look for the run's start, until it is seen (``status`` then shows it
+        running): a second after the trigger, then backing off (a busy Airflow starts it late)."""
+        if w.running or key in self._started:
+            return None
+        at = self._start_next.setdefault(key, w.since + SCHEDULER_START)
+        return at if at > now else now
+
+    def _wake(self, watched: dict[str, Watched], now: float) -> None:
+        """Ask Airflow when a watched run is due for a look (its start, or its end by its DAG's
+        pace), in at most two lists that answer for every run of the DAGs asked: the runs started
+        since the oldest of their triggers (for runs not yet seen started), and the runs ended
+        since the last list that covered them (for runs due, and every run that may have ended by
+        now). Both stay small at a thousand DAGs: only recent starts and ends come back. Each
+        window whose run ended, or runs and was not yet seen so, is woken with its run as listed."""
         new = [k for k in watched if k not in self._next]
         for key, pace in zip(new, self._paces(new, watched), strict=True):
             self._next[key] = self._end_look(key, watched[key], pace, watched[key].since)
-        due = {k: w for k, w in watched.items() if self._next[k] <= now}
-        if not due:
+        starts = {k: self._start_look(k, w, now) for k, w in watched.items()}
+        start_due = {k for k, t in starts.items() if t is not None and t <= now}
+        end_due = {k for k in watched if self._next[k] <= now}
+        if not start_due and not end_due:
             return
-        asked = {w.dag for w in due.values()}
-        covered = {k: w for k, w in watched.items() if w.dag in asked}  # every watched run of those DAGs
-        since = min(self._covered.get(k, w.since) for k, w in covered.items()) - END_MARGIN
-        listed = self.airflow.ended_runs_json(sorted(asked), since=since)
-        self._counted()
-        keys = list(covered)
-        for key, pace in zip(keys, self._paces(keys, watched), strict=True):
-            self._next[key] = self._end_look(key, watched[key], pace, now)
-            self._covered[key] = now
-        found = {(r["dag_id"], r["dag_run_id"]): r for r in listed}
-        runs = {k: found[(w.dag, w.run_id)] for k, w in covered.items() if (w.dag, w.run_id) in found}
-        woken = self.parking.wake(runs)
+        wake: dict[str, dict[str, Any]] = {}
+        if start_due:
+            asked = {watched[k].dag for k in start_due}
+            waiting = {k: w for k, w in watched.items() if starts[k] is not None and w.dag in asked}
+            since = min(w.since for w in waiting.values()) - END_MARGIN
+            found = self._listed(self.airflow.started_runs_json(sorted(asked), since=since))
+            for key, w in waiting.items():
+                run = found.get((w.dag, w.run_id))
+                if run is None:  # still queued: look again, backing off (a busy Airflow starts it late)
+                    self._start_next[key] = now + min(self.ceiling, max(self.min_gap, 0.5 * (now - w.since)))
+                    continue
+                wake[key] = run
+                start = _epoch(run.get("start_date"))
+                self._started[key] = start if start is not None else now
+                self._start_next.pop(key, None)
+        if end_due:
+            keys = [k for k in watched if k not in wake]
+            paces = dict(zip(keys, self._paces(keys, watched), strict=True))
+            asked = {watched[k].dag for k in keys if k in end_due or self._in_reach(k, watched[k], paces[k], now)}
+            covered = {k: watched[k] for k in keys if watched[k].dag in asked}
+            if covered:
+                since = min(self._covered.get(k, w.since) for k, w in covered.items()) - END_MARGIN
+                found = self._listed(self.airflow.ended_runs_json(sorted(asked), since=since))
+                for key, w in covered.items():
+                    self._next[key] = self._end_look(key, w, paces[key], now)
+                    self._covered[key] = now
+                    if (w.dag, w.run_id) in found:
+                        wake[key] = found[(w.dag, w.run_id)]
+        woken = self.parking.wake(wake)
         if woken:
-            log.debug("watcher: %d run(s) ended, %d window(s) woken", len(runs), woken)
+            log.debug("watcher: %d window(s) woken", woken)
+
+    def _listed(self, runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        self._counted()
+        return {(r["dag_id"], r["dag_run_id"]): r for r in runs}
 
     def _counted(self) -> None:
         self.lists += 1

@@ -215,7 +215,7 @@ class FakeAirflow:
                             key=lambda r: -(r.end or 0), limit=limit)  # fmt: skip
 
     def ended_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
-        """The watcher's list (``POST /dags/~/dagRuns/list``), as Airflow's JSON."""
+        """The watcher's list of runs ended since (``POST /dags/~/dagRuns/list``), as Airflow's JSON."""
         self._enter("ended_runs")
         out = [_json(r.info(self.world.t)) for d in dag_ids if d in self.runs for r in self.runs[d].values()
                if r.state in ("success", "failed") and r.end is not None and r.end >= since]  # fmt: skip

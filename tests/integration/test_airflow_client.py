@@ -53,28 +53,31 @@ def test_one_run_per_logical_date_is_a_conflict(orch):
     assert [r.run_id for r in orch.airflow.runs_at("etl_users", w.start)] == ["manual__ld_probe_a"]
 
 
-def test_the_watchers_lists_filter_by_dags_states_and_dates(orch):
-    """The watcher's two requests (``POST /dags/~/dagRuns/list``), against Airflow 3.3: runs of
-    the DAGs named, started or ended since a time, in the states asked."""
+def test_the_watchers_list_filters_by_dags_states_and_start(orch):
+    """The watcher's requests (``POST /dags/~/dagRuns/list``), against Airflow 3.3: the runs of
+    the DAGs named that started since a time, running or ended, and those that ended since a
+    time, with their dates and state."""
     af = orch.airflow
     before = time.time() - 5  # our clock and Airflow's are one machine's here
     w = window_spec("2011-08-01", "2011-08-01", "daily").window(0)
-    af.trigger("etl_users", "manual__watch_probe", w, conf={"sleep": 2})
+    af.trigger("etl_users", "manual__watch_probe", w, conf={"sleep": 4})
     w2 = window_spec("2011-08-02", "2011-08-02", "daily").window(0)
     af.trigger("etl_orders", "manual__watch_probe", w2, conf={"sleep": 0})
 
-    def ids(listed):
-        return {(r["dag_id"], r["dag_run_id"]) for r in listed if r["dag_run_id"] == "manual__watch_probe"}
+    def probe(dags, since):
+        return [r for r in af.started_runs_json(dags, since=since) if r["dag_run_id"] == "manual__watch_probe"]
 
-    started = wait_for(lambda: ids(af.started_runs_json(["etl_users"], since=before)), 90, "the probe started")
-    assert started == {("etl_users", "manual__watch_probe")}  # etl_orders was not asked for
-    wait_for(lambda: af.get_run("etl_users", "manual__watch_probe").state == "success", 90, "the probe ended")
-    ended = af.ended_runs_json(["etl_users", "etl_orders"], since=before)
-    assert ("etl_users", "manual__watch_probe") in ids(ended)
-    (run,) = [r for r in ended if r["dag_id"] == "etl_users" and r["dag_run_id"] == "manual__watch_probe"]
-    assert run["state"] == "success" and run["end_date"] and run["start_date"]
-    assert ids(af.ended_runs_json(["etl_users"], since=time.time() + 60)) == set()  # ended before that
-    assert ids(af.started_runs_json(["etl_users"], since=time.time() + 60)) == set()
+    running = wait_for(lambda: [r for r in probe(["etl_users"], before) if r["state"] == "running"], 90, "running")
+    assert [r["dag_id"] for r in running] == ["etl_users"]  # etl_orders was not asked for
+    ended = wait_for(lambda: [r for r in probe(["etl_users", "etl_orders"], before) if r["dag_id"] == "etl_users"
+                              and r["state"] == "success"], 90, "ended")  # fmt: skip
+    assert ended[0]["start_date"] and ended[0]["end_date"] and ended[0]["queued_at"]
+    assert probe(["etl_users"], time.time() + 60) == []  # started before that
+    # The other list: runs ended since a time, in the states asked.
+    done = [r for r in af.ended_runs_json(["etl_users"], since=before) if r["dag_run_id"] == "manual__watch_probe"]
+    assert [(r["dag_id"], r["state"]) for r in done] == [("etl_users", "success")]
+    assert [r for r in af.ended_runs_json(["etl_users"], since=time.time() + 60)
+            if r["dag_run_id"] == "manual__watch_probe"] == []  # fmt: skip
 
 
 def _token(stack) -> str:

@@ -29,8 +29,10 @@ class EndedRuns:
 
     def started_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
         self.asked.append(("started", dag_ids, since))
-        return [{"dag_id": d, "dag_run_id": r, "state": "running", "start_date": "2026-12-01T00:00:00Z"}
-                for d, r in sorted(self.started) if d in dag_ids]  # fmt: skip
+        out = [{"dag_id": d, "dag_run_id": r, "state": "success"} for d, r in sorted(self.ended) if d in dag_ids]
+        out += [{"dag_id": d, "dag_run_id": r, "state": "running", "start_date": "2026-12-01T00:00:00Z"}
+                for d, r in sorted(self.started - self.ended) if d in dag_ids]  # fmt: skip
+        return out
 
 
 def _parking(client: redis.Redis) -> Parking:
@@ -89,10 +91,11 @@ def test_the_watcher_wakes_the_windows_whose_run_started_or_ended(scratch_redis:
     p.park(window_key("bf-1", "c", 0), {"w": "c"}, 100.0, Watched("c", "bf-1__x", now, running=True))
     watcher = _watcher(p, airflow, out)
     assert not p.alive()
-    airflow.started.add(("b", "bf-1__x"))
+    airflow.started.update({("b", "bf-1__x"), ("c", "bf-1__x")})
     watcher.tick()
     assert p.alive() and out == [{"w": "b"}]  # b started: it records so (c was seen running already)
-    assert [(what, dags) for what, dags, _ in airflow.asked] == [("started", ["a", "b"]), ("ended", ["a", "b", "c"])]
+    # Starts for the runs not seen started; ends for every run that may have ended (nothing learnt).
+    assert [(what, dags) for what, dags, _ in airflow.asked] == [("started", ["a", "b"]), ("ended", ["a", "c"])]
     assert all(since <= now for _, _, since in airflow.asked)
     assert p.ended(window_key("bf-1", "b", 0)) == {"dag_id": "b", "dag_run_id": "bf-1__x", "state": "running",
                                                    "start_date": "2026-12-01T00:00:00Z"}  # fmt: skip
@@ -159,7 +162,7 @@ def test_only_the_dags_of_runs_due_are_listed(scratch_redis: redis.Redis) -> Non
     p.park(window_key("bf-1", "slow", 0), {"w": 2}, 100.0, Watched("slow", "bf-1__x", now, running=True))
     watcher = _watcher(p, airflow, out)
     watcher.tick()
-    assert [(what, dags) for what, dags, _ in airflow.asked] == [("ended", ["fast"])]
+    assert [(what, dags) for what, dags, _ in airflow.asked] == [("ended", ["fast"])]  # slow: a minute from its end
     time.sleep(1.2)
     watcher.tick()  # covered 1.2 s ago: the next list reaches back from then, not from the trigger
     assert airflow.asked[1][1] == ["fast"] and airflow.asked[1][2] > airflow.asked[0][2] + 1
