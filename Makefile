@@ -15,7 +15,7 @@ test: setup
 	.venv/bin/mypy
 	.venv/bin/python -m pytest -q
 
-# The benchmarks (bench/, about 20 minutes): exits non-zero when a target is missed and writes
+# The benchmarks (bench/, about 35 minutes): exits non-zero when a target is missed and writes
 # the table into docs/performance.md.
 bench: setup
 	@bash scripts/bootstrap.sh

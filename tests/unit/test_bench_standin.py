@@ -53,3 +53,19 @@ def test_runs_go_queued_running_success_and_dates_are_unique(standin: tuple[Stan
     client.fail_run("bench_000", "bf-1__2010-01-01T00:00:00+00:00")
     assert client.get_run("bench_000", "bf-1__2010-01-01T00:00:00+00:00").state == "failed"
     assert st.max_active == 1 and st.stats()["requests"] == client.requests
+
+
+def test_the_watchers_lists(standin: tuple[Standin, AirflowClient]) -> None:
+    """``POST /dags/~/dagRuns/list`` as the watcher asks it: runs started since, or ended since."""
+    st, client = standin
+    before = time.time() - 1
+    start = datetime(2010, 2, 1, tzinfo=UTC)
+    client.trigger("bench_000", "bf-2__a", Window(start, start + timedelta(days=1)), conf={})
+    time.sleep(0.2)
+    started = client.started_runs_json(["bench_000"], since=before)
+    assert [(r["dag_run_id"], r["state"]) for r in started] == [("bf-2__a", "running")]
+    assert client.ended_runs_json(["bench_000"], since=before) == []
+    time.sleep(0.3)
+    assert [r["state"] for r in client.ended_runs_json(["bench_000"], since=before)] == ["success"]
+    assert client.ended_runs_json(["bench_000"], since=time.time() + 5) == []
+    assert client.started_runs_json(["other"], since=before) == []
