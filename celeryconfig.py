@@ -25,6 +25,8 @@ BACKFILL_LATE_MARGIN           60                           how late a countdown
 BACKFILL_POLL_MIN              0.05                         shortest wait between looks at a run
 BACKFILL_POLL_MAX              60                           longest wait between looks at a run
 BACKFILL_BUSY_POLL             3                            wait between looks at a busy/locked DAG
+BACKFILL_WATCH_EVERY           1                            longest between two rounds of the watcher (0: off)
+BACKFILL_WATCH_FALLBACK        100                          a parked window's own look, should the watcher miss its run
 BACKFILL_RETRY_MAX             60                           longest backoff after a transient error
 BACKFILL_GIVE_UP_AFTER         3600                         a window fails after an outage (or a stall) this long
 BACKFILL_VISIBILITY_TIMEOUT    1800                         Redis redelivers unacked messages after it

@@ -156,7 +156,7 @@ def test_bench_cli():
     # The arguments `make bench` and docs/performance.md pass.
     from bench.__main__ import parse_args
 
-    assert parse_args(["--write-docs"]).which == ["b1", "b2", "b3", "b4"]
+    assert parse_args(["--write-docs"]).which == ["b1", "b2", "b3", "b4", "b5"]
     assert (parse_args(["b1", "b2", "--rounds", "5"]).which, parse_args([]).rounds) == (["b1", "b2"], 7)
     bad = subprocess.run([sys.executable, "-m", "bench", "b9"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "invalid choice: 'b9'" in bad.stderr

@@ -57,7 +57,7 @@ def test_runs_go_queued_running_success_and_dates_are_unique(standin: tuple[Stan
 
 def test_the_watchers_lists(standin: tuple[Standin, AirflowClient]) -> None:
     """``POST /dags/~/dagRuns/list`` as the watcher asks it: runs started since, or ended since."""
-    st, client = standin
+    _, client = standin
     before = time.time() - 1
     start = datetime(2010, 2, 1, tzinfo=UTC)
     client.trigger("bench_000", "bf-2__a", Window(start, start + timedelta(days=1)), conf={})
