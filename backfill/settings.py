@@ -34,7 +34,7 @@ class Settings:
     poll_min: float = 0.05  # shortest wait between two looks at a running run
     poll_max: float = 60.0  # longest wait between two looks at a running run
     busy_poll: float = 3.0  # wait between two looks at a busy or locked DAG
-    watch_every: float = 1.0  # the watcher lists the ended runs this often (backfill.watch); 0: no watcher
+    watch_every: float = 1.0  # longest between two watcher rounds (backfill.watch); 0: no watcher
     watch_fallback: float = 100.0  # with a watcher alive, a window in flight looks itself this often (watched_wait)
     retry_max: float = 60.0  # longest backoff after a transient Airflow error
     give_up_after: float = 3600.0  # a window fails after Airflow is unreachable this long

@@ -220,7 +220,6 @@ class Watcher:
         self.ceiling = ceiling  # the longest between two lists while a run is watched
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         self.lists = 0  # list requests sent
-        self.published = 0
         self._forget()
 
     def _forget(self) -> None:
@@ -364,7 +363,6 @@ class Watcher:
             finally:
                 self.parking.done(sent)
             count += len(sent)
-            self.published += len(sent)
             if len(claimed) < CLAIM_BATCH:
                 return count
 
