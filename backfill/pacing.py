@@ -56,11 +56,19 @@ class Pace:
 
 
 def next_look(
-    pace: Pace, elapsed: float, *, started: float | None = None, floor: float, ceiling: float, lead: float = 1.0
+    pace: Pace,
+    elapsed: float,
+    *,
+    started: float | None = None,
+    floor: float,
+    ceiling: float,
+    lead: float = 1.0,
+    unlearnt: float = UNLEARNT,
 ) -> float:
     """Seconds until the next look at a run triggered ``elapsed`` s ago (``started``: s after the
     trigger at which Airflow started it, once seen), within [``floor``, ``ceiling``]. ``lead``:
-    how many deviations before the expected end the first look comes (negative: after it)."""
+    how many deviations before the expected end the first look comes (negative: after it);
+    ``unlearnt``: with nothing learnt, the share of the time waited until the next look."""
     expected: float | None
     dev: float | None
     scale: float | None
@@ -80,7 +88,7 @@ def next_look(
             # Later than usual: back off with the delay, at most half of it lost again.
             delay = max(tick, 0.5 * (elapsed - expected))
     else:
-        delay = max(UNLEARNT * elapsed, 1.0)
+        delay = max(unlearnt * elapsed, 1.0)
     return min(ceiling, max(floor, delay))
 
 

@@ -648,12 +648,7 @@ class WindowRunner:
             self._flying = True
         code = self.record.transition_code(params, dag, idx, state, reason=reason, force=force, **extra)
         if code == 2:
-            fields = {
-                "backfill_id": params.backfill_id, "dag_id": dag, "window_start": window.start.isoformat(),
-                "window_end": window.end.isoformat(), "seq": params.seq_of(idx, dag) + 1, "of": params.count(dag),
-                "state": state, "run_id": extra.get("run"), "duration": extra.get("duration"), "reason": reason,
-            }  # fmt: skip
-            log.info(format_line(params, dag, idx, window, state, reason=reason, **extra), extra={"backfill": fields})
+            log_change(params, dag, idx, window, state, reason=reason, **extra)
         return code
 
     # -- polling --------------------------------------------------------------------------
@@ -682,7 +677,14 @@ class WindowRunner:
         ``watch_fallback``, should the watcher miss it), or, with no watcher alive, at the next
         paced look."""
         if self.parking is not None and self.settings.watch_every and self.parking.alive():
-            since = (rec.triggered_at or self.clock.now()) - rec.skew  # on Airflow's clock: it lists by its dates
+            # On Airflow's clock: it lists by its dates. A run this window follows without having
+            # triggered it (found after a lost trigger answer) dates from its own queueing.
+            if rec.triggered_at:
+                since = rec.triggered_at - rec.skew
+            elif run is not None and run.queued_at is not None:
+                since = run.queued_at.timestamp()
+            else:
+                since = self.clock.now() - rec.skew
             running = run is not None and run.state == RunState.RUNNING
             return Step(done=False, delay=self.settings.watched_wait, watch=Watched(self._dag, run_id, since, running))
         return Step(done=False, delay=max(at_least, self._poll_delay(rec, elapsed, run)))
@@ -769,3 +771,39 @@ def format_line(
     if reason:
         parts.append(f"reason={reason}")
     return " ".join(parts)
+
+
+def record_started(record: Record, key: str, run: dict[str, Any]) -> bool:
+    """The watcher saw a watched window's run running (``backfill.watch``): record it running,
+    as the window's own look would have, without waking the window (a start costs no task
+    execution). Only a window still ``triggered`` with this run moves: a window that moved on
+    meanwhile (its end seen, cancelled, a retry waiting) is left as it is. True if recorded."""
+    bf, dag, seq = key.rsplit("/", 2)
+    params = record.params(bf)
+    idx = params.index_at(int(seq), dag)
+    rec = record.window(bf, dag, idx)
+    if rec.state != WindowState.TRIGGERED or rec.run != run.get("dag_run_id"):
+        return False
+    run_info = RunInfo.from_json(run)
+    queued = run_info.queued_at
+    if queued is not None and rec.triggered_at and queued.timestamp() + rec.skew < rec.triggered_at - QUEUED_SLACK:
+        return False  # an earlier attempt's run as listed (a retry clears the same run id)
+    code = record.transition_code(
+        params, dag, idx, WindowState.RUNNING, run=rec.run, started=_iso(run_info.start_date),
+        expect=("state", WindowState.TRIGGERED),
+    )  # fmt: skip
+    if code == 2:
+        log_change(params, dag, idx, params.spec.window(idx), WindowState.RUNNING, run=rec.run)
+    return code == 2
+
+
+def log_change(
+    params: BackfillParams, dag: str, idx: int, window: Window, state: str, *, reason: str | None = None, **extra: Any
+) -> None:
+    """The log line of a window's state change (``format_line``), with its fields for JSON logs."""
+    fields = {
+        "backfill_id": params.backfill_id, "dag_id": dag, "window_start": window.start.isoformat(),
+        "window_end": window.end.isoformat(), "seq": params.seq_of(idx, dag) + 1, "of": params.count(dag),
+        "state": state, "run_id": extra.get("run"), "duration": extra.get("duration"), "reason": reason,
+    }  # fmt: skip
+    log.info(format_line(params, dag, idx, window, state, reason=reason, **extra), extra={"backfill": fields})

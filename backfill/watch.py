@@ -7,12 +7,13 @@ its DAG taught, ``backfill.pacing``). With it:
   (the message a Celery retry would publish: same task id, kwargs, rest of the chain, stamps),
   with a deadline (``Settings.watched_wait``: its own look, should nothing wake it sooner);
 - the watcher, a thread in every worker's main process of which one at a time holds a lease,
-  asks when a watched run is due for a look (its start a second after its trigger; its end by
-  its DAG's pace, ``backfill.pacing``) a list for it and for every run of its kind that may
-  have started or ended by now (``POST /api/v2/dags/~/dagRuns/list``: many DAGs, by state and
-  by start or end date). It wakes each window whose run it lists ended, or running and not yet
-  seen so, with the run as listed (the woken step reads it instead of asking Airflow), and
-  publishes every due message.
+  asks when a watched run is due for a look (its end by its DAG's pace, ``backfill.pacing``;
+  the start of a long run just after its DAG's usual start delay) a list for it and for every
+  run that may have started or ended by now (``POST /api/v2/dags/~/dagRuns/list``: many DAGs,
+  by state and by start or end date; with a few runs watched, one list for all). It wakes each
+  window whose run it lists ended, with the run as listed (the woken step reads it instead of
+  asking Airflow), records ``running`` the windows whose run it lists started
+  (``backfill.runner.record_started``: no task execution), and publishes every due message.
 
 So a window costs its busy check and its trigger, and its share of lists that serve every
 window in flight: a few DAGs cost what their own looks would, a thousand DAGs a few requests
@@ -60,6 +61,29 @@ ENDED = ("success", "failed")  # the states of a run that ended
 CLAIM_LEASE = 60.0  # seconds a claimed message waits for its publish before it is due again
 CLAIM_BATCH = 500  # messages claimed per script call
 END_MARGIN = 5.0  # the end dates listed reach back this far before the last list (commit delays, skew)
+# Rounds are at least this far apart, plus a little per run watched: a few runs are looked at when
+# due to the tenth of a second (a late look costs a DAG its next scheduler loop, bench B1), a
+# thousand share each list more and cost the main process less (B4).
+MIN_GAP = 0.05
+GAP_PER_RUN = 0.0005
+# A run expected to take less than this (trigger to end) gets no look of its own for its start
+# (each costs a request, bench B2): with a few runs watched, any list made while it runs records
+# it running for free; otherwise its end records it.
+START_WORTH = 120.0
+# After a look that found a run still running, the next look at it comes at least this much later
+# (twice as much for a look that serves it alone: a run's length varies by about a scheduler loop).
+END_TICK = 0.25
+SHARED_WITHIN = 1.0  # s: runs expected to end this close share a look (``Watcher._shared``)
+# With nothing learnt, the next look comes after this share of the time waited: among a few DAGs,
+# a first window's end is seen at most this share of its length late, for few looks; among many,
+# every list covers such runs anyway (``Watcher._in_reach``).
+UNLEARNT = 0.3
+START_MARGIN = 0.25  # s after the run's usual start that its first start look comes
+# Up to this many runs watched, one list answers for all (their DAGs' runs started since the
+# oldest trigger: starts and ends at once, a few runs per DAG); more, and a round asks only the
+# DAGs of runs due, in a list of starts and a list of ends that stay short at a thousand DAGs.
+ONE_LIST = 20
+ONE_LIST_RUNS = 50  # ... as long as that list stays this short
 
 
 def window_key(backfill_id: str, dag: str, seq: int) -> str:
@@ -71,7 +95,7 @@ class Watched:
     dag: str
     run_id: str
     since: float  # when the run was triggered (the window's clock)
-    running: bool = False  # the window has seen it started (else the watcher wakes it at its start too)
+    running: bool = False  # the window has seen it started (else the watcher may record it started)
 
 
 class Parking:
@@ -94,6 +118,7 @@ class Parking:
         self._wake = client.register_script(source("park_wake"))
         self._alive = client.register_script(source("watch_alive"))
         self._alive_until = 0.0  # this process's cached answer of alive()
+        self._decoded: dict[bytes | str, Watched] = {}  # watched(): entries as last read
 
     # -- windows ----------------------------------------------------------------------------
 
@@ -166,10 +191,17 @@ class Parking:
         return _text(value) if value else None
 
     def watched(self) -> dict[str, Watched]:
+        """Every parked window's run. Read at every round of the watcher: entries unchanged since
+        the last read are not decoded again (a thousand per round at a thousand DAGs)."""
         out = {}
+        seen: dict[bytes | str, Watched] = {}
         for key, raw in self._redis.hgetall(self.k_run).items():
-            dag, run_id, since, running = json.loads(raw)
-            out[_text(key)] = Watched(dag, run_id, float(since), bool(running))
+            known = self._decoded.get(raw)
+            if known is None:
+                dag, run_id, since, running = json.loads(raw)
+                known = Watched(dag, run_id, float(since), bool(running))
+            seen[raw] = out[_text(key)] = known
+        self._decoded = seen
         return out
 
     def paces(self, pairs: list[tuple[str, str]]) -> list[Pace]:
@@ -204,29 +236,38 @@ class Watcher:
     windows, publish every due message (``publish``: Celery's, in a worker).
 
     A round's lists are asked only when a watched run is due for a look by its DAG's pace
-    (``backfill.pacing``: around its expected end; its start a second after its trigger, then
-    backing off): one list serves every watched run, so a few DAGs cost what their own looks
-    would and a thousand DAGs no more than a few lists a second."""
+    (``backfill.pacing``: around its expected end; a long run's start just after its DAG's
+    usual start delay, then backing off): one list serves every watched run, so a few DAGs
+    cost what their own looks would and a thousand DAGs no more than a few lists a second."""
 
     def __init__(
         self, *, parking: Parking, airflow: AirflowClient, publish: Callable[[dict[str, Any]], None],
         every: float = 1.0, ceiling: float = 60.0, holder: str | None = None,
+        started: Callable[[str, dict[str, Any]], Any] | None = None, one_list: int = ONE_LIST,
     ) -> None:  # fmt: skip
         self.parking = parking
         self.airflow = airflow
         self.publish = publish
         self.every = every  # the longest between two rounds (new windows, due messages)
-        self.min_gap = every / 4  # the shortest between two rounds with lists
+        self.min_gap = min(every, MIN_GAP)  # the shortest between two rounds (more with more runs watched)
         self.ceiling = ceiling  # the longest between two lists while a run is watched
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         self.lists = 0  # list requests sent
+        # Records a run seen running (``backfill.runner.record_started``): its window sleeps on.
+        # None: the window is woken to record it itself (a task execution per start).
+        self.started = started
+        self.one_list = one_list  # up to this many runs watched, one list for all (``_one_list``)
         self._forget()
 
     def _forget(self) -> None:
         self._next: dict[str, float] = {}  # per watched window: when its pace says to look for its end
         self._start_next: dict[str, float] = {}  # per window not seen started: when to look for its start
-        self._started: dict[str, float] = {}  # windows woken at their run's start: its start (epoch s)
+        self._started: dict[str, float] = {}  # windows whose run was seen started: its start (epoch s)
         self._covered: dict[str, float] = {}  # per watched window: when a list of ends last covered its DAG
+        self._pace: dict[str, Pace] = {}  # per watched window: its DAG's pace (re-read while nothing is learnt)
+        self._since: dict[str, float] = {}  # per watched window: the trigger its memos are about
+        self._crowded: float | None = None  # the one list from this date was long: two lists until it moves
+        self._gap = self.min_gap
 
     @property
     def lease_ttl(self) -> float:
@@ -245,9 +286,14 @@ class Watcher:
             self._publish_due()
             watched = self.parking.watched()
             now = self.parking.clock.now()
-            for memo in (self._next, self._start_next, self._started, self._covered):
-                for key in [k for k in memo if k not in watched]:
-                    del memo[key]
+            self._gap = min(self.every, self.min_gap + GAP_PER_RUN * len(watched))
+            # A window gone, or parked again for another attempt (a retry: the same key, a new
+            # trigger), starts afresh.
+            stale = [k for k, since in self._since.items() if k not in watched or watched[k].since != since]
+            for memo in (self._next, self._start_next, self._started, self._covered, self._pace, self._since):
+                for key in stale:
+                    memo.pop(key, None)
+            self._since.update((k, w.since) for k, w in watched.items())
             if watched:
                 self._wake(watched, now)
             else:
@@ -257,7 +303,7 @@ class Watcher:
             if self.parking.lease(self.holder, self.lease_ttl):
                 self._publish_due()
         soonest = min([*self._next.values(), *self._start_next.values()], default=now + self.every)
-        return min(self.every, max(self.min_gap, soonest - self.parking.clock.now()))
+        return min(self.every, max(self._gap, soonest - self.parking.clock.now()))
 
     def _paces(self, keys: list[str], watched: dict[str, Watched]) -> list[Pace]:
         return self.parking.paces([(k.split("/")[0], watched[k].dag) for k in keys])
@@ -271,77 +317,174 @@ class Watcher:
             return w.since + pace.total, pace.total_dev or 0.1 * pace.total
         return None, 0.0
 
-    def _end_look(self, key: str, w: Watched, pace: Pace, now: float) -> float:
-        """The next look at the run's end. A list costs one request whatever it answers for, so
-        the first look comes a little after the expected end rather than before (one look
-        usually sees it ended), and a run with nothing learnt is listed every round."""
+    def _end_look(self, key: str, w: Watched, pace: Pace, now: float, watched: dict[str, Watched]) -> float:
+        """The next look at the run's end. A list costs one request whatever it answers for: a
+        look for this run alone comes a little after the expected end (one look usually sees it
+        ended), a shared one from a deviation before it. A run with nothing learnt is looked at
+        two seconds after its trigger, then after 30 % of the time waited (``UNLEARNT``), and is
+        covered by every list of ends meanwhile (``_in_reach``): among many DAGs, every round.
+        Before the expected end no look is needed (the window's own deadline still holds); after
+        it, looks back off to at most ``ceiling`` apart."""
         start = self._started.get(key)
         started = start - w.since if start is not None else None
-        ceiling = self.ceiling if pace.total is not None else min(self.ceiling, self.every)
-        return now + next_look(pace, max(0.0, now - w.since), started=started, floor=self.min_gap,
-                               ceiling=ceiling, lead=-0.5)  # fmt: skip
+        elapsed = max(0.0, now - w.since)
+        expected, _ = self._expected(key, w, pace)
+        # Before the expected end, nothing to look for (the window's own deadline still holds).
+        ceiling = self.ceiling if expected is None or now >= expected else float("inf")
+        if expected is None and len(watched) > self.one_list:
+            ceiling = min(ceiling, self.every)  # among many, a list serves it every round anyway
+        # A look that serves other runs too (ending about then, or many watched) costs each a
+        # share of one request: from a deviation before the expected end, as a window's own
+        # looks would (a late look costs a DAG its next scheduler loop, bench B1). A look for
+        # this run alone comes after it, where one list usually sees it ended: half a deviation
+        # once its start is known, a whole one from its trigger (the scheduler's loop that
+        # started it varies).
+        shared = self._shared(key, expected, watched)
+        lead = 1.0 if shared else -0.5 if started is not None and pace.run else -1.0
+        tick = END_TICK if shared else 2 * END_TICK
+        delay = next_look(pace, elapsed, started=started, floor=max(self._gap, tick), ceiling=ceiling,
+                          lead=lead, unlearnt=UNLEARNT)  # fmt: skip
+        if pace.total is None:  # no run ends before it started and ran a task
+            delay = max(delay, 2 * SCHEDULER_START - elapsed)
+        return now + delay
+
+    def _shared(self, key: str, expected: float | None, watched: dict[str, Watched]) -> bool:
+        """Whether a look at this run's end would serve others too: many runs watched, or another
+        run expected to end within a second of it."""
+        if len(watched) > self.one_list:
+            return True
+        if expected is None:
+            return False
+        for other, w in watched.items():
+            if other != key and other in self._pace:
+                theirs, _ = self._expected(other, w, self._pace[other])
+                if theirs is not None and abs(theirs - expected) <= SHARED_WITHIN:
+                    return True
+        return False
 
     def _in_reach(self, key: str, w: Watched, pace: Pace, now: float) -> bool:
         """Whether the run may have ended by now (a list asked for another DAG covers it too)."""
         expected, dev = self._expected(key, w, pace)
         return expected is None or now >= expected - dev
 
-    def _start_look(self, key: str, w: Watched, now: float) -> float | None:
+    def _start_look(self, key: str, w: Watched, pace: Pace, now: float) -> float | None:
         """The next look for the run's start, until it is seen (``status`` then shows it
-        running): a second after the trigger, then backing off (a busy Airflow starts it late)."""
-        if w.running or key in self._started:
+        running): just after its DAG's usual start delay (a second if nothing is learnt), then
+        backing off (a busy Airflow starts it late). None: no look (seen, or a short run)."""
+        if w.running or key in self._started or (pace.total is not None and pace.total < START_WORTH):
+            self._start_next.pop(key, None)  # (a stale time would pin the rounds to their shortest gap)
             return None
-        at = self._start_next.setdefault(key, w.since + SCHEDULER_START)
+        delay = pace.total - pace.run if pace.total is not None and pace.run is not None else SCHEDULER_START
+        at = self._start_next.setdefault(key, w.since + max(0.0, delay) + START_MARGIN)
         return at if at > now else now
 
     def _wake(self, watched: dict[str, Watched], now: float) -> None:
         """Ask Airflow when a watched run is due for a look (its start, or its end by its DAG's
-        pace), in at most two lists that answer for every run of the DAGs asked: the runs started
-        since the oldest of their triggers (for runs not yet seen started), and the runs ended
-        since the last list that covered them (for runs due, and every run that may have ended by
-        now). Both stay small at a thousand DAGs: only recent starts and ends come back. Each
-        window whose run ended, or runs and was not yet seen so, is woken with its run as listed."""
+        pace): with a few runs watched, one list for all (``_one_list``); with more, at most two
+        lists that answer for every run of the DAGs asked (``_list_starts``, ``_list_ends``),
+        which stay small at a thousand DAGs: only recent starts and ends come back. Each window
+        whose run ended is woken with its run as listed; a run seen running is recorded so."""
         new = [k for k in watched if k not in self._next]
-        for key, pace in zip(new, self._paces(new, watched), strict=True):
-            self._next[key] = self._end_look(key, watched[key], pace, watched[key].since)
-        starts = {k: self._start_look(k, w, now) for k, w in watched.items()}
+        self._pace.update(zip(new, self._paces(new, watched), strict=True))
+        for key in new:
+            self._next[key] = self._end_look(key, watched[key], self._pace[key], watched[key].since, watched)
+        starts = {k: self._start_look(k, w, self._pace[k], now) for k, w in watched.items()}
         start_due = {k for k, t in starts.items() if t is not None and t <= now}
         end_due = {k for k in watched if self._next[k] <= now}
         if not start_due and not end_due:
             return
         wake: dict[str, dict[str, Any]] = {}
-        if start_due:
-            asked = {watched[k].dag for k in start_due}
-            waiting = {k: w for k, w in watched.items() if starts[k] is not None and w.dag in asked}
-            since = min(w.since for w in waiting.values()) - END_MARGIN
-            found = self._listed(self.airflow.started_runs_json(sorted(asked), since=since))
-            for key, w in waiting.items():
-                run = found.get((w.dag, w.run_id))
-                if run is None:  # still queued: look again, backing off (a busy Airflow starts it late)
-                    self._start_next[key] = now + min(self.ceiling, max(self.min_gap, 0.5 * (now - w.since)))
-                    continue
-                wake[key] = run
-                start = _epoch(run.get("start_date"))
-                self._started[key] = start if start is not None else now
-                self._start_next.pop(key, None)
-        if end_due:
-            keys = [k for k in watched if k not in wake]
-            paces = dict(zip(keys, self._paces(keys, watched), strict=True))
-            asked = {watched[k].dag for k in keys if k in end_due or self._in_reach(k, watched[k], paces[k], now)}
-            covered = {k: watched[k] for k in keys if watched[k].dag in asked}
-            if covered:
-                since = min(self._covered.get(k, w.since) for k, w in covered.items()) - END_MARGIN
-                found = self._listed(self.airflow.ended_runs_json(sorted(asked), since=since))
-                for key, w in covered.items():
-                    self._next[key] = self._end_look(key, w, paces[key], now)
-                    self._covered[key] = now
-                    if (w.dag, w.run_id) in found:
-                        wake[key] = found[(w.dag, w.run_id)]
+        recorded: dict[str, dict[str, Any]] = {}  # seen running: recorded so, the window sleeps on
+        oldest = min(w.since for w in watched.values()) - END_MARGIN
+        if len(watched) <= self.one_list and self._crowded != oldest:
+            self._one_list(watched, starts, now, wake, recorded)
+        else:
+            if start_due:
+                self._list_starts(watched, starts, start_due, now, wake, recorded)
+            if end_due:
+                self._list_ends(watched, end_due, now, wake)
+        for key, run in recorded.items():
+            try:
+                if self.started is not None:
+                    self.started(key, run)
+            except Exception as exc:  # looked for again; the others are recorded
+                self._started.pop(key, None)
+                log.warning("watcher: could not record %s running (%r)", key, exc)
         woken = self.parking.wake(wake)
         if woken:
             log.debug("watcher: %d window(s) woken", woken)
 
+    def _one_list(self, watched: dict[str, Watched], starts: dict[str, float | None], now: float,
+                  wake: dict[str, dict[str, Any]], recorded: dict[str, dict[str, Any]]) -> None:  # fmt: skip
+        """A few runs watched: one list answers for all of them, starts and ends at once (every
+        run of their DAGs started since the oldest trigger: a few runs each)."""
+        since = min(w.since for w in watched.values()) - END_MARGIN
+        runs = self.airflow.started_runs_json(sorted({w.dag for w in watched.values()}), since=since)
+        # Long: a run watched for long next to fast DAGs (every run since its trigger comes back).
+        self._crowded = since if len(runs) > ONE_LIST_RUNS else None
+        found = self._listed(runs)
+        self._refresh_unlearnt(list(watched), watched)
+        for key, w in watched.items():
+            run = found.get((w.dag, w.run_id))
+            if run is not None and run.get("state") in ENDED:
+                wake[key] = run
+            elif run is not None and not w.running and key not in self._started:  # free: record it
+                self._seen_started(key, run, now, wake, recorded)
+            elif run is None and starts[key] is not None and starts[key] <= now:  # type: ignore[operator]
+                self._start_next[key] = now + min(self.ceiling, max(self._gap, 0.5 * (now - w.since)))
+            self._next[key] = self._end_look(key, w, self._pace[key], now, watched)
+
+    def _list_starts(self, watched: dict[str, Watched], starts: dict[str, float | None], due: set[str], now: float,
+                     wake: dict[str, dict[str, Any]], recorded: dict[str, dict[str, Any]]) -> None:  # fmt: skip
+        """Many runs watched: the runs started since the oldest trigger of the DAGs whose start
+        is due (only those: at a thousand DAGs, every running run would be pages long)."""
+        asked = {watched[k].dag for k in due}
+        waiting = {k: w for k, w in watched.items() if starts[k] is not None and w.dag in asked}
+        since = min(w.since for w in waiting.values()) - END_MARGIN
+        found = self._listed(self.airflow.started_runs_json(sorted(asked), since=since))
+        for key, w in waiting.items():
+            run = found.get((w.dag, w.run_id))
+            if run is None:  # still queued: look again, backing off (a busy Airflow starts it late)
+                self._start_next[key] = now + min(self.ceiling, max(self._gap, 0.5 * (now - w.since)))
+            else:
+                self._seen_started(key, run, now, wake, recorded)
+
+    def _seen_started(self, key: str, run: dict[str, Any], now: float, wake: dict[str, dict[str, Any]],
+                      recorded: dict[str, dict[str, Any]]) -> None:  # fmt: skip
+        start = _epoch(run.get("start_date"))
+        self._started[key] = start if start is not None else now
+        self._start_next.pop(key, None)
+        if run.get("state") in ENDED or self.started is None:
+            wake[key] = run
+        else:
+            recorded[key] = run
+
+    def _list_ends(self, watched: dict[str, Watched], due: set[str], now: float,
+                   wake: dict[str, dict[str, Any]]) -> None:  # fmt: skip
+        """Many runs watched: the runs ended since the last list that covered them, of the DAGs
+        of runs due and of every run that may have ended by now."""
+        keys = [k for k in watched if k not in wake]
+        self._refresh_unlearnt(keys, watched)
+        paces = {k: self._pace[k] for k in keys}
+        asked = {watched[k].dag for k in keys if k in due or self._in_reach(k, watched[k], paces[k], now)}
+        covered = {k: watched[k] for k in keys if watched[k].dag in asked}
+        if not covered:
+            return
+        since = min(self._covered.get(k, w.since) for k, w in covered.items()) - END_MARGIN
+        found = self._listed(self.airflow.ended_runs_json(sorted(asked), since=since))
+        for key, w in covered.items():
+            self._next[key] = self._end_look(key, w, paces[key], now, watched)
+            self._covered[key] = now
+            if (w.dag, w.run_id) in found:
+                wake[key] = found[(w.dag, w.run_id)]
+
+    def _refresh_unlearnt(self, keys: list[str], watched: dict[str, Watched]) -> None:
+        """Re-read the pace of runs with nothing learnt yet: an earlier window may have taught it."""
+        unlearnt = [k for k in keys if self._pace[k].total is None]
+        self._pace.update(zip(unlearnt, self._paces(unlearnt, watched), strict=True))
+
     def _listed(self, runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        log.debug("watcher: %d run(s) listed", len(runs))
         self._counted()
         return {(r["dag_id"], r["dag_run_id"]): r for r in runs}
 

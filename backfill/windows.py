@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 
 from dateutil import parser as dtparser
@@ -128,6 +128,7 @@ class WindowSpec:
     zone: tzinfo
     anchor: datetime  # naive local wall time of the calendar unit containing ``start``
     count: int
+    _cache: dict[int, Window] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _boundary(self, i: int) -> datetime:
         if self.batch == "hourly":
@@ -137,11 +138,17 @@ class WindowSpec:
         return _localize(self.anchor + _STEP[self.batch] * i, self.zone)
 
     def window(self, i: int) -> Window:
+        got = self._cache.get(i)
+        if got is not None:  # a window's step asks for its bounds several times (bench B4)
+            return got
         if not 0 <= i < self.count:
             raise IndexError(i)
         lo = max(self._boundary(i), self.start)
         hi = min(self._boundary(i + 1), self.end)
-        return Window(lo.astimezone(dttz.UTC), hi.astimezone(dttz.UTC))
+        if len(self._cache) >= 1024:
+            self._cache.clear()
+        got = self._cache[i] = Window(lo.astimezone(dttz.UTC), hi.astimezone(dttz.UTC))
+        return got
 
     def __iter__(self) -> Iterator[Window]:
         return (self.window(i) for i in range(self.count))

@@ -167,11 +167,12 @@ def gaps(runs: list[RunInfo]) -> list[float]:
     ]
 
 
-def process_cpu(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes and every descendant still alive."""
+def process_cpu(pids: list[int], *, descendants: bool = True) -> float:
+    """User + system CPU seconds of these processes and (``descendants``) every descendant
+    still alive."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for pid in _with_descendants(pids):
+    for pid in _with_descendants(pids) if descendants else set(pids):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

@@ -44,12 +44,13 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
         worker = b.start_worker(app="bench.floor", **ENV)
         tasks = b.orchestrator()
         try:
-            cpu0 = process_cpu([worker.pid])
+            cpu0, main0 = process_cpu([worker.pid]), process_cpu([worker.pid], descendants=False)
             t0 = time.time()
             sub = tasks.submit_backfill.delay(dags, "2010-01-01", f"2010-01-{windows:02d}", "daily").get(timeout=120)
             meta = wait_backfill(tasks, sub["backfill_id"], 60 * (windows + 2) * duration)
             wall = time.time() - t0
             cpu = process_cpu([worker.pid]) - cpu0
+            main_cpu = process_cpu([worker.pid], descendants=False) - main0  # consumer and watcher
             record = tasks.context().record
             states = [w.state for d in dags for w in record.windows(sub["backfill_id"], d).values()]
             recs = [(i, w) for d in dags for i, w in record.windows(sub["backfill_id"], d).items()]
@@ -82,7 +83,7 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
         f"  B4: {meta['state']}, {ok}/{total} windows succeeded in {wall:.0f} s, max {standin.max_active} runs "
         f"active at once, CPU {cpu:.1f} s ({1000 * cpu / total:.1f} ms per window), "
         f"median {statistics.median(calls)} own requests per window (first {statistics.median(first_calls)}, "
-        f"{lists} lists of the watcher), "
+        f"{lists} lists of the watcher), main process {1000 * main_cpu / total:.1f} ms per window, "
         f"later {statistics.median(later_calls) if later_calls else '-'}), end->next trigger gap median "
         f"{statistics.median(gaps):.2f} s max {max(gaps):.2f} s "
         f"(after a DAG's first window: max {max(after_first):.2f} s, later: max {max(later):.2f} s)",
@@ -109,6 +110,7 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
             f"{windows} per DAG; with one HTTP GET to the stand-in per look: {1000 * http_cpu / total:.1f} ms)",
         ),
         Figure("B4", "orchestrator CPU per window (worker, all processes)", [1000 * cpu / total], INF, "ms"),
+        Figure("B4", "of which the worker's main process (consumer, watcher)", [1000 * main_cpu / total], INF, "ms"),
         Figure("B4", "Celery's floor: CPU per window", [1000 * floor_cpu / total], INF, "ms"),
         Figure("B4", "Celery's floor + one HTTP GET per look: CPU per window", [1000 * http_cpu / total], INF, "ms"),
         Figure(

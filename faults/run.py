@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field, replace
@@ -18,11 +19,11 @@ from backfill.lua import source
 from backfill.model import BackfillParams
 from backfill.record import Record
 from backfill.request import Request, validate
-from backfill.runner import WindowRunner
+from backfill.runner import WindowRunner, record_started
 from backfill.settings import Settings
 from backfill.states import TERMINAL
 from backfill.throttle import Throttle
-from backfill.watch import Parking, Watched, Watcher, window_key
+from backfill.watch import ONE_LIST, Parking, Watched, Watcher, window_key
 from faults.airflow import Dag, FakeAirflow, day
 from faults.invariants import check
 from faults.world import T0, Fault, Message, Rates, SimRedis, World
@@ -81,6 +82,7 @@ class Schedule:
     horizon: float = HORIZON
     lock_ttl: float | None = None  # None: the default
     watch: bool = False  # windows in flight park and a watcher wakes them (backfill.watch)
+    one_list: int = ONE_LIST  # up to this many runs watched, one list for all (Watcher.one_list)
 
 
 def generate(seed: int) -> Schedule:
@@ -144,7 +146,9 @@ def generate(seed: int) -> Schedule:
     )  # fmt: skip
     return Schedule(seed, dags, history, backfills, users, rates, global_max_runs=rng.choice((0, 0, 1, 2)),
                     fail_rate=rng.choice((0.0, 0.1, 0.3)), segment_size=rng.choice((1, 2, 20)),
-                    watch=random.Random(seed * 13 + 7).random() < 0.5)  # drawn apart too  # fmt: skip
+                    watch=random.Random(seed * 13 + 7).random() < 0.5,  # drawn apart too
+                    # Half of the watched schedules as with many runs watched (two lists, of the DAGs due).
+                    one_list=0 if random.Random(seed * 31 + 3).random() < 0.5 else ONE_LIST)  # fmt: skip
 
 
 class SimRecord(Record):
@@ -264,7 +268,9 @@ class Sim:
         self.watchers += 1
         holder = f"watcher-{self.watchers}"
         return Watcher(parking=self.parking, airflow=self.airflow, publish=self._publish_parked,  # type: ignore[arg-type]
-                       every=WATCH_EVERY, ceiling=self.settings.poll_max, holder=holder)  # fmt: skip
+                       every=WATCH_EVERY, ceiling=self.settings.poll_max, holder=holder,
+                       started=functools.partial(record_started, self.record),
+                       one_list=self.schedule.one_list)  # fmt: skip
 
     def _publish_parked(self, body: dict[str, Any]) -> None:
         chain = [(task, kwargs) for task, kwargs in body["chain"]]

@@ -14,6 +14,7 @@ backfill id, DAG and window in its kwargs, so Flower can show and search them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -43,6 +44,7 @@ from backfill.request import (
     check_on_conflict,
     validate,
 )
+from backfill.runner import record_started
 from backfill.watch import Watched, Watcher, window_key
 from workers.app import app
 
@@ -304,7 +306,7 @@ class CeleryDelivery:
 
     def park(self, countdown: float, changes: dict[str, Any], watched: Watched) -> BaseException | None:
         """The message a retry would publish, parked in Redis instead (``backfill.watch``):
-        the watcher publishes it when the run starts or ends, or after ``countdown`` s."""
+        the watcher publishes it when the run ends, or after ``countdown`` s."""
         task, request = self.task, self.task.request
         kwargs = {**request.kwargs, **changes}
         try:
@@ -381,7 +383,8 @@ def _start_watcher(**_: Any) -> None:
     # metrics' lock would inherit it held): the watcher counts its lists in Redis instead.
     airflow = AirflowClient(settings.airflow, record_metrics=False)
     watcher = Watcher(parking=ctx.parking, airflow=airflow, every=settings.watch_every or 1.0,
-                      ceiling=settings.poll_max, publish=_publish_parked)  # fmt: skip
+                      ceiling=settings.poll_max, publish=_publish_parked,
+                      started=functools.partial(record_started, ctx.record))  # fmt: skip
     _watcher_stop.clear()
     threading.Thread(target=watcher.run, args=(_watcher_stop,), kwargs={"drain_only": not settings.watch_every},
                      name="backfill-watcher", daemon=True).start()  # fmt: skip

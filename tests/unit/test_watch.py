@@ -39,8 +39,11 @@ def _parking(client: redis.Redis) -> Parking:
     return Parking(client, prefix="t")
 
 
-def _watcher(parking: Parking, airflow: EndedRuns, out: list[dict[str, Any]], holder: str = "w1") -> Watcher:
-    return Watcher(parking=parking, airflow=airflow, publish=out.append, every=0.01, holder=holder)  # type: ignore[arg-type]
+def _watcher(parking: Parking, airflow: EndedRuns, out: list[dict[str, Any]], holder: str = "w1", *,
+             one_list: int = 0) -> Watcher:  # fmt: skip
+    """A watcher as with many runs watched (two lists, of the DAGs due), unless ``one_list``."""
+    return Watcher(parking=parking, airflow=airflow, publish=out.append, every=0.01, holder=holder,  # type: ignore[arg-type]
+                   one_list=one_list)  # fmt: skip
 
 
 def test_a_parked_message_waits_for_its_deadline_or_its_wake(scratch_redis: redis.Redis) -> None:
@@ -85,7 +88,7 @@ def test_a_watcher_dying_between_claim_and_publish_loses_nothing(scratch_redis: 
 
 def test_the_watcher_wakes_the_windows_whose_run_started_or_ended(scratch_redis: redis.Redis) -> None:
     p, airflow, out = _parking(scratch_redis), EndedRuns(), []
-    now = time.time() - 1.5  # triggered 1.5 s ago: due for a look at their start, and at their end
+    now = time.time() - 2.5  # triggered 2.5 s ago: due for a look at their start, and at their end
     p.park(window_key("bf-1", "a", 0), {"w": "a"}, 100.0, Watched("a", "bf-1__x", now))
     p.park(window_key("bf-1", "b", 0), {"w": "b"}, 100.0, Watched("b", "bf-1__x", now))
     p.park(window_key("bf-1", "c", 0), {"w": "c"}, 100.0, Watched("c", "bf-1__x", now, running=True))
@@ -108,6 +111,65 @@ def test_the_watcher_wakes_the_windows_whose_run_started_or_ended(scratch_redis:
     assert p.ended(window_key("bf-1", "a", 0)) == {"dag_id": "a", "dag_run_id": "bf-1__x", "state": "success"}
     assert p.ended(window_key("bf-1", "a", 0)) is None
     assert p.lists() == watcher.lists >= 2
+
+
+def test_a_start_is_recorded_without_waking_the_window(scratch_redis: redis.Redis) -> None:
+    """With ``started`` (a worker's: ``backfill.runner.record_started``), a run seen running is
+    recorded so by the watcher and its window sleeps on: a start costs no task execution."""
+    p, airflow, out = _parking(scratch_redis), EndedRuns(), []
+    seen: list[tuple[str, str]] = []
+    now = time.time() - 1.5
+    key = window_key("bf-1", "a", 0)
+    p.park(key, {"w": "a"}, 100.0, Watched("a", "bf-1__x", now))
+    watcher = Watcher(parking=p, airflow=airflow, publish=out.append, every=0.01,  # type: ignore[arg-type]
+                      started=lambda k, run: seen.append((k, run["state"])))  # fmt: skip
+    airflow.started.add(("a", "bf-1__x"))
+    watcher.tick()
+    assert seen == [(key, "running")] and out == [] and list(p.parked()) == [key]
+    assert p.ended(key) is None  # nothing to read: it was not woken
+    asked = len(airflow.asked)
+    watcher.tick()
+    assert seen == [(key, "running")]  # seen once
+    assert ("started", ["a"]) not in [(w, d) for w, d, _ in airflow.asked[asked:]]
+    airflow.ended.add(("a", "bf-1__x"))
+    time.sleep(1.1)  # nothing learnt: its end is looked for every second at first
+    watcher.tick()
+    assert out == [{"w": "a"}]  # woken at its end
+
+
+def test_a_few_runs_are_watched_with_one_list(scratch_redis: redis.Redis) -> None:
+    """A few runs watched: each look is one list for all of them, starts and ends at once (a
+    start seen there is recorded for free, a short run's too)."""
+    p, airflow, out = _parking(scratch_redis), EndedRuns(), []
+    seen: list[str] = []
+    now = time.time() - 1.5
+    for dag in ("a", "b", "c"):
+        p.park(window_key("bf-1", dag, 0), {"w": dag}, 100.0, Watched(dag, "bf-1__x", now))
+    watcher = Watcher(parking=p, airflow=airflow, publish=out.append, every=0.01,  # type: ignore[arg-type]
+                      started=lambda k, run: seen.append(k))  # fmt: skip
+    airflow.started.update({("a", "bf-1__x"), ("b", "bf-1__x")})
+    airflow.ended.add(("b", "bf-1__x"))
+    watcher.tick()
+    assert [(what, dags) for what, dags, _ in airflow.asked] == [("started", ["a", "b", "c"])]
+    assert all(since <= now for _, _, since in airflow.asked)
+    assert out == [{"w": "b"}] and seen == [window_key("bf-1", "a", 0)]
+
+
+def test_a_short_run_gets_no_look_for_its_start(scratch_redis: redis.Redis) -> None:
+    """A run expected to end within seconds is looked at only for its end: each look is a
+    request, and ``status`` could not usefully show it running anyway (bench B2)."""
+    p, airflow, out = _parking(scratch_redis), EndedRuns(), []
+    scratch_redis.hset("t:bf:bf-1:dag:fast", mapping={"avg_duration": 3, "dev_duration": 0.3, "avg_run": 2,
+                                                      "dev_run": 0.2})  # fmt: skip
+    p.park(window_key("bf-1", "fast", 0), {"w": 1}, 100.0, Watched("fast", "bf-1__x", time.time() - 2.0))
+    watcher = _watcher(p, airflow, out)
+    for _ in range(5):
+        watcher.tick()
+        time.sleep(0.05)
+    assert [what for what, _, _ in airflow.asked] == []  # its end is due 3 s after its trigger
+    time.sleep(1.2)
+    watcher.tick()
+    assert [what for what, _, _ in airflow.asked] == ["ended"]
 
 
 def test_lists_follow_the_runs_pace_not_every_round(scratch_redis: redis.Redis) -> None:
@@ -157,7 +219,7 @@ def test_only_the_dags_of_runs_due_are_listed(scratch_redis: redis.Redis) -> Non
     p, airflow, out = _parking(scratch_redis), EndedRuns(), []
     scratch_redis.hset("t:bf:bf-1:dag:slow", mapping={"avg_duration": 60, "dev_duration": 3, "avg_run": 59,
                                                       "dev_run": 3})  # fmt: skip
-    now = time.time() - 1.5
+    now = time.time() - 2.5
     p.park(window_key("bf-1", "fast", 0), {"w": 1}, 100.0, Watched("fast", "bf-1__x", now, running=True))
     p.park(window_key("bf-1", "slow", 0), {"w": 2}, 100.0, Watched("slow", "bf-1__x", now, running=True))
     watcher = _watcher(p, airflow, out)
