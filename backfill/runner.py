@@ -662,13 +662,8 @@ class WindowRunner:
         if raw is None:
             return None
         run = RunInfo.from_json(raw)
-        if run.run_id != rec.run or run.queued_at is None or rec.triggered_at is None:
-            return None
-        # Queued (on our clock: skew is ours minus Airflow's at the trigger) when this attempt
-        # began: a retry clears the same run id, which queues it anew; the previous attempt's run
-        # as listed is not this one's (asked from Airflow instead).
-        if run.queued_at.timestamp() + rec.skew < rec.triggered_at - QUEUED_SLACK:
-            return None
+        if run.run_id != rec.run or run.queued_at is None or rec.triggered_at is None or _earlier_attempt(run, rec):
+            return None  # (an earlier attempt's run is asked from Airflow instead)
         return run
 
     def _look(self, rec: WindowRecord, run_id: str, elapsed: float, run: RunInfo | None = None, *,
@@ -785,9 +780,8 @@ def record_started(record: Record, key: str, run: dict[str, Any]) -> bool:
     if rec.state != WindowState.TRIGGERED or rec.run != run.get("dag_run_id"):
         return False
     run_info = RunInfo.from_json(run)
-    queued = run_info.queued_at
-    if queued is not None and rec.triggered_at and queued.timestamp() + rec.skew < rec.triggered_at - QUEUED_SLACK:
-        return False  # an earlier attempt's run as listed (a retry clears the same run id)
+    if _earlier_attempt(run_info, rec):
+        return False
     code = record.transition_code(
         params, dag, idx, WindowState.RUNNING, run=rec.run, started=_iso(run_info.start_date),
         expect=("state", WindowState.TRIGGERED),
@@ -795,6 +789,15 @@ def record_started(record: Record, key: str, run: dict[str, Any]) -> bool:
     if code == 2:
         log_change(params, dag, idx, params.spec.window(idx), WindowState.RUNNING, run=rec.run)
     return code == 2
+
+
+def _earlier_attempt(run: RunInfo, rec: WindowRecord) -> bool:
+    """Whether a run as listed is an earlier attempt's: queued (on our clock: skew is ours minus
+    Airflow's at the trigger) before this attempt began. A retry clears the same run id, which
+    queues it anew."""
+    if run.queued_at is None or not rec.triggered_at:
+        return False
+    return run.queued_at.timestamp() + rec.skew < rec.triggered_at - QUEUED_SLACK
 
 
 def log_change(
