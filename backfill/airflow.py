@@ -154,6 +154,7 @@ def _jwt_expiry(token: str) -> float | None:
 
 AUTH_SETTINGS = ["OAuth2PasswordBearer", "HTTPBearer"]  # as in the generated DagRunApi
 MULTI = {"state": "multi", "order_by": "multi", "update_mask": "multi"}
+BATCH_DAGS = 200  # DAGs per batch list request (runs_between_many)
 PAGE = 100  # Airflow's default maximum_page_limit  # list query parameters: ?state=a&state=b
 
 
@@ -421,29 +422,47 @@ class AirflowClient:
         # A LIKE pattern: '_' matches any character, so check the prefix here.
         return [r for r in runs if r.run_id.startswith(prefix)]
 
+    def runs_between_many(self, dag_ids: Sequence[str], first: datetime, last: datetime) -> dict[str, list[RunInfo]]:
+        """``runs_between`` for many DAGs at once, by DAG: ``POST /api/v2/dags/~/dagRuns/list``,
+        a request per page of runs and per ``BATCH_DAGS`` DAGs (a submit of a thousand DAGs
+        without history asks a few times, not a thousand)."""
+        out: dict[str, list[RunInfo]] = {d: [] for d in dag_ids}
+        for i in range(0, len(dag_ids), BATCH_DAGS):
+            chunk = list(dag_ids[i : i + BATCH_DAGS])
+            label = f"runs of {len(chunk)} DAG(s) in [{first.isoformat()}, {last.isoformat()}]"
+            for raw in self._batch(label, chunk, None, logical_date_gte=first, logical_date_lte=last):
+                if raw["dag_id"] in out:
+                    out[raw["dag_id"]].append(RunInfo.from_json(raw))
+        for runs in out.values():
+            runs.sort(key=lambda r: (r.logical_date is None, r.logical_date or first))
+        return out
+
     def ended_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
         """Runs of any of ``dag_ids`` that ended (success or failed) at or after ``since`` (epoch
         seconds), as Airflow's JSON, in one request per page: ``POST /api/v2/dags/~/dagRuns/list``
         (the watcher's)."""
-        return self._batch("ended", dag_ids, [RunState.SUCCESS, RunState.FAILED], end_date_gte=since)
+        return self._batch(_since_label("ended", dag_ids, since), dag_ids, [RunState.SUCCESS, RunState.FAILED],
+                           end_date_gte=_utc(since))  # fmt: skip
 
     def started_runs_json(self, dag_ids: list[str], *, since: float) -> list[dict[str, Any]]:
         """Runs of any of ``dag_ids`` that started at or after ``since`` (epoch seconds), running or
         ended since, as Airflow's JSON, in one request per page: ``POST /api/v2/dags/~/dagRuns/list``
         (the watcher's)."""
         states = [RunState.RUNNING, RunState.SUCCESS, RunState.FAILED]
-        return self._batch("started", dag_ids, states, start_date_gte=since)
+        return self._batch(_since_label("started", dag_ids, since), dag_ids, states, start_date_gte=_utc(since))
 
-    def _batch(self, what: str, dag_ids: list[str], states: Sequence[str], **dates: float) -> list[dict[str, Any]]:
-        """``POST /api/v2/dags/~/dagRuns/list``: runs of many DAGs in a few states since a date,
-        every page."""
+    def _batch(
+        self, label: str, dag_ids: list[str], states: Sequence[str] | None, **dates: datetime
+    ) -> list[dict[str, Any]]:
+        """``POST /api/v2/dags/~/dagRuns/list``: runs of many DAGs (in a few states, or any)
+        filtered by dates, every page."""
         out: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
-        filters = {k: datetime.fromtimestamp(v, UTC).isoformat() for k, v in dates.items()}
-        label = f"runs of {len(dag_ids)} DAG(s) {what} since {next(iter(filters.values()))}"
+        filters: dict[str, Any] = {k: v.isoformat() for k, v in dates.items()}
+        if states is not None:
+            filters["states"] = states
         while True:
-            body = {"dag_ids": dag_ids, "states": states, **filters, "order_by": "id", "page_limit": PAGE,
-                    "page_offset": len(out)}  # fmt: skip
+            body = {"dag_ids": dag_ids, **filters, "order_by": "id", "page_limit": PAGE, "page_offset": len(out)}
             page = self._call(label, self._json, "POST", "/api/v2/dags/{dag_id}/dagRuns/list",
                               path_params={"dag_id": "~"}, body=body)  # fmt: skip
             new = [r for r in page["dag_runs"] if (r["dag_id"], r["dag_run_id"]) not in seen]
@@ -480,6 +499,14 @@ class AirflowClient:
         self._call(f"fail run {run_id!r} of DAG {dag_id!r}", self._json, "PATCH",
                    "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}", path_params={"dag_id": dag_id, "dag_run_id": run_id},
                    query=[("update_mask", ["state"])], body={"state": RunState.FAILED})  # fmt: skip
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _since_label(what: str, dag_ids: list[str], since: float) -> str:
+    return f"runs of {len(dag_ids)} DAG(s) {what} since {_utc(since).isoformat()}"
 
 
 def _endpoint(args: tuple[Any, ...]) -> str:

@@ -19,6 +19,7 @@ between the check and the trigger.
 
 from __future__ import annotations
 
+import json
 from typing import Any, NamedTuple
 
 import redis
@@ -101,6 +102,12 @@ class DagLocks:
         keys = [self.key(dag_id), window.meta, window.windows, *slot_keys]
         args: list[Any] = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.field]
         return _text(self._lua_hold(keys=keys, args=args))
+
+    def hold_spec(self, dag_id: str, token: str, *, window: WindowKeys, member: str, slot_keys: list[str]) -> str:
+        """``hold``'s keys and arguments, but "now", as JSON: what a parked window leaves for the
+        watcher to renew while it sleeps (``Parking.hold_all``)."""
+        keys = [self.key(dag_id), window.meta, window.windows, *slot_keys]
+        return json.dumps([keys, [token, self._ttl_ms, member, self._slot_ttl_ms, window.field]])
 
     def arm(self, dag_id: str, token: str, *, window: WindowKeys, member: str, slot_keys: list[str]) -> str:
         """The check just before a trigger (``lock_arm.lua``): "ok", "cancelled", "ended", "lost"

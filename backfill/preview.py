@@ -11,7 +11,7 @@ from typing import Any
 
 from backfill.airflow import AirflowClient
 from backfill.eta import estimate
-from backfill.history import Verdict, survey
+from backfill.history import Verdict, survey_all
 from backfill.model import BackfillParams
 from backfill.pacing import Pace
 from backfill.record import DagRecord, WindowRecord
@@ -30,6 +30,7 @@ def preview(
     params = with_schedules(params, infos)
     dags: list[dict[str, Any]] = []
     problems = [f"{dag}: unknown to Airflow at {airflow.config.url}" for dag in unknown]
+    surveyed = survey_all(airflow, params, [d for d in params.dags if d in infos])
     for dag in params.dags:
         info = infos.get(dag)
         if info is None:
@@ -41,7 +42,7 @@ def preview(
             if dag in paused:
                 problems.append(f"{dag}: paused in Airflow (submit with --unpause / unpause=True to unpause it)")
         schedule = params.schedule_of(dag)
-        verdicts = survey(airflow, params, dag, schedule)
+        verdicts = surveyed[dag]
         conflicts = sum(v.action == "conflict" for v in verdicts)
         if conflicts and params.on_conflict == "refuse":
             problems.append(

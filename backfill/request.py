@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from backfill.airflow import AirflowClient, DagInfo
 from backfill.errors import AirflowNotFound, InputError
 from backfill.gates import check_quiet_hours
-from backfill.history import ON_CONFLICT, Verdict, survey
+from backfill.history import ON_CONFLICT, Verdict, survey_all
 from backfill.model import BackfillParams
 from backfill.notify import check_notify
 from backfill.order import check_after
@@ -243,7 +243,7 @@ def concurrency_warnings(infos: dict[str, DagInfo]) -> list[str]:
 def check_history(airflow: AirflowClient, params: BackfillParams) -> dict[str, list[Verdict]]:
     """Each window's verdict against the runs its DAG already has. Refuses (``InputError``,
     nothing triggered) a backfill with conflicts unless ``on_conflict="skip"``, naming each."""
-    verdicts = {dag: survey(airflow, params, dag, params.schedule_of(dag)) for dag in params.dags}
+    verdicts = survey_all(airflow, params, params.dags)
     conflicts = [(dag, v) for dag, vs in verdicts.items() for v in vs if v.action == "conflict"]
     if conflicts and params.on_conflict == "refuse":
         shown = [f"{dag}: {v.reason.split('; Airflow allows')[0]}" for dag, v in conflicts[:MAX_LISTED]]

@@ -114,7 +114,13 @@ class WindowRunner:
             if rec.unavailable_since:
                 self.record.note(params, dag, idx, unavailable_since=None, outage_attempts=0)
         if not step.done and self._flying:
-            self._keep(params, dag, run_id, step.delay)
+            if step.watch is None:
+                self._keep(params, dag, run_id, step.delay)
+            else:  # parked: the watcher renews what it holds (``Parking.hold_all``)
+                keys, member = self._keys(params, dag, idx), slot_member(dag, run_id)
+                hold = self.locks.hold_spec(dag, run_id, window=keys, member=member, slot_keys=self._slot_keys(params))
+                self._keep(params, dag, run_id, min(step.delay, self.settings.hold_every))
+                step = replace(step, watch=replace(step.watch, hold=hold))
         return step
 
     def _repeat(self, params: BackfillParams, dag: str, window: Window, rec: WindowRecord) -> Step:

@@ -35,7 +35,7 @@ class Settings:
     poll_max: float = 60.0  # longest wait between two looks at a running run
     busy_poll: float = 3.0  # wait between two looks at a busy or locked DAG
     watch_every: float = 1.0  # longest between two watcher rounds (backfill.watch); 0: no watcher
-    watch_fallback: float = 100.0  # with a watcher alive, a window in flight looks itself this often (watched_wait)
+    watch_fallback: float = 300.0  # with a watcher alive, a window in flight looks itself this often (watched_wait)
     retry_max: float = 60.0  # longest backoff after a transient Airflow error
     give_up_after: float = 3600.0  # a window fails after Airflow is unreachable this long
     visibility_timeout: int = 1800  # Redis broker: unacked messages come back after this
@@ -107,10 +107,16 @@ class Settings:
 
     @property
     def watched_wait(self) -> float:
-        """How long a window parked for its run waits before it looks itself (``watch_fallback``),
-        within what its lock's lease covers (a parked message is no broker message: the
-        visibility timeout does not bound it)."""
-        return min(self.watch_fallback, self.lock_ttl - self.lease_margin)
+        """How long a window parked for its run waits before it looks itself (``watch_fallback``).
+        Neither its lock's lease bounds it (the watcher renews it, ``hold_every``) nor the
+        visibility timeout (a parked message is no broker message)."""
+        return self.watch_fallback
+
+    @property
+    def hold_every(self) -> float:
+        """How often the watcher renews the locks and slots of parked windows: twice within
+        what a lease covers beyond its margin (a watcher's round running late)."""
+        return max(1.0, (self.lock_ttl - self.lease_margin) / 2)
 
     @property
     def waiter_stale(self) -> float:

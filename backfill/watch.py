@@ -44,7 +44,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -84,6 +84,9 @@ START_MARGIN = 0.25  # s after the run's usual start that its first start look c
 # DAGs of runs due, in a list of starts and a list of ends that stay short at a thousand DAGs.
 ONE_LIST = 20
 ONE_LIST_RUNS = 50  # ... as long as that list stays this short
+# How often the watcher renews the locks and slots of parked windows by default (a worker passes
+# ``Settings.hold_every``): their steps leave the lease covering this and a late round.
+HOLD_EVERY = 55.0
 
 
 def window_key(backfill_id: str, dag: str, seq: int) -> str:
@@ -96,6 +99,9 @@ class Watched:
     run_id: str
     since: float  # when the run was triggered (the window's clock)
     running: bool = False  # the window has seen it started (else the watcher may record it started)
+    # What keeps the window's lock and slots while it sleeps (``DagLocks.hold_spec``): renewed by
+    # the watcher, so a deadline may outlast the lock's lease. Not read back by ``watched()``.
+    hold: str | None = field(default=None, compare=False)
 
 
 class Parking:
@@ -108,6 +114,7 @@ class Parking:
         self.k_msg = f"{prefix}:park:msg"
         self.k_run = f"{prefix}:park:run"
         self.k_ended = f"{prefix}:park:ended"  # the run each woken window was woken for, as listed
+        self.k_hold = f"{prefix}:park:hold"  # what renews each parked window's lock and slots
         self.k_lease = f"{prefix}:watch:lease"
         self.k_lists = f"{prefix}:watch:lists"
         self._prefix = prefix
@@ -117,6 +124,7 @@ class Parking:
         self._lease = client.register_script(source("watch_lease"))
         self._wake = client.register_script(source("park_wake"))
         self._alive = client.register_script(source("watch_alive"))
+        self._lua_hold = client.register_script(source("lock_hold"))
         self._alive_until = 0.0  # this process's cached answer of alive()
         self._decoded: dict[bytes | str, Watched] = {}  # watched(): entries as last read
 
@@ -136,8 +144,9 @@ class Parking:
     def park(self, key: str, message: dict[str, Any], delay: float, watched: Watched) -> None:
         run = json.dumps([watched.dag, watched.run_id, watched.since, watched.running])
         meta = f"{self._prefix}:bf:{key.split('/')[0]}"  # Record.k_meta: its cancel flag
-        self._park(keys=[self.k_due, self.k_msg, self.k_run, self.k_ended, meta],
-                   args=[key, int(delay * 1000), json.dumps(message), run, self.clock.script_now()])  # fmt: skip
+        self._park(keys=[self.k_due, self.k_msg, self.k_run, self.k_ended, meta, self.k_hold],
+                   args=[key, int(delay * 1000), json.dumps(message), run, self.clock.script_now(),
+                         watched.hold or ""])  # fmt: skip
 
     def wake(self, runs: dict[str, dict[str, Any]]) -> int:
         """Make these windows' messages due now (those still parked, not being published), with
@@ -228,7 +237,21 @@ class Parking:
         if not claimed:
             return 0
         args = [x for key, score in claimed for x in (key, score)]
-        return int(self._done(keys=[self.k_due, self.k_msg, self.k_run], args=args))
+        return int(self._done(keys=[self.k_due, self.k_msg, self.k_run, self.k_hold], args=args))
+
+    def hold_all(self) -> int:
+        """Renew the lock and slots of every parked window (``lock_hold.lua``, one round trip):
+        its deadline may outlast their lease. A window that ended or was cancelled keeps
+        nothing. Returns how many were renewed."""
+        holds = self._redis.hgetall(self.k_hold)
+        if not holds:
+            return 0
+        now = self.clock.script_now()
+        pipe = self._redis.pipeline(transaction=False)
+        for raw in holds.values():
+            keys, (token, ttl, member, slot_ttl, idx) = json.loads(raw)
+            self._lua_hold(keys=keys, args=[token, ttl, now, member, slot_ttl, idx], client=pipe)
+        return sum(1 for r in pipe.execute() if r != b"ended" and r != "ended")
 
 
 class Watcher:
@@ -244,6 +267,7 @@ class Watcher:
         self, *, parking: Parking, airflow: AirflowClient, publish: Callable[[dict[str, Any]], None],
         every: float = 1.0, ceiling: float = 60.0, holder: str | None = None,
         started: Callable[[str, dict[str, Any]], Any] | None = None, one_list: int = ONE_LIST,
+        hold_every: float = HOLD_EVERY,
     ) -> None:  # fmt: skip
         self.parking = parking
         self.airflow = airflow
@@ -257,6 +281,8 @@ class Watcher:
         # None: the window is woken to record it itself (a task execution per start).
         self.started = started
         self.one_list = one_list  # up to this many runs watched, one list for all (``_one_list``)
+        self.hold_every = hold_every  # parked windows' locks and slots renewed this often (``_hold``)
+        self._hold_at = 0.0  # when they are next renewed (this process's clock)
         self._forget()
 
     def _forget(self) -> None:
@@ -284,6 +310,7 @@ class Watcher:
             return self.every
         try:
             self._publish_due()
+            self._hold()
             watched = self.parking.watched()
             now = self.parking.clock.now()
             self._gap = min(self.every, self.min_gap + GAP_PER_RUN * len(watched))
@@ -304,6 +331,15 @@ class Watcher:
                 self._publish_due()
         soonest = min([*self._next.values(), *self._start_next.values()], default=now + self.every)
         return min(self.every, max(self._gap, soonest - self.parking.clock.now()))
+
+    def _hold(self) -> None:
+        """Renew the parked windows' locks and slots every ``hold_every`` (``Parking.hold_all``):
+        a window parks for longer than its lease (``Settings.watched_wait``) and keeps renewing
+        through whichever worker runs this."""
+        now = self.parking.clock.now()
+        if now >= self._hold_at:
+            self.parking.hold_all()
+            self._hold_at = now + self.hold_every
 
     def _paces(self, keys: list[str], watched: dict[str, Watched]) -> list[Pace]:
         return self.parking.paces([(k.split("/")[0], watched[k].dag) for k in keys])
@@ -517,6 +553,7 @@ class Watcher:
             try:
                 if drain_only:
                     self._publish_due()
+                    self._hold()
                     wait = self.every
                 else:
                     wait = self.tick()

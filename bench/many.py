@@ -15,7 +15,7 @@ import os
 import statistics
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,9 @@ def b5(root: Path) -> list[Figure]:
                 wait_backfill(tasks, sub["backfill_id"], 4 * B5_DURATION + 120)
                 t1 = time.time()
                 times = [t for t in standin.request_times if t0 <= t <= t1]
+                kinds = Counter(k for t, k in zip(standin.request_times, standin.request_kinds, strict=True)
+                                if t0 <= t <= t1)  # fmt: skip
+                print(f"  B5 {n} DAGs by request: " + "; ".join(f"{k} {c}" for k, c in kinds.most_common()), flush=True)
                 busy = [t for t in times if t >= t0 + 10]  # once every window is triggered
                 rate, wait_rate = len(times) / (t1 - t0), len(busy) / max(1.0, t1 - t0 - 10)
                 print(f"  B5 {n} DAGs: {len(times)} requests in {t1 - t0:.0f} s = {rate:.1f}/s "

@@ -77,6 +77,7 @@ class Standin:
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: int = 0
     request_times: list[float] = field(default_factory=list)  # when each request came (B5)
+    request_kinds: list[str] = field(default_factory=list)  # and what it asked (``kind``)
     max_active: int = 0
     triggers: list[tuple[float, str]] = field(default_factory=list)
 
@@ -99,9 +100,12 @@ class Standin:
     def ended(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /api/v2/dags/~/dagRuns/list``: runs of ``dag_ids`` in ``states`` ended at or
         after ``end_date_gte``, or started at or after ``start_date_gte`` (the watcher's
-        filters), oldest first, paged."""
+        filters), or with a logical date in [``logical_date_gte``, ``logical_date_lte``] (the
+        submit's), oldest first, paged."""
         ended = _parse(body["end_date_gte"]).timestamp() if body.get("end_date_gte") else None
         started = _parse(body["start_date_gte"]).timestamp() if body.get("start_date_gte") else None
+        lo = _parse(body["logical_date_gte"]) if body.get("logical_date_gte") else None
+        hi = _parse(body["logical_date_lte"]) if body.get("logical_date_lte") else None
         states = set(body.get("states") or ("queued", "running", "success", "failed"))
         found = []
         for dag in body.get("dag_ids") or list(self.runs):
@@ -112,6 +116,9 @@ class Standin:
                 if ended is not None and (end is None or end < ended):
                     continue
                 if started is not None and (start is None or start < started):
+                    continue
+                logical = _parse(run.logical_date)
+                if (lo is not None and logical < lo) or (hi is not None and logical > hi):
                     continue
                 found.append((run.queued_at, run))
         found.sort(key=lambda x: x[0])
@@ -128,6 +135,21 @@ class Standin:
                 "active": active,
                 "triggers": self.triggers,
             }
+
+
+def kind(method: str, path: str, q: dict[str, list[str]]) -> str:
+    """What a request asked, for B5's breakdown: ``GET run``, ``POST runs/list``, ..."""
+    if path.endswith("/dagRuns/list"):
+        return f"{method} runs/list (many DAGs)"
+    parts = path.removeprefix("/api/v2/dags/").split("/")
+    if path.startswith("/api/v2/dags/") and len(parts) <= 2 and not path.endswith("/dagRuns"):
+        return f"{method} DAG"
+    if path.endswith("/dagRuns"):
+        asked = ",".join(sorted(k for k in q if k not in ("limit", "offset")))
+        return f"{method} {'trigger' if method == 'POST' else 'runs ?' + asked}"
+    if path.endswith("/clear"):
+        return f"{method} clear"
+    return f"{method} {'run' if '/dagRuns/' in path else path}"
 
 
 def make_handler(st: Standin) -> type[BaseHTTPRequestHandler]:
@@ -171,6 +193,7 @@ def make_handler(st: Standin) -> type[BaseHTTPRequestHandler]:
             with st.lock:
                 st.requests += 1
                 st.request_times.append(time.time())
+                st.request_kinds.append(kind(method, url.path, q))
                 status, out = self._handle(method, url.path, q, body)
             self._send(status, out)
 

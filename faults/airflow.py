@@ -197,6 +197,13 @@ class FakeAirflow:
     def runs_between(self, dag_id: str, first: datetime, last: datetime) -> list[RunInfo]:
         return self._select("runs_between", dag_id, lambda r: first <= r.logical_date <= last)
 
+    def runs_between_many(self, dag_ids: list[str], first: datetime, last: datetime) -> dict[str, list[RunInfo]]:
+        self._enter("runs_between_many")
+        out = {d: sorted((r.info() for r in self.runs[self._dag(d).dag_id].values() if first <= r.logical_date <= last),
+                         key=lambda i: i.logical_date or first) for d in dag_ids}  # fmt: skip
+        self._leave("runs_between_many")
+        return out
+
     def latest_run(self, dag_id: str, *, until: datetime) -> RunInfo | None:
         found = self._select("latest_run", dag_id, lambda r: r.logical_date <= until,
                              key=lambda r: -r.logical_date.timestamp(), limit=1)  # fmt: skip

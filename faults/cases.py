@@ -310,7 +310,7 @@ def cases() -> list[Case]:
             "the lock and slots expired under a live holder: renewal skipped "
             "from a snapshot, settings not counting a step's calls or a late countdown: the global cap exceeded",
             small(
-                106,
+                200,  # was 106: the submit's single list of both DAGs' history moved its timing
                 dags=2,
                 backfills=[bf(106, dags=("d0", "d1"))],
                 global_max_runs=1,
@@ -472,7 +472,7 @@ def cases() -> list[Case]:
             "lock, long before its message came back (visibility timeout), while its run was still in flight: the "
             "caps were exceeded",
             small(
-                120,
+                202,  # was 120: the submit's single list of both DAGs' history moved its timing
                 dags=2,
                 backfills=[bf(120, dags=("d0", "d1"))],
                 global_max_runs=1,

@@ -83,6 +83,7 @@ class Schedule:
     lock_ttl: float | None = None  # None: the default
     watch: bool = False  # windows in flight park and a watcher wakes them (backfill.watch)
     one_list: int = ONE_LIST  # up to this many runs watched, one list for all (Watcher.one_list)
+    watch_fallback: float | None = None  # None: within the lock's lease, as a window's own looks
 
 
 def generate(seed: int) -> Schedule:
@@ -148,7 +149,10 @@ def generate(seed: int) -> Schedule:
                     fail_rate=rng.choice((0.0, 0.1, 0.3)), segment_size=rng.choice((1, 2, 20)),
                     watch=random.Random(seed * 13 + 7).random() < 0.5,  # drawn apart too
                     # Half of the watched schedules as with many runs watched (two lists, of the DAGs due).
-                    one_list=0 if random.Random(seed * 31 + 3).random() < 0.5 else ONE_LIST)  # fmt: skip
+                    one_list=0 if random.Random(seed * 31 + 3).random() < 0.5 else ONE_LIST,
+                    # A third with deadlines far beyond the locks' lease: only the watcher's renewals
+                    # (Parking.hold_all) keep them.
+                    watch_fallback=1000.0 if random.Random(seed * 41 + 9).random() < 1 / 3 else None)  # fmt: skip
 
 
 class SimRecord(Record):
@@ -223,7 +227,7 @@ class Sim:
             global_max_runs=schedule.global_max_runs, segment_size=schedule.segment_size,
             **({"lock_ttl": schedule.lock_ttl} if schedule.lock_ttl else {}),
             watch_every=WATCH_EVERY if schedule.watch else 0,
-            watch_fallback=min(100.0, max(1.0, (schedule.lock_ttl or 300.0) - 190.0)),
+            watch_fallback=schedule.watch_fallback or min(100.0, max(1.0, (schedule.lock_ttl or 300.0) - 190.0)),
         )  # fmt: skip
         world.call_max, world.late_margin = self.settings.call_max, self.settings.late_margin
         world.visibility_timeout = float(self.settings.visibility_timeout)
@@ -270,7 +274,7 @@ class Sim:
         return Watcher(parking=self.parking, airflow=self.airflow, publish=self._publish_parked,  # type: ignore[arg-type]
                        every=WATCH_EVERY, ceiling=self.settings.poll_max, holder=holder,
                        started=functools.partial(record_started, self.record),
-                       one_list=self.schedule.one_list)  # fmt: skip
+                       one_list=self.schedule.one_list, hold_every=self.settings.hold_every)  # fmt: skip
 
     def _publish_parked(self, body: dict[str, Any]) -> None:
         chain = [(task, kwargs) for task, kwargs in body["chain"]]

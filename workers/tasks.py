@@ -384,7 +384,8 @@ def _start_watcher(**_: Any) -> None:
     airflow = AirflowClient(settings.airflow, record_metrics=False)
     watcher = Watcher(parking=ctx.parking, airflow=airflow, every=settings.watch_every or 1.0,
                       ceiling=settings.poll_max, publish=_publish_parked,
-                      started=functools.partial(record_started, ctx.record))  # fmt: skip
+                      started=functools.partial(record_started, ctx.record),
+                      hold_every=settings.hold_every)  # fmt: skip
     _watcher_stop.clear()
     threading.Thread(target=watcher.run, args=(_watcher_stop,), kwargs={"drain_only": not settings.watch_every},
                      name="backfill-watcher", daemon=True).start()  # fmt: skip

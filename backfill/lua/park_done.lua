@@ -1,6 +1,6 @@
 -- Forget parked messages that were published, unless parked again since (a new deadline):
 -- the delivery just published may already have run and parked its next look.
--- KEYS: due (zset), messages (hash), runs (hash). ARGV: key, claimed score, key, score, ...
+-- KEYS: due (zset), messages (hash), runs (hash), holds (hash). ARGV: key, claimed score, ...
 local removed = 0
 for i = 1, #ARGV, 2 do
   local key = ARGV[i]
@@ -9,6 +9,7 @@ for i = 1, #ARGV, 2 do
     redis.call('ZREM', KEYS[1], key)
     redis.call('HDEL', KEYS[2], key)
     redis.call('HDEL', KEYS[3], key)
+    redis.call('HDEL', KEYS[4], key)
     removed = removed + 1
   end
 end

@@ -80,6 +80,32 @@ def test_the_watchers_list_filters_by_dags_states_and_start(orch):
             if r["dag_run_id"] == "manual__watch_probe"] == []  # fmt: skip
 
 
+def test_the_submits_list_of_many_dags_is_each_dags_runs_in_the_range(orch, monkeypatch):
+    """``runs_between_many`` (the submit's history of every DAG, ``POST /dags/~/dagRuns/list`` by
+    logical date) gives each DAG what ``runs_between`` gives it, across pages and DAG chunks."""
+    import backfill.airflow
+
+    af = orch.airflow
+    spec = window_spec("2011-09-01", "2011-09-03", "daily")
+    for dag in ("etl_users", "etl_orders"):
+        for i in range(3):
+            af.trigger(dag, f"manual__many_probe_{i}", spec.window(i), conf={"sleep": 0})
+    first, last = spec.window(0).start, spec.window(2).start
+    monkeypatch.setattr(backfill.airflow, "PAGE", 2)  # pages of two runs
+    monkeypatch.setattr(backfill.airflow, "BATCH_DAGS", 1)  # a request per DAG
+    many = af.runs_between_many(["etl_users", "etl_orders", "etl_payments"], first, spec.window(1).start)
+    assert {d: [r.run_id for r in rs] for d, rs in many.items()} == {
+        "etl_users": ["manual__many_probe_0", "manual__many_probe_1"],
+        "etl_orders": ["manual__many_probe_0", "manual__many_probe_1"],
+        "etl_payments": [],
+    }
+    monkeypatch.undo()
+    many = af.runs_between_many(["etl_users", "etl_orders"], first, last)
+    for dag in ("etl_users", "etl_orders"):
+        one = af.runs_between(dag, first, last)
+        assert [r.run_id for r in many[dag]] == [r.run_id for r in one] and len(one) == 3
+
+
 def _token(stack) -> str:
     import json
     import urllib.request

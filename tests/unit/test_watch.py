@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from backfill.errors import AirflowUnavailable
+from backfill.locks import DagLocks, WindowKeys
 from backfill.watch import Parking, Watched, Watcher, window_key
 
 
@@ -260,3 +261,47 @@ def test_with_the_watcher_off_messages_parked_before_are_still_published(scratch
         stop.set()
         thread.join(5)
     assert out == [{"w": 1}] and p.holder() is None  # no lease taken, no heartbeat: nothing parks anew
+
+
+def test_the_watcher_keeps_a_parked_windows_lock_and_slots_past_their_lease(scratch_redis: redis.Redis) -> None:
+    """A window parks for longer than its lock's lease (``Settings.watched_wait``): the watcher
+    renews its lock and slots (``Parking.hold_all``) until the window ends, and the renewals
+    stop with the window's message: nothing is kept for an ended window."""
+    p, airflow, out = _parking(scratch_redis), EndedRuns(), []
+    locks = DagLocks(scratch_redis, prefix="t", ttl=0.6, slot_ttl=0.6)
+    keys = WindowKeys("t:bf:bf-1", "t:bf:bf-1:windows:etl", 0)
+    slot = "t:slots:bf-1"
+    assert locks.acquire("etl", "bf-1__a") is None
+    hold = locks.hold_spec("etl", "bf-1__a", window=keys, member="etl|bf-1__a", slot_keys=[slot])
+    key = window_key("bf-1", "etl", 0)
+    p.park(key, {"n": 1}, 100.0, Watched("etl", "bf-1__a", time.time(), running=True, hold=hold))
+    watcher = Watcher(parking=p, airflow=airflow, publish=out.append, every=0.01, holder="w1",  # type: ignore[arg-type]
+                      hold_every=0.2)  # fmt: skip
+    for _ in range(15):  # 1.5 s: over twice the lease
+        watcher.tick()
+        time.sleep(0.1)
+    assert locks.holder("etl") == "bf-1__a"
+    assert scratch_redis.zscore(slot, "etl|bf-1__a") > locks.now_ms()
+    # The window ended (its run listed ended: woken, published): nothing held for it any more.
+    scratch_redis.hset(keys.windows, "0", '{"state": "success"}')
+    airflow.ended.add(("etl", "bf-1__a"))
+    for _ in range(10):
+        watcher.tick()
+        time.sleep(0.1)
+    assert out == [{"n": 1}] and scratch_redis.hlen(p.k_hold) == 0
+    assert locks.holder("etl") is None
+
+
+def test_renewals_keep_nothing_for_an_ended_or_cancelled_window(scratch_redis: redis.Redis) -> None:
+    p = _parking(scratch_redis)
+    locks = DagLocks(scratch_redis, prefix="t", ttl=10, slot_ttl=10)
+    for n, (dag, ended) in enumerate((("a", True), ("b", False), ("c", False))):
+        keys = WindowKeys(f"t:bf:bf-{n}", f"t:bf:bf-{n}:windows:{dag}", 0)
+        if ended:
+            scratch_redis.hset(keys.windows, "0", '{"state": "failed"}')
+        if dag == "c":
+            scratch_redis.hset(keys.meta, "cancelled", "1")
+        hold = locks.hold_spec(dag, f"bf-{n}__x", window=keys, member=f"{dag}|x", slot_keys=[])
+        p.park(window_key(f"bf-{n}", dag, 0), {"n": n}, 100.0, Watched(dag, f"bf-{n}__x", time.time(), hold=hold))
+    assert p.hold_all() == 1
+    assert [locks.holder(d) for d in "abc"] == [None, "bf-1__x", None]
