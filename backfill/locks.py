@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import redis
 
 from backfill.clock import SYSTEM, Clock
-from backfill.lua import source
+from backfill.lua import queue, source
 
 
 class WindowKeys(NamedTuple):
@@ -116,9 +116,26 @@ class DagLocks:
         args: list[Any] = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.field]
         return str(_text(self._lua_arm(keys=keys, args=args)))
 
+    def arm_on(
+        self, pipe: redis.client.Pipeline, dag_id: str, token: str, *, window: WindowKeys, member: str,
+        slot_keys: list[str],
+    ) -> None:  # fmt: skip
+        """``arm``, queued on a pipeline after the slot's grant (its answer: ``armed``)."""
+        keys = [self.key(dag_id), window.meta, window.windows, *slot_keys]
+        args: list[Any] = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.field]
+        queue(self._lua_arm, pipe, keys, args)
+
+    @staticmethod
+    def armed(reply: Any) -> str:
+        return str(_text(reply))
+
     def disarm(self, dag_id: str, token: str) -> None:
         """The armed trigger is recorded: a cancel may free the lock again."""
         self._lua_disarm(keys=[self.key(dag_id)], args=[token])
+
+    def disarm_on(self, pipe: redis.client.Pipeline, dag_id: str, token: str) -> None:
+        """``disarm``, queued on a pipeline after the transition that records the trigger."""
+        queue(self._lua_disarm, pipe, [self.key(dag_id)], [token])
 
     def release(self, dag_id: str, token: str) -> bool:
         """Drop the lock if ``token`` still holds it."""
@@ -126,7 +143,7 @@ class DagLocks:
 
     def release_on(self, pipe: redis.client.Pipeline, dag_id: str, token: str) -> None:
         """``release``, queued on a pipeline (one round trip with the slots' release)."""
-        self._lua_release(keys=[self.key(dag_id)], args=[token], client=pipe)
+        queue(self._lua_release, pipe, [self.key(dag_id)], [token])
 
     def release_idle(self, dag_id: str, prefix: str) -> int:
         """Drop the lock if a token starting with ``prefix`` holds it and has no trigger armed and

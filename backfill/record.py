@@ -25,7 +25,7 @@ import redis
 
 from backfill.clock import SYSTEM, Clock
 from backfill.errors import BackfillNotFound
-from backfill.lua import source
+from backfill.lua import queue, source
 from backfill.model import BackfillParams
 from backfill.pacing import FIELDS as PACE_FIELDS
 from backfill.pacing import Pace
@@ -196,24 +196,28 @@ class Record:
         return WindowRecord.from_json(cast(bytes | None, self.redis.hget(self.k_windows(bf, dag), str(idx))))
 
     def snapshot(
-        self, bf: str, dag: str, idx: int, *, lock_key: str
-    ) -> tuple[WindowRecord, bool, Pace, tuple[str, int]]:
+        self, bf: str, dag: str, idx: int, *, lock_key: str, also: tuple[str, str] | None = None
+    ) -> tuple[WindowRecord, bool, Pace, tuple[str, int], bytes | None]:
         """What one poll needs, in one round trip: the window, the cancel flag, the DAG's learnt
-        durations (``backfill.pacing.FIELDS``), and its lock's holder and milliseconds to live
-        (on Redis's clock: its ``TIME`` is read in the same round trip)."""
+        durations (``backfill.pacing.FIELDS``), its lock's holder and milliseconds to live (on
+        Redis's clock: its ``TIME`` is read in the same round trip), and ``also``'s field of a
+        hash (the run the watcher woke the window for, ``backfill.watch.Parking.k_ended``)."""
         given = self.clock.script_now()
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self.k_windows(bf, dag), str(idx))
         pipe.hget(self.k_meta(bf), "cancelled")
         pipe.hmget(self.k_dag(bf, dag), list(PACE_FIELDS))
         pipe.hmget(lock_key, ["token", "until"])
+        if also:
+            pipe.hget(*also)
         if not given:
             pipe.time()
-        raw, cancelled, pace, (holder, until), *clock = pipe.execute()
-        now = int(given) if given else int(clock[0][0]) * 1000 + int(clock[0][1]) // 1000
+        raw, cancelled, pace, (holder, until), *more = pipe.execute()
+        woken = more.pop(0) if also else None
+        now = int(given) if given else int(more[0][0]) * 1000 + int(more[0][1]) // 1000
         ttl_ms = int(until) - now if holder and until else -2
         lock = (text(holder or b"") if ttl_ms > 0 else "", ttl_ms)
-        return WindowRecord.from_json(raw), cancelled == b"1", Pace.from_record(pace), lock
+        return WindowRecord.from_json(raw), cancelled == b"1", Pace.from_record(pace), lock, woken or None
 
     def windows(self, bf: str, dag: str) -> dict[int, WindowRecord]:
         """The windows that left ``planned``, by index (a window absent here is planned)."""
@@ -256,6 +260,10 @@ class Record:
     def is_cancelled(self, bf: str) -> bool:
         return self.redis.hget(self.k_meta(bf), "cancelled") == b"1"
 
+    def is_cancelled_on(self, pipe: redis.client.Pipeline, bf: str) -> None:
+        """``is_cancelled`` queued on a pipeline: its answer is ``b"1"`` if cancelled."""
+        pipe.hget(self.k_meta(bf), "cancelled")
+
     def request_cancel(self, bf: str, *, fail_running: bool = False) -> bool:
         """Flag the backfill cancelled (every worker checks it before each step). True if new."""
         meta = self.k_meta(bf)
@@ -297,6 +305,27 @@ class Record:
         """``transition``, returning the script's answer: 0 nothing changed (final already, in
         flight and not forced, or ``expect``'s field not holding its value: None, absent), 1
         same state and reason, 2 a change. ``erase``: facts forgotten with the change."""
+        keys, args = self._transition_call(params, dag, idx, state, reason, force, erase, expect, extra)
+        return self.transitioned(params, dag, idx, state, self._lua_transition(keys=keys, args=args))
+
+    def queue_transition(
+        self, pipe: redis.client.Pipeline, params: BackfillParams, dag: str, idx: int, state: str, *,
+        reason: str | None = None, force: bool = False, erase: tuple[str, ...] = (),
+        expect: tuple[str, Any] | None = None, **extra: Any,
+    ) -> None:  # fmt: skip
+        """``transition_code`` queued on a pipeline, with what must follow it in the same round
+        trip; its answer, the pipeline's, goes through ``transitioned``."""
+        keys, args = self._transition_call(params, dag, idx, state, reason, force, erase, expect, extra)
+        queue(self._lua_transition, pipe, keys, args)
+
+    def transitioned(self, params: BackfillParams, dag: str, idx: int, state: str, result: Any) -> int:
+        """The transition script's answer as ``transition_code`` returns it."""
+        return int(result)
+
+    def _transition_call(
+        self, params: BackfillParams, dag: str, idx: int, state: str, reason: str | None, force: bool,
+        erase: tuple[str, ...], expect: tuple[str, Any] | None, extra: dict[str, Any],
+    ) -> tuple[list[str], list[str]]:  # fmt: skip
         assert state in WINDOW_STATES, state
         now = round(self.clock.now(), 3)
         # "" rather than null: Lua sees JSON null as a truthy userdata.
@@ -321,8 +350,7 @@ class Record:
         if erase or expect:
             field, value = expect or ("", None)
             args += [json.dumps(list(erase)) if erase else "", field, json.dumps(value)]
-        result = self._lua_transition(keys=keys, args=args)
-        return int(result)
+        return keys, args
 
     def note(self, params: BackfillParams, dag: str, idx: int, **fields: Any) -> bool:
         """Remember facts about a window without changing its state (no event); a terminal

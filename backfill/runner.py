@@ -17,14 +17,18 @@ something else.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
+
 from backfill import pacing
 from backfill.airflow import AirflowClient, RunInfo
-from backfill.errors import AirflowConflict, AirflowError, AirflowNotFound, AirflowUnavailable
+from backfill.errors import AirflowConflict, AirflowError, AirflowNotFound, AirflowUnavailable, BackfillNotFound
 from backfill.eta import estimate
 from backfill.gates import held_back
 from backfill.history import decide
@@ -77,6 +81,7 @@ class WindowRunner:
         self.throttle = throttle
         self.parking = parking  # windows in flight wait parked while a watcher is alive
         self._calls = (0, 0)  # (requests of earlier steps, client counter at this step's start)
+        self._woken: bytes | None = None  # the run the watcher woke this window for, as listed
 
     # -- the step -------------------------------------------------------------------------
 
@@ -93,8 +98,11 @@ class WindowRunner:
         idx = self._idx = params.index_at(seq, dag)
         window = params.spec.window(idx)
         run_id = params.run_id(window)
-        rec, cancelled, self._pace, (lock_holder, ttl_ms) = self.record.snapshot(
-            params.backfill_id, dag, idx, lock_key=self.locks.key(dag)
+        woken_key = None
+        if self.parking is not None and self.settings.watch_every:
+            woken_key = (self.parking.k_ended, window_key(params.backfill_id, dag, seq))
+        rec, cancelled, self._pace, (lock_holder, ttl_ms), self._woken = self.record.snapshot(
+            params.backfill_id, dag, idx, lock_key=self.locks.key(dag), also=woken_key
         )
         # Until when (this process's clock) the lock is ours, as far as this step knows.
         self._lease_until = self.clock.now() + ttl_ms / 1000 if lock_holder == run_id else 0.0
@@ -187,13 +195,21 @@ class WindowRunner:
             self._lease_until = 0.0
             return self._wait(params, dag, idx, window, *held_back)
         # The slots last, then the final check: nothing between a grant and the trigger but
-        # one script (lock_arm.lua) that verifies lock, slots and cancel flag together.
-        why = self._slot(params, dag, run_id)
+        # one script (lock_arm.lua, in the grant's round trip) that verifies lock, slots and
+        # cancel flag together. Run ids repeat across the DAGs of a backfill: a slot is held
+        # by (run id, DAG).
+        member = slot_member(dag, run_id)
+
+        def arm(pipe: redis.client.Pipeline) -> None:  # with the slot's grant: without it, "slot", and no effect
+            self.locks.arm_on(pipe, dag, run_id, window=self._keys(params, dag, idx), member=member,
+                              slot_keys=self._slot_keys(params))  # fmt: skip
+
+        why, replies = self.throttle.acquire_then(params.backfill_id, member,
+                                                  max_parallel_dags=params.max_parallel_dags,
+                                                  priority=params.priority, then=arm)  # fmt: skip
         if why:
             return self._wait(params, dag, idx, window, why, self.settings.busy_poll)
-        member = slot_member(dag, run_id)
-        armed = self.locks.arm(dag, run_id, window=self._keys(params, dag, idx), member=member,
-                               slot_keys=self._slot_keys(params))  # fmt: skip
+        armed = self.locks.armed(replies[0])
         if armed == "cancelled":
             return self._finish(params, dag, idx, window, WindowState.CANCELLED, reason="backfill cancelled")
         if armed == "ended":  # ended by another delivery meanwhile: the next look says how
@@ -232,12 +248,11 @@ class WindowRunner:
         now = self.clock.now()
         # Our clock minus Airflow's (plus half a round trip): places Airflow's start date on ours.
         skew = round(now - run.queued_at.timestamp(), 3) if run.queued_at else 0.0
-        self._set(params, dag, idx, window, WindowState.TRIGGERED, run=run_id, triggered_at=now, skew=skew)
-        self.locks.disarm(dag, run_id)
+        cancelled = self._triggered(params, dag, idx, window, run_id, run=run_id, triggered_at=now, skew=skew)
         if params.max_starts_per_hour:
             self.throttle.starts.started(params.backfill_id, start_member(dag, run_id, rec.attempt))
         rec.triggered_at = now
-        if self.record.is_cancelled(params.backfill_id):
+        if cancelled:
             # Cancelled while we triggered: the cancel may have listed the runs before ours.
             return self._cancelled(params, dag, idx, window, run_id)
         return self._look(rec, run_id, 0.0)
@@ -284,8 +299,33 @@ class WindowRunner:
             return self._finish(params, dag, idx, window, WindowState.SKIPPED, reason=verdict.reason, run=run.run_id)
         if verdict.action != "rerun":  # no other verdict for a held date: a bug, never a clear
             raise AssertionError(f"unexpected verdict {verdict.action!r} for run {run.run_id}")
+        owner = self._followed_elsewhere(params, dag, run)
+        if owner:  # its end is that window's to record: re-running it now would take it over
+            self.throttle.release(params.backfill_id, slot_member(dag, run_id))
+            return self._wait(params, dag, idx, window, f"run {run.run_id} is still followed by {owner}, waiting "
+                              "for it to record its end", self.settings.busy_poll)  # fmt: skip
         # The DAG was found free and our slot taken just before the trigger.
         return self._rerun(params, dag, idx, window, run, rec)
+
+    def _followed_elsewhere(self, params: BackfillParams, dag: str, run: RunInfo) -> str | None:
+        """Which window of another backfill still follows ``run`` (its own run, in flight in its
+        record: its worker may be away, its lock expired), if any."""
+        other = run.run_id.split("__", 1)[0]
+        if "__" not in run.run_id or other == params.backfill_id:
+            return None
+        try:
+            theirs = self.record.params(other)
+        except BackfillNotFound:
+            return None
+        if dag not in theirs.dags:
+            return None
+        for i in theirs.indices(dag):
+            if theirs.run_id(theirs.spec.window(i)) == run.run_id:
+                found = self.record.window(other, dag, i)
+                if found.state in IN_FLIGHT and found.run == run.run_id:
+                    return f"backfill {other}'s window {theirs.spec.window(i).label()}"
+                return None
+        return None
 
     def _start_gate(
         self, params: BackfillParams, run_id: str, dag: str, attempt: int, *, reserve: bool
@@ -314,12 +354,6 @@ class WindowRunner:
 
     def _slot_keys(self, params: BackfillParams) -> list[str]:
         return self.throttle.slot_keys(params.backfill_id, max_parallel_dags=params.max_parallel_dags)
-
-    def _slot(self, params: BackfillParams, dag: str, run_id: str) -> str | None:
-        # Run ids repeat across the DAGs of a backfill: a slot is held by (run id, DAG).
-        member = slot_member(dag, run_id)
-        return self.throttle.acquire(params.backfill_id, member, max_parallel_dags=params.max_parallel_dags,
-                                     priority=params.priority)  # fmt: skip
 
     def _cancelled(self, params: BackfillParams, dag: str, idx: int, window: Window, run_id: str) -> Step:
         if self.record.meta(params.backfill_id).get("fail_running") == "1":
@@ -383,14 +417,11 @@ class WindowRunner:
                       f"reprocess={params.reprocess})")  # fmt: skip
         # The previous attempt's end is not this one's (cancel --fail-running, the report).
         erase = ("ended", "duration", "started") if retry else ()
-        self._set(
-            params, dag, idx, window, WindowState.TRIGGERED, reason=reason, run=run.run_id,
-            triggered_at=self.clock.now(), erase=erase,
-        )  # fmt: skip
-        self.locks.disarm(dag, params.run_id(window))
+        cancelled = self._triggered(params, dag, idx, window, params.run_id(window), reason=reason, run=run.run_id,
+                                    triggered_at=self.clock.now(), erase=erase)  # fmt: skip
         if params.max_starts_per_hour:
             self.throttle.starts.started(params.backfill_id, start_member(dag, params.run_id(window), rec.attempt))
-        if self.record.is_cancelled(params.backfill_id):  # as after a trigger: the cancel may have swept before
+        if cancelled:  # as after a trigger: the cancel may have swept before
             return self._cancelled(params, dag, idx, window, run.run_id)
         rec.triggered_at = now  # this attempt's, as recorded above
         return self._look(rec, run.run_id, 0.0)
@@ -428,23 +459,27 @@ class WindowRunner:
             else:
                 self._unstalled(params, dag, idx, window, run, rec)
             return self._look(rec, run.run_id, elapsed, run)
+        before: tuple[str, dict[str, Any]] | None = None
         if rec.state != WindowState.RUNNING and run.start_date is not None:
             # Paced looks can miss the running phase of a short run: record it anyway, so the
-            # events show every window's start in order, live or afterwards.
-            self._set(params, dag, idx, window, WindowState.RUNNING, run=run.run_id, started=_iso(run.start_date))
+            # events show every window's start in order, live or afterwards (with the end, in
+            # the same round trip).
+            before = (WindowState.RUNNING, {"run": run.run_id, "started": _iso(run.start_date)})
         duration = (run.end_date - run.start_date).total_seconds() if run.end_date and run.start_date else None
         if run.state == RunState.SUCCESS:
             return self._finish(
                 params, dag, idx, window, WindowState.SUCCESS, run=run.run_id, learnt=self._learn(run),
-                started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration,
+                started=_iso(run.start_date), ended=_iso(run.end_date), duration=duration, before=before,
             )  # fmt: skip
         ran: dict[str, Any] = {"started": _iso(run.start_date), "ended": _iso(run.end_date), "duration": duration}
         if rec.attempt <= params.retries:
+            if before is not None:
+                self._set(params, dag, idx, window, before[0], **before[1])
             return self._failed_attempt(params, dag, idx, window, run, rec, ran)
         of = f" (attempt {rec.attempt} of {params.retries + 1})" if params.retries else ""
         return self._finish(
             params, dag, idx, window, WindowState.FAILED, reason=f"Airflow run {run.run_id} failed{of}",
-            run=run.run_id, **ran,
+            run=run.run_id, before=before, **ran,
         )  # fmt: skip
 
     # -- ordering across DAGs ------------------------------------------------------------
@@ -584,13 +619,20 @@ class WindowRunner:
         *,
         reason: str | None = None,
         learnt: Pace | None = None,
+        before: tuple[str, dict[str, Any]] | None = None,
         **extra: Any,
     ) -> Step:
         if self._executions:
             extra["steps"] = self._executions
-        code = self._set(params, dag, idx, window, state, reason=reason, api_calls=self.calls(), **extra)
+
+        def then(pipe: redis.client.Pipeline) -> None:  # released after the record, in the same round trip
+            self._queue_release(pipe, params, dag, window, learnt=learnt)
+            if self.parking is not None:  # the run a wake left for it (read with the snapshot)
+                pipe.hdel(self.parking.k_ended, window_key(params.backfill_id, dag, params.seq_of(idx, dag)))
+
+        code, _ = self._set_then(params, dag, idx, window, state, then, reason=reason, before=before,
+                                 api_calls=self.calls(), **extra)  # fmt: skip
         self._flying = False
-        self._release(params, dag, window, learnt=learnt)
         if code == 0:  # another delivery ended it first: that one hands on
             ended = self.record.window(params.backfill_id, dag, idx)
             return Step(done=True, state=ended.state, reason=ended.reason, repeat=True)
@@ -600,17 +642,24 @@ class WindowRunner:
         """Give back what the ``seq``-th window of ``dag`` holds (idempotent)."""
         self._release(params, dag, params.window_at(seq, dag))
 
-    def _release(self, params: BackfillParams, dag: str, window: Window, *, learnt: Pace | None = None) -> None:
-        """Give back the window's lock and slots (and record what its run taught), in one round
-        trip. Our lock token is always our own run id, even when the window re-ran another run."""
-        token = params.run_id(window)
+    def _release(self, params: BackfillParams, dag: str, window: Window) -> None:
+        """Give back the window's lock and slots, in one round trip."""
         pipe = self.record.redis.pipeline(transaction=False)
+        self._queue_release(pipe, params, dag, window)
+        pipe.execute()
+
+    def _queue_release(
+        self, pipe: redis.client.Pipeline, params: BackfillParams, dag: str, window: Window, *,
+        learnt: Pace | None = None,
+    ) -> None:  # fmt: skip
+        """Give back the window's lock and slots (and record what its run taught), queued. Our
+        lock token is always our own run id, even when the window re-ran another run."""
+        token = params.run_id(window)
         self.locks.release_on(pipe, dag, token)
         self.locks.leave_line_on(pipe, dag, token)
         self.throttle.release(params.backfill_id, slot_member(dag, token), client=pipe)
         if learnt is not None:
             self.record.set_dag(params.backfill_id, dag, client=pipe, **learnt.to_record())
-        pipe.execute()
 
     def _outage(
         self,
@@ -657,15 +706,53 @@ class WindowRunner:
             log_change(params, dag, idx, window, state, reason=reason, **extra)
         return code
 
+    def _set_then(
+        self, params: BackfillParams, dag: str, idx: int, window: Window, state: str,
+        then: Callable[[redis.client.Pipeline], Any], *, reason: str | None = None,
+        before: tuple[str, dict[str, Any]] | None = None, **extra: Any,
+    ) -> tuple[int, list[Any]]:  # fmt: skip
+        """``_set`` (after ``before``'s state and facts, if given), and what ``then`` queues
+        after it, in one round trip: the transition's code and the answers of the rest."""
+        if state in IN_FLIGHT and extra.get("run"):
+            self._flying = True
+        pipe = self.record.redis.pipeline(transaction=False)
+        if before is not None:  # a state to record first (its log line first too)
+            self.record.queue_transition(pipe, params, dag, idx, before[0], **before[1])
+        self.record.queue_transition(pipe, params, dag, idx, state, reason=reason, **extra)
+        then(pipe)
+        results = pipe.execute()
+        if before is not None and self.record.transitioned(params, dag, idx, before[0], results.pop(0)) == 2:
+            log_change(params, dag, idx, window, before[0], **before[1])
+        first, *rest = results
+        code = self.record.transitioned(params, dag, idx, state, first)
+        if code == 2:
+            extra.pop("erase", None)
+            log_change(params, dag, idx, window, state, reason=reason, **extra)
+        return code, rest
+
+    def _triggered(
+        self, params: BackfillParams, dag: str, idx: int, window: Window, token: str, *, reason: str | None = None,
+        **extra: Any,
+    ) -> bool:  # fmt: skip
+        """Record the trigger (or clear) sent, disarm the lock (a cancel may free it again) and
+        read the cancel flag, in one round trip: True if the backfill is cancelled (the cancel
+        may have listed the runs before this one)."""
+
+        def then(pipe: redis.client.Pipeline) -> None:
+            self.locks.disarm_on(pipe, dag, token)
+            self.record.is_cancelled_on(pipe, params.backfill_id)
+
+        _, (_, cancelled) = self._set_then(params, dag, idx, window, WindowState.TRIGGERED, then, reason=reason,
+                                           **extra)  # fmt: skip
+        return bool(cancelled == b"1")
+
     # -- polling --------------------------------------------------------------------------
 
     def _woken_for(self, params: BackfillParams, dag: str, idx: int, rec: WindowRecord) -> RunInfo | None:
         """The ended run the watcher woke this window for, if it is this attempt's run and end
         (a retry re-runs the same run id: an earlier attempt's end is not this one's)."""
-        if self.parking is None or not self.settings.watch_every:
-            return None
-        raw = self.parking.ended(window_key(params.backfill_id, dag, params.seq_of(idx, dag)))
-        if raw is None:
+        raw = json.loads(self._woken) if self._woken else None  # read with the snapshot
+        if not raw:  # {}: woken with no run (a cancel)
             return None
         run = RunInfo.from_json(raw)
         if run.run_id != rec.run or run.queued_at is None or rec.triggered_at is None or _earlier_attempt(run, rec):

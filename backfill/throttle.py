@@ -22,13 +22,14 @@ while its window keeps asking (``stale`` seconds), so a cancelled or lost window
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 
 from backfill.clock import SYSTEM, Clock
-from backfill.lua import source
+from backfill.lua import queue, source
 
 # A backfill's priority, per level, in places in the global line: its windows go ahead of
 # windows that asked up to that many asks before them, and never further, so a lower-priority
@@ -43,6 +44,11 @@ class Grant:
     position: int  # place in line when not granted (1 = next)
     in_use: int  # slots held, this one included when granted
     limit: int  # the limit that applied (0 = none)
+
+
+def _grant(reply: Any) -> Grant:
+    ok, pos, used, lim = reply
+    return Grant(bool(ok), int(pos), int(used), int(lim))
 
 
 class Semaphore:
@@ -70,9 +76,14 @@ class Semaphore:
     def acquire(self, member: str, limit: int, *, head_start: int = 0) -> Grant:
         """Take (or keep) a slot for ``member``; ``limit`` applies unless Redis holds an override.
         ``head_start``: places ahead of its arrival ``member`` joins the line at (a priority)."""
-        args: list[Any] = [member, limit, self.clock.script_now(), self._ttl_ms, self._stale_ms, head_start]
-        ok, pos, used, lim = self._lua_acquire(keys=self._keys(), args=args)
-        return Grant(bool(ok), int(pos), int(used), int(lim))
+        return _grant(self._lua_acquire(keys=self._keys(), args=self._args(member, limit, head_start)))
+
+    def acquire_on(self, pipe: redis.client.Pipeline, member: str, limit: int, *, head_start: int = 0) -> None:
+        """``acquire``, queued on a pipeline (its reply: ``_grant``)."""
+        queue(self._lua_acquire, pipe, self._keys(), self._args(member, limit, head_start))
+
+    def _args(self, member: str, limit: int, head_start: int) -> list[Any]:
+        return [member, limit, self.clock.script_now(), self._ttl_ms, self._stale_ms, head_start]
 
     def release(self, *members: str, client: redis.client.Pipeline | None = None) -> None:
         """Give back slots and places in line. ``client``: a pipeline to queue it on."""
@@ -132,18 +143,32 @@ class Throttle:
     def acquire(self, bf: str, member: str, *, max_parallel_dags: int, priority: int = 0) -> str | None:
         """None when the window may trigger, else why it waits. ``priority``: a head start of
         ``PRIORITY_PLACES`` per level in the global line (negative: behind)."""
+        return self.acquire_then(bf, member, max_parallel_dags=max_parallel_dags, priority=priority)[0]
+
+    def acquire_then(
+        self, bf: str, member: str, *, max_parallel_dags: int, priority: int = 0,
+        then: Callable[[redis.client.Pipeline], Any] | None = None,
+    ) -> tuple[str | None, list[Any]]:  # fmt: skip
+        """``acquire``, and what ``then`` queues after the last slot's grant, in the same round
+        trip (the check before a trigger, which fails without the slot): why it waits (None: it
+        may trigger), and the answers of ``then`` (none if it was not sent)."""
         if max_parallel_dags > 0:
             grant = self.of_backfill(bf).acquire(member, max_parallel_dags)
             if not grant.granted:
                 # No position or count in the text: the reason is recorded (and logged) only
                 # when it changes, and a waiting DAG should make one line, not one per move.
-                return f"max_parallel_dags={grant.limit} reached, waiting for a turn in line"
-        grant = self.glob.acquire(member, self.global_limit, head_start=priority * PRIORITY_PLACES)
+                return f"max_parallel_dags={grant.limit} reached, waiting for a turn in line", []
+        pipe = self._client.pipeline(transaction=False)
+        self.glob.acquire_on(pipe, member, self.global_limit, head_start=priority * PRIORITY_PLACES)
+        if then is not None:
+            then(pipe)
+        reply, *rest = pipe.execute()
+        grant = _grant(reply)
         if not grant.granted:
             return (
                 f"global limit reached ({grant.limit} runs in flight across all backfills), waiting for a turn in line"
-            )
-        return None
+            ), rest
+        return None, rest
 
     def slot_keys(self, bf: str, *, max_parallel_dags: int) -> list[str]:
         """The slot sets a window of ``bf`` holds (for ``DagLocks.hold`` and ``arm``)."""

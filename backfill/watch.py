@@ -52,7 +52,7 @@ import redis
 
 from backfill.airflow import AirflowClient
 from backfill.clock import SYSTEM, Clock
-from backfill.lua import source
+from backfill.lua import queue, source
 from backfill.pacing import FIELDS, SCHEDULER_START, Pace, next_look
 
 log = logging.getLogger("backfill")
@@ -164,8 +164,9 @@ class Parking:
         return self.wake({k: {} for k in keys})
 
     def ended(self, key: str) -> dict[str, Any] | None:
-        """The ended run a window was woken for, taken (read once): the step checks it is its
-        own attempt's end before trusting it."""
+        """The run a window was woken for, taken (tests and tools). A step reads it with its
+        snapshot (``Record.snapshot``'s ``also``) and checks it is its own attempt's before
+        trusting it; the window's next park or its end forgets it."""
         pipe = self._redis.pipeline(transaction=True)
         pipe.hget(self.k_ended, key)
         pipe.hdel(self.k_ended, key)
@@ -250,7 +251,7 @@ class Parking:
         pipe = self._redis.pipeline(transaction=False)
         for raw in holds.values():
             keys, (token, ttl, member, slot_ttl, idx) = json.loads(raw)
-            self._lua_hold(keys=keys, args=[token, ttl, now, member, slot_ttl, idx], client=pipe)
+            queue(self._lua_hold, pipe, keys, [token, ttl, now, member, slot_ttl, idx])
         return sum(1 for r in pipe.execute() if r != b"ended" and r != "ended")
 
 
@@ -267,11 +268,14 @@ class Watcher:
         self, *, parking: Parking, airflow: AirflowClient, publish: Callable[[dict[str, Any]], None],
         every: float = 1.0, ceiling: float = 60.0, holder: str | None = None,
         started: Callable[[str, dict[str, Any]], Any] | None = None, one_list: int = ONE_LIST,
-        hold_every: float = HOLD_EVERY,
+        hold_every: float = HOLD_EVERY, publish_many: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:  # fmt: skip
         self.parking = parking
         self.airflow = airflow
         self.publish = publish
+        # Publishes a claimed batch at once (a worker's: one round trip to the broker), or raises
+        # having published some or none (they are published again once their claim runs out).
+        self.publish_many = publish_many
         self.every = every  # the longest between two rounds (new windows, due messages)
         self.min_gap = min(every, MIN_GAP)  # the shortest between two rounds (more with more runs watched)
         self.ceiling = ceiling  # the longest between two lists while a run is watched
@@ -536,9 +540,13 @@ class Watcher:
                 return count
             sent: list[tuple[str, float]] = []
             try:
-                for key, score, message in claimed:
-                    self.publish(message)
-                    sent.append((key, score))
+                if self.publish_many is not None:  # all in one go (or, failing, none known sent)
+                    self.publish_many([message for _, _, message in claimed])
+                    sent = [(key, score) for key, score, _ in claimed]
+                else:
+                    for key, score, message in claimed:
+                        self.publish(message)
+                        sent.append((key, score))
             finally:
                 self.parking.done(sent)
             count += len(sent)

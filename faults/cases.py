@@ -133,13 +133,13 @@ def _lease_from_snapshot() -> Iterator[None]:
         yield
 
 
-def _no_arm(self: Any, dag_id: str, token: str, **_: Any) -> str:
-    return "ok"
+def _no_arm(reply: Any) -> str:
+    return "ok"  # the final check's answer ignored
 
 
 @contextlib.contextmanager
 def _unchecked_trigger() -> Iterator[None]:
-    with mock.patch("backfill.locks.DagLocks.arm", _no_arm), \
+    with mock.patch("backfill.locks.DagLocks.armed", staticmethod(_no_arm)), \
             mock.patch.object(settings.Settings, "__post_init__", _old_settings_check):  # fmt: skip
         yield
 
@@ -406,8 +406,14 @@ def cases() -> list[Case]:
         ),
         Case(
             "repeat-keeps-the-lock",
-            "a repeated step did not release the lock after a crash between the final state and the release",
-            small(113, backfills=[bf(113)], faults=[Fault("redis", "*", "crash", inside="_release", redeliver=1.0)]),
+            "a repeated step did not release the lock after a crash between the final state and the release "
+            "(one pipeline since 2026-12-01: the case cuts it after its first command)",
+            # The final state and the release are one pipeline: the crash comes between its commands.
+            small(
+                113,
+                backfills=[bf(113)],
+                faults=[Fault("redis", "*", "crash", when="midway", inside="_finish", redeliver=1.0)],
+            ),
             patched(WindowRunner, "_repeat", _no_release_on_repeat),
             "7",
         ),
@@ -495,6 +501,16 @@ def cases() -> list[Case]:
             ),
             _hold_after_cancel,
             "7",
+        ),
+        Case(
+            "rerun-takes-over-a-followed-run",
+            "(found by the harness, seed 894) a window away past its lock's lease found its run re-run meanwhile "
+            "by another backfill "
+            "(`reprocess=completed`), took that run's failure for its own attempt's and retried a run that had "
+            "succeeded; a window now waits while another backfill's window still follows the run it would re-run",
+            faults.run.generate(894),
+            patched(WindowRunner, "_followed_elsewhere", lambda *_: None),
+            "2",
         ),
     ]
     return out

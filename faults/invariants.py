@@ -261,6 +261,9 @@ def _excused(sim: Sim, params: dict, token: str, dag: str) -> bool:
     for idx in p.indices(dag) if dag in p.dags else []:
         if p.run_id(p.spec.window(idx)) == token:
             ended = sim.ended_at.get((bf, dag, idx))
+            if ended is None:  # recorded by a pipeline cut midway (its answer lost): the record's own time
+                rec = sim.record.window(bf, dag, idx)
+                ended = rec.at if rec.state in TERMINAL else None
             stepped = sim.world.steps.get((bf, dag, p.seq_of(idx, dag)))
             return ended is None or stepped is None or stepped <= ended
     return True

@@ -162,8 +162,8 @@ class SimRecord(Record):
         super().__init__(*args, **kwargs)
         self._world, self._ended_at = world, ended_at
 
-    def transition_code(self, params: BackfillParams, dag: str, idx: int, state: str, **kwargs: Any) -> int:
-        code = super().transition_code(params, dag, idx, state, **kwargs)
+    def transitioned(self, params: BackfillParams, dag: str, idx: int, state: str, result: Any) -> int:
+        code = super().transitioned(params, dag, idx, state, result)
         if code == 2 and state in TERMINAL:
             self._ended_at.setdefault((params.backfill_id, dag, idx), self._world.t)
         return code

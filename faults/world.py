@@ -14,6 +14,7 @@ workers' revoke handler.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import random
@@ -39,7 +40,8 @@ class Crash(BaseException):
 @dataclass
 class Fault:
     """A targeted fault: at the ``nth`` point matching ``kind`` and ``name`` ("*": any), and if
-    given with ``inside`` among the caller's functions, ``when`` before or after its effect, do
+    given with ``inside`` among the caller's functions, ``when`` before or after its effect (or,
+    for a pipeline, "midway": its first command applied, then a crash), do
     ``action``: "crash", "error" (the call fails), "bug" (an unexpected exception), "slow" (the
     longest a call can take) or "pause" (the actor sleeps ``seconds``: others run meanwhile);
     ``times`` times in a row."""
@@ -271,6 +273,28 @@ class World:
         elif kind == "airflow" and when == "before" and rng.random() < r.slow:
             self._do("slow", kind, name, when)
 
+    def midway(self, kind: str, name: str) -> bool:
+        """Whether a targeted crash ``when="midway"`` is due at this pipeline: its caller applies
+        the pipeline's first command only, then crashes (``crash_midway``), as a client killed
+        while Redis runs what it had sent."""
+        actor = self.current
+        if actor is None:
+            return False
+        for f in self.faults:
+            if f.fired or f.kind != kind or f.name not in (name, "*") or f.when != "midway":
+                continue
+            if f.inside and f.inside not in _callers():
+                continue
+            f.seen += 1
+            if f.seen >= f.nth:
+                f.fired = f.seen >= f.nth + f.times - 1
+                actor.redeliver_after = f.redeliver
+                return True
+        return False
+
+    def crash_midway(self, kind: str, name: str) -> None:
+        self._do("crash", kind, name, "midway", targeted=True)
+
     def _do(self, action: str, kind: str, name: str, when: str, *, targeted: bool = False) -> None:
         actor = self.current
         assert actor is not None
@@ -363,6 +387,8 @@ class SimRedis(redis.Redis):
         cmd = str(args[0]).upper()
         if cmd == "EVALSHA":
             return self.script_names.get(str(args[1]), "EVALSHA")
+        if cmd == "EVAL":  # a script queued on a pipeline (backfill.lua.queue)
+            return self.script_names.get(hashlib.sha1(str(args[1]).encode()).hexdigest(), "EVAL")
         return cmd
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
@@ -372,6 +398,11 @@ class SimRedis(redis.Redis):
         def run(raise_on_error: bool = True) -> Any:
             names = ",".join(self._name(c[0]) for c in pipe.command_stack)
             world.point("redis", f"PIPELINE[{names}]")
+            if world.midway("redis", f"PIPELINE[{names}]"):
+                head = redis.Redis.pipeline(self, transaction=False)
+                head.command_stack = pipe.command_stack[:1]
+                head.execute()
+                world.crash_midway("redis", f"PIPELINE[{names}]")
             out = execute(raise_on_error)
             world.after("redis", f"PIPELINE[{names}]")
             return out

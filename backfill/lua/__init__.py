@@ -8,8 +8,13 @@ its simulated time instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
+from typing import Any, cast
+
+from redis.client import Pipeline
+from redis.commands.core import Script
 
 from backfill.states import TERMINAL
 
@@ -44,3 +49,10 @@ end
 def source(name: str) -> str:
     """The text of ``<name>.lua``, with the shared prelude."""
     return _PRELUDE + files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+def queue(script: Script, pipe: Pipeline, keys: Sequence[Any], args: Sequence[Any]) -> None:
+    """Queue ``script`` on a pipeline, sent with its text (``EVAL``): a pipeline holding a
+    registered script (``EVALSHA``) first asks ``SCRIPT EXISTS``, a round trip more on every
+    execute, and one that skipped that check would fail half-applied after a Redis restart."""
+    pipe.eval(cast(str, script.script), len(keys), *keys, *args)

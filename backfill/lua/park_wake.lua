@@ -1,5 +1,5 @@
--- Make parked windows due now, with the run each was woken for as listed (park:ended, read
--- once by the woken step). Only windows still parked and not claimed: a claimed one (its
+-- Make parked windows due now, with the run each was woken for as listed (park:ended, read by
+-- the woken step with its snapshot, forgotten at its next park or its end). Only windows still parked and not claimed: a claimed one (its
 -- deadline a half millisecond) is being published already. A window woken at its run's start
 -- and not yet published takes its run's end instead, listed later.
 -- KEYS: due (zset), ended (hash). ARGV: key, run (JSON), ended ('1' or '0'), ...

@@ -305,3 +305,25 @@ def test_renewals_keep_nothing_for_an_ended_or_cancelled_window(scratch_redis: r
         p.park(window_key(f"bf-{n}", dag, 0), {"n": n}, 100.0, Watched(dag, f"bf-{n}__x", time.time(), hold=hold))
     assert p.hold_all() == 1
     assert [locks.holder(d) for d in "abc"] == [None, "bf-1__x", None]
+
+
+def test_a_batch_published_at_once_is_done_and_a_failed_batch_comes_back(scratch_redis: redis.Redis) -> None:
+    """``publish_many`` (a worker's: one round trip to the broker) either published the whole
+    claimed batch, done, or raised having published some or none: then none is marked done,
+    and every message is due again once its claim runs out (a duplicate costs one look)."""
+    p, batches = _parking(scratch_redis), []
+    for n in range(3):
+        p.park(window_key("bf-1", "etl", n), {"n": n}, 0.0, Watched("etl", f"bf-1__{n}", time.time()))
+
+    def fail(messages: list[dict[str, Any]]) -> None:
+        raise OSError("broker gone")
+
+    watcher = Watcher(parking=p, airflow=EndedRuns(), publish=lambda m: None, every=0.01, holder="w1",  # type: ignore[arg-type]
+                      publish_many=fail)  # fmt: skip
+    with pytest.raises(OSError):
+        watcher._publish_due()
+    assert len(p.parked()) == 3 and p.claim() == []  # claimed: not due before the lease runs out
+    scratch_redis.zadd(p.k_due, {window_key("bf-1", "etl", n): 1 for n in range(3)})  # the lease ran out
+    watcher.publish_many = batches.append
+    assert watcher._publish_due() == 3
+    assert [sorted(m["n"] for m in b) for b in batches] == [[0, 1, 2]] and p.parked() == {}
