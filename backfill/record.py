@@ -201,19 +201,22 @@ class Record:
         """What one poll needs, in one round trip: the window, the cancel flag, the DAG's learnt
         durations (``backfill.pacing.FIELDS``), its lock's holder and milliseconds to live (on
         Redis's clock: its ``TIME`` is read in the same round trip), and ``also``'s field of a
-        hash (the run the watcher woke the window for, ``backfill.watch.Parking.k_ended``)."""
+        hash, taken (the run the watcher woke the window for, ``backfill.watch.Parking.k_ended``)."""
         given = self.clock.script_now()
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self.k_windows(bf, dag), str(idx))
         pipe.hget(self.k_meta(bf), "cancelled")
         pipe.hmget(self.k_dag(bf, dag), list(PACE_FIELDS))
         pipe.hmget(lock_key, ["token", "until"])
-        if also:
+        if also:  # taken: read once (a stale one would outlive its attempt)
             pipe.hget(*also)
+            pipe.hdel(*also)
         if not given:
             pipe.time()
         raw, cancelled, pace, (holder, until), *more = pipe.execute()
         woken = more.pop(0) if also else None
+        if also:
+            more.pop(0)
         now = int(given) if given else int(more[0][0]) * 1000 + int(more[0][1]) // 1000
         ttl_ms = int(until) - now if holder and until else -2
         lock = (text(holder or b"") if ttl_ms > 0 else "", ttl_ms)

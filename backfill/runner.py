@@ -17,6 +17,7 @@ something else.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 from collections.abc import Callable
@@ -127,7 +128,8 @@ class WindowRunner:
             else:  # parked: the watcher renews what it holds (``Parking.hold_all``)
                 keys, member = self._keys(params, dag, idx), slot_member(dag, run_id)
                 hold = self.locks.hold_spec(dag, run_id, window=keys, member=member, slot_keys=self._slot_keys(params))
-                self._keep(params, dag, run_id, min(step.delay, self.settings.hold_every))
+                # Until the watcher's next renewal, or a countdown's look should the park fail.
+                self._keep(params, dag, run_id, min(step.delay, max(self.settings.hold_every, self.settings.poll_max)))
                 step = replace(step, watch=replace(step.watch, hold=hold))
         return step
 
@@ -309,23 +311,30 @@ class WindowRunner:
 
     def _followed_elsewhere(self, params: BackfillParams, dag: str, run: RunInfo) -> str | None:
         """Which window of another backfill still follows ``run`` (its own run, in flight in its
-        record: its worker may be away, its lock expired), if any."""
-        other = run.run_id.split("__", 1)[0]
-        if "__" not in run.run_id or other == params.backfill_id:
+        record: its worker may be away, its lock expired), if any. Not past the time its message
+        takes to come back from a dead worker (visibility timeout) and its lock to expire: a
+        window that never stepped again (its chain lost) does not hold the run for ever."""
+        other, sep, _ = run.run_id.partition("__")
+        if not sep or other == params.backfill_id:
             return None
         try:
             theirs = self.record.params(other)
         except BackfillNotFound:
             return None
-        if dag not in theirs.dags:
+        if dag not in theirs.dags or run.logical_date is None:
             return None
-        for i in theirs.indices(dag):
-            if theirs.run_id(theirs.spec.window(i)) == run.run_id:
-                found = self.record.window(other, dag, i)
-                if found.state in IN_FLIGHT and found.run == run.run_id:
-                    return f"backfill {other}'s window {theirs.spec.window(i).label()}"
-                return None
-        return None
+        spec = theirs.spec  # windows in order of their start: the run's is found by bisection
+        i = bisect.bisect_left(range(len(spec)), run.logical_date, key=lambda j: spec.window(j).start)
+        if i >= len(spec) or theirs.run_id(spec.window(i)) != run.run_id:
+            return None
+        found = self.record.window(other, dag, i)
+        away = self.clock.now() - (found.at or 0.0)
+        if found.state not in IN_FLIGHT or found.run != run.run_id or away > self._away_max():
+            return None
+        return f"backfill {other}'s window {spec.window(i).label()}"
+
+    def _away_max(self) -> float:
+        return 1.2 * self.settings.visibility_timeout + self.settings.lock_ttl + self.settings.watched_wait
 
     def _start_gate(
         self, params: BackfillParams, run_id: str, dag: str, attempt: int, *, reserve: bool

@@ -313,8 +313,8 @@ class Watcher:
             self._forget()  # another watcher's: start afresh if it comes back
             return self.every
         try:
+            self._hold()  # first: a publish failing round after round must not let the leases lapse
             self._publish_due()
-            self._hold()
             watched = self.parking.watched()
             now = self.parking.clock.now()
             self._gap = min(self.every, self.min_gap + GAP_PER_RUN * len(watched))
@@ -560,8 +560,8 @@ class Watcher:
         while not stop.is_set():
             try:
                 if drain_only:
-                    self._publish_due()
                     self._hold()
+                    self._publish_due()
                     wait = self.every
                 else:
                     wait = self.tick()

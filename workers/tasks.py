@@ -407,10 +407,14 @@ def _publish_parked(message: dict[str, Any]) -> None:
 def _publish_parked_batch(messages: list[dict[str, Any]]) -> None:
     """The woken windows' messages in one round trip to the broker (kombu's publish batch): a
     thousand runs ending at once make hundreds of them (bench B4)."""
-    with app.producer_or_acquire() as producer, producer.batch():
+    try:
+        with app.producer_or_acquire() as producer, producer.batch():
+            for message in messages:
+                signature(message, app=app).apply_async(producer=producer, priority=WOKEN_PRIORITY)
+    except Exception as exc:  # some may have gone: every one again, each with retries (a duplicate costs a look)
+        log.warning("watcher: publishing %d woken window(s) at once failed (%r): one by one", len(messages), exc)
         for message in messages:
-            signature(message, app=app).apply_async(producer=producer, retry_policy=_PARKED_RETRY,
-                                                    priority=WOKEN_PRIORITY)  # fmt: skip
+            _publish_parked(message)
 
 
 @signals.worker_shutdown.connect

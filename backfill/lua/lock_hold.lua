@@ -9,6 +9,13 @@
 local now = now_ms(ARGV[3])
 local gone = window_gone(KEYS[2], KEYS[3], ARGV[6])
 if gone then return 'ended' end
+-- Nor for a window no longer in flight (a failed attempt waiting for its retry): the watcher
+-- renews what a parked window left (park:hold) until its message is published, maybe later.
+local raw = redis.call('HGET', KEYS[3], ARGV[6])
+if raw then
+  local state = cjson.decode(raw)['state']
+  if state ~= 'triggered' and state ~= 'running' then return 'ended' end
+end
 local ttl = tonumber(ARGV[2])
 local cur = redis.call('HMGET', KEYS[1], 'token', 'until')
 local other = false

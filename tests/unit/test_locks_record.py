@@ -189,3 +189,25 @@ def test_windows_wanting_a_dag_get_it_first_come_or_by_priority_and_a_silent_one
     # One that stops asking leaves the line after ``stale``: the next one takes the DAG.
     time.sleep(0.4)
     assert locks.take("d", "a__2") is None and locks.queue("d") == ("a__2", [])
+
+
+def test_a_step_reads_its_window_and_takes_its_woken_run_in_one_round_trip(scratch_redis):
+    """``Record.snapshot``: the window, the cancel flag, the pace, the lock, and the run the
+    watcher woke the window for, taken (read once: a stale one would outlive its attempt)."""
+    record = Record(scratch_redis, prefix="t", ttl=60)
+    params = validate(Request(dags=["a"], start="2024-01-01", end="2024-01-02", batch="daily"), max_windows=10)
+    record.create(params)
+    bf = params.backfill_id
+    record.transition(params, "a", 0, "triggered", run="r0")
+    scratch_redis.hset("t:park:ended", f"{bf}/a/0", json.dumps({"dag_run_id": "r0", "state": "success"}))
+    rec, cancelled, _, (holder, _), woken = record.snapshot(bf, "a", 0, lock_key="t:lock:a",
+                                                            also=("t:park:ended", f"{bf}/a/0"))  # fmt: skip
+    assert rec.state == "triggered" and not cancelled and holder == ""
+    assert json.loads(woken) == {"dag_run_id": "r0", "state": "success"}
+    assert record.snapshot(bf, "a", 0, lock_key="t:lock:a", also=("t:park:ended", f"{bf}/a/0"))[4] is None
+    # Recorded and released in one pipeline: the transition's answer comes first.
+    pipe = scratch_redis.pipeline(transaction=False)
+    record.queue_transition(pipe, params, "a", 0, "success", run="r0")
+    pipe.hset("t:probe", "x", "1")
+    code, _ = pipe.execute()
+    assert record.transitioned(params, "a", 0, "success", code) == 2 and record.window(bf, "a", 0).state == "success"

@@ -4,6 +4,7 @@ and every integration test runs its windows through the watcher)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -292,19 +293,20 @@ def test_the_watcher_keeps_a_parked_windows_lock_and_slots_past_their_lease(scra
     assert locks.holder("etl") is None
 
 
-def test_renewals_keep_nothing_for_an_ended_or_cancelled_window(scratch_redis: redis.Redis) -> None:
+def test_renewals_keep_nothing_for_an_ended_cancelled_or_waiting_window(scratch_redis: redis.Redis) -> None:
     p = _parking(scratch_redis)
     locks = DagLocks(scratch_redis, prefix="t", ttl=10, slot_ttl=10)
-    for n, (dag, ended) in enumerate((("a", True), ("b", False), ("c", False))):
+    states = (("a", "failed"), ("b", "running"), ("c", None), ("d", "waiting"))  # d: a failed attempt's retry
+    for n, (dag, state) in enumerate(states):
         keys = WindowKeys(f"t:bf:bf-{n}", f"t:bf:bf-{n}:windows:{dag}", 0)
-        if ended:
-            scratch_redis.hset(keys.windows, "0", '{"state": "failed"}')
+        if state:
+            scratch_redis.hset(keys.windows, "0", json.dumps({"state": state}))
         if dag == "c":
             scratch_redis.hset(keys.meta, "cancelled", "1")
         hold = locks.hold_spec(dag, f"bf-{n}__x", window=keys, member=f"{dag}|x", slot_keys=[])
         p.park(window_key(f"bf-{n}", dag, 0), {"n": n}, 100.0, Watched(dag, f"bf-{n}__x", time.time(), hold=hold))
     assert p.hold_all() == 1
-    assert [locks.holder(d) for d in "abc"] == [None, "bf-1__x", None]
+    assert [locks.holder(d) for d in "abcd"] == [None, "bf-1__x", None, None]
 
 
 def test_a_batch_published_at_once_is_done_and_a_failed_batch_comes_back(scratch_redis: redis.Redis) -> None:
