@@ -244,23 +244,15 @@ class World:
         actor = self.current
         if actor is None:
             return
-        for f in self.faults:
-            if f.fired or f.kind != kind or f.name not in (name, "*") or f.when != when:
-                continue
-            if f.inside and f.inside not in _callers():
-                continue
-            f.seen += 1
-            if f.seen >= f.nth:
-                f.fired = f.seen >= f.nth + f.times - 1
-                if f.action == "pause":
-                    self.injected.append(
-                        f"t+{self.t - T0:.1f} {actor.name}: pause {f.seconds} s {when} {kind} {name} *"
-                    )
-                    self.sleep(f.seconds)
-                    return
-                actor.redeliver_after = f.redeliver
-                self._do(f.action, kind, name, when, targeted=True)
+        f = self._targeted(kind, name, when)
+        if f is not None:
+            if f.action == "pause":
+                self.injected.append(f"t+{self.t - T0:.1f} {actor.name}: pause {f.seconds} s {when} {kind} {name} *")
+                self.sleep(f.seconds)
                 return
+            actor.redeliver_after = f.redeliver
+            self._do(f.action, kind, name, when, targeted=True)
+            return
         r, rng = self.rates, self.rng
         if actor.name.startswith("user"):
             return  # a person's command: its own faults are not ours to survive
@@ -278,19 +270,24 @@ class World:
         the pipeline's first command only, then crashes (``crash_midway``), as a client killed
         while Redis runs what it had sent."""
         actor = self.current
-        if actor is None:
+        f = self._targeted(kind, name, "midway") if actor is not None else None
+        if f is None or actor is None:
             return False
+        actor.redeliver_after = f.redeliver
+        return True
+
+    def _targeted(self, kind: str, name: str, when: str) -> Fault | None:
+        """The targeted fault due at this point, if any (counting the points each one matches)."""
         for f in self.faults:
-            if f.fired or f.kind != kind or f.name not in (name, "*") or f.when != "midway":
+            if f.fired or f.kind != kind or f.name not in (name, "*") or f.when != when:
                 continue
             if f.inside and f.inside not in _callers():
                 continue
             f.seen += 1
             if f.seen >= f.nth:
                 f.fired = f.seen >= f.nth + f.times - 1
-                actor.redeliver_after = f.redeliver
-                return True
-        return False
+                return f
+        return None
 
     def crash_midway(self, kind: str, name: str) -> None:
         self._do("crash", kind, name, "midway", targeted=True)
