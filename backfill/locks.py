@@ -99,8 +99,7 @@ class DagLocks:
         """Renew the lock and the slots of a window whose run is in flight (``lock_hold.lua``).
         Returns "ended" (the window ended or its backfill was cancelled: nothing kept), or
         another live holder of the lock, if the lock expired and was taken meanwhile."""
-        keys = [self.key(dag_id), window.meta, window.windows, *slot_keys]
-        args: list[Any] = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.field]
+        keys, args = self._window_call(dag_id, token, window=window, member=member, slot_keys=slot_keys)
         return _text(self._lua_hold(keys=keys, args=args))
 
     def hold_spec(self, dag_id: str, token: str, *, window: WindowKeys, member: str, slot_keys: list[str]) -> str:
@@ -112,18 +111,23 @@ class DagLocks:
     def arm(self, dag_id: str, token: str, *, window: WindowKeys, member: str, slot_keys: list[str]) -> str:
         """The check just before a trigger (``lock_arm.lua``): "ok", "cancelled", "ended", "lost"
         or "slot"."""
-        keys = [self.key(dag_id), window.meta, window.windows, *slot_keys]
-        args: list[Any] = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.field]
-        return str(_text(self._lua_arm(keys=keys, args=args)))
+        keys, args = self._window_call(dag_id, token, window=window, member=member, slot_keys=slot_keys)
+        return self.armed(self._lua_arm(keys=keys, args=args))
 
     def arm_on(
         self, pipe: redis.client.Pipeline, dag_id: str, token: str, *, window: WindowKeys, member: str,
         slot_keys: list[str],
     ) -> None:  # fmt: skip
         """``arm``, queued on a pipeline after the slot's grant (its answer: ``armed``)."""
+        queue(self._lua_arm, pipe, *self._window_call(dag_id, token, window=window, member=member,
+                                                      slot_keys=slot_keys))  # fmt: skip
+
+    def _window_call(
+        self, dag_id: str, token: str, *, window: WindowKeys, member: str, slot_keys: list[str]
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``lock_hold.lua`` and ``lock_arm.lua``."""
         keys = [self.key(dag_id), window.meta, window.windows, *slot_keys]
-        args: list[Any] = [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.field]
-        queue(self._lua_arm, pipe, keys, args)
+        return keys, [token, self._ttl_ms, self.clock.script_now(), member, self._slot_ttl_ms, window.field]
 
     @staticmethod
     def armed(reply: Any) -> str:
