@@ -266,7 +266,13 @@ class Lifecycle:
         if step.state == WindowState.NOT_RUN and params.on_failure == "stop" and params.after:
             # Not run because an upstream window did not succeed (backfill.order): the DAG stops too.
             return self.stop_dag(params, dag, seq, window.label(), step.reason, result, ended="was not run")
-        if repeat_check and step.repeat and seq + 1 < params.count(dag):
+        if seq + 1 == params.count(dag):
+            # The DAG's last window closes it here: a link more (continue_dag) would cost every
+            # DAG a message and a task execution (bench B4). On every delivery, as the close is
+            # idempotent: a crash before it closes on redelivery.
+            self.close_dag(params, dag)
+            return Next(chain=False, result=result)
+        if repeat_check and step.repeat:
             nxt = self.ctx.record.window(params.backfill_id, dag, params.index_at(seq + 1, dag))
             if nxt.state != WindowState.PLANNED:
                 # Handed on already (this is a duplicate or a redelivery): the chain goes on there.

@@ -130,6 +130,7 @@ class Record:
         self._lua_finish_dag = client.register_script(source("dag_finish"))
         self._lua_note = client.register_script(source("window_note"))
         self._lua_create = client.register_script(source("backfill_create"))
+        self._lua_snapshot = client.register_script(source("window_snapshot"))
         self._params: dict[str, BackfillParams] = {}
 
     # -- keys -----------------------------------------------------------------------------
@@ -198,28 +199,14 @@ class Record:
     def snapshot(
         self, bf: str, dag: str, idx: int, *, lock_key: str, also: tuple[str, str] | None = None
     ) -> tuple[WindowRecord, bool, Pace, tuple[str, int], bytes | None]:
-        """What one poll needs, in one round trip: the window, the cancel flag, the DAG's learnt
-        durations (``backfill.pacing.FIELDS``), its lock's holder and milliseconds to live (on
-        Redis's clock: its ``TIME`` is read in the same round trip), and ``also``'s field of a
+        """What one poll needs, in one command (``window_snapshot.lua``): the window, the cancel
+        flag, the DAG's learnt durations (``backfill.pacing.FIELDS``), its lock's holder and
+        milliseconds to live (on Redis's clock, read by the script), and ``also``'s field of a
         hash, taken (the run the watcher woke the window for, ``backfill.watch.Parking.k_ended``)."""
-        given = self.clock.script_now()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hget(self.k_windows(bf, dag), str(idx))
-        pipe.hget(self.k_meta(bf), "cancelled")
-        pipe.hmget(self.k_dag(bf, dag), list(PACE_FIELDS))
-        pipe.hmget(lock_key, ["token", "until"])
-        if also:  # taken: read once (a stale one would outlive its attempt)
-            pipe.hget(*also)
-            pipe.hdel(*also)
-        if not given:
-            pipe.time()
-        raw, cancelled, pace, (holder, until), *more = pipe.execute()
-        woken = more.pop(0) if also else None
-        if also:
-            more.pop(0)
-        now = int(given) if given else int(more[0][0]) * 1000 + int(more[0][1]) // 1000
-        ttl_ms = int(until) - now if holder and until else -2
-        lock = (text(holder or b"") if ttl_ms > 0 else "", ttl_ms)
+        keys = [self.k_windows(bf, dag), self.k_meta(bf), self.k_dag(bf, dag), lock_key, also[0] if also else lock_key]
+        args = [str(idx), self.clock.script_now(), also[1] if also else "", *PACE_FIELDS]
+        raw, cancelled, pace, holder, ttl_ms, woken = self._lua_snapshot(keys=keys, args=args)
+        lock = (text(holder) if holder and ttl_ms > 0 else "", int(ttl_ms))
         return WindowRecord.from_json(raw), cancelled == b"1", Pace.from_record(pace), lock, woken or None
 
     def windows(self, bf: str, dag: str) -> dict[int, WindowRecord]:

@@ -78,6 +78,12 @@ SHARED_WITHIN = 1.0  # s: runs expected to end this close share a look (``Watche
 # a first window's end is seen at most this share of its length late, for few looks; among many,
 # every list covers such runs anyway (``Watcher._in_reach``).
 UNLEARNT = 0.3
+# A list asked anyway covers a run from this many deviations before its expected end, and from at
+# least this share of its length before it: a deviation learnt from a few runs is often narrower
+# than the runs' spread, and a run that ended before it was covered waited for it (up to 2 s more
+# of handoff for runs of 20 s +-10 %, bench B4). Covering costs the list a DAG id more.
+REACH = 2.0
+REACH_SHARE = 0.1
 START_MARGIN = 0.25  # s after the run's usual start that its first start look comes
 # Up to this many runs watched, one list answers for all (their DAGs' runs started since the
 # oldest trigger: starts and ends at once, a few runs per DAG); more, and a round asks only the
@@ -403,9 +409,14 @@ class Watcher:
         return False
 
     def _in_reach(self, key: str, w: Watched, pace: Pace, now: float) -> bool:
-        """Whether the run may have ended by now (a list asked for another DAG covers it too)."""
+        """Whether the run may have ended by now (a list asked for another DAG covers it too):
+        from ``REACH`` deviations before its expected end, and at least ``REACH_SHARE`` of its
+        length before it."""
         expected, dev = self._expected(key, w, pace)
-        return expected is None or now >= expected - dev
+        if expected is None:
+            return True
+        scale = pace.run if key in self._started and pace.run else pace.total
+        return now >= expected - max(REACH * dev, REACH_SHARE * (scale or 0.0))
 
     def _start_look(self, key: str, w: Watched, pace: Pace, now: float) -> float | None:
         """The next look for the run's start, until it is seen (``status`` then shows it

@@ -4,8 +4,10 @@ A worker started with ``celery -A bench.floor`` is the orchestrator's worker (th
 ``celeryconfig.py``, patches and pool) with one more task, ``bench.floor_look``: a bare task
 that re-schedules itself with a countdown, as a window looking at its run does, and does
 nothing else (or, with ``url``, one HTTP GET per look, as a look at a run does). Chains of them,
-one per DAG, sent as a group, make the floor of the orchestrator's shape: what any design on
-Celery pays for a window that waits without holding a worker.
+one per DAG, sent as a group from a task on the same worker (``bench.floor_send``: the
+orchestrator's group is sent by ``submit_backfill`` there, and counts), make the floor of the
+orchestrator's shape: what any design on Celery pays for a window that waits without holding
+a worker.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ def floor_look(self: Task, *, looks: int, every: float, done_url: str, url: str 
         raise _again(self, every, {**self.request.kwargs, "look": look + 1})
     client = _redis.get(done_url) or _redis.setdefault(done_url, redis.Redis.from_url(done_url))
     client.incr(DONE_KEY)
+
+
+@app.task(name="bench.floor_send", ignore_result=True)
+def floor_send(*, dags: list[str], looks: list[list[int]], every: float, done_url: str, urls: dict[str, str]) -> None:
+    """The floor's chains sent from the worker, as the orchestrator's are (``submit_backfill``
+    sends its group there): each side pays for sending its own chains."""
+    send(dags, looks=looks, every=every, done_url=done_url, urls=urls)
 
 
 def send(dags: list[str], *, looks: list[list[int]], every: float, done_url: str, urls: dict[str, str]) -> Any:

@@ -44,6 +44,7 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
         worker = b.start_worker(app="bench.floor", **ENV)
         tasks = b.orchestrator()
         try:
+            stats0 = _command_stats(tasks.context().redis)
             cpu0, main0 = process_cpu([worker.pid]), process_cpu([worker.pid], descendants=False)
             t0 = time.time()
             sub = tasks.submit_backfill.delay(dags, "2010-01-01", f"2010-01-{windows:02d}", "daily").get(timeout=120)
@@ -51,9 +52,11 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
             wall = time.time() - t0
             cpu = process_cpu([worker.pid]) - cpu0
             main_cpu = process_cpu([worker.pid], descendants=False) - main0  # consumer and watcher
+            commands = _command_stats(tasks.context().redis) - stats0
             record = tasks.context().record
             states = [w.state for d in dags for w in record.windows(sub["backfill_id"], d).values()]
             recs = [(i, w) for d in dags for i, w in record.windows(sub["backfill_id"], d).items()]
+            ended_at = {(d, i): w.at or 0.0 for d in dags for i, w in record.windows(sub["backfill_id"], d).items()}
             calls = [w.api_calls or 0 for _, w in recs]
             first_calls = [w.api_calls or 0 for i, w in recs if i == 0]
             later_calls = [w.api_calls or 0 for i, w in recs if i > 0]
@@ -74,7 +77,13 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
             tasks.app.close()
     total = DAG_COUNT * windows
     ok = sum(1 for s in states if s == "success")
+    print(
+        f"  B4 Redis commands per window ({sum(commands.values()) / total:.1f} in all, the worker's and the "
+        "benchmark's reads): " + ", ".join(f"{k} {v / total:.2f}" for k, v in commands.most_common(12)),
+        flush=True,
+    )
     handoffs = _handoff_gaps(standin, dags)
+    _print_split(standin, dags, ended_at)
     gaps = [g for _, g in handoffs]
     after_first = [g for pos, g in handoffs if pos == 0] or [0.0]
     later = [g for pos, g in handoffs if pos > 0] or [0.0]
@@ -191,10 +200,33 @@ def _floor(pid: int, redis_url: str, dags: list[str], *, looks: list[list[int]],
     client.delete(floor.DONE_KEY)
     total = sum(len(ns) for ns in looks)
     cpu0 = process_cpu([pid])
-    floor.send(dags, looks=looks, every=every, done_url=redis_url, urls=urls)
+    floor.floor_send.delay(dags=dags, looks=looks, every=every, done_url=redis_url, urls=urls)
     longest = max(sum(ns) for ns in looks) * every
     wait_until(lambda: int(client.get(floor.DONE_KEY) or 0) >= total, 120 + 2 * longest, "Celery's floor", every=0.2)
     return process_cpu([pid]) - cpu0
+
+
+def _command_stats(client: redis.Redis) -> Counter[str]:
+    """Redis's count of the commands it ran, by command (``INFO commandstats``)."""
+    stats = client.info("commandstats")
+    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
+
+
+def _print_split(standin: Standin, dags: list[str], ended_at: dict[tuple[str, int], float]) -> None:
+    """Each handoff in two: from the run's end to its window's end recorded (the watcher's list,
+    the woken window's step) and from there to the next trigger (the next link's step)."""
+    seen, on = [], []
+    for dag in dags:
+        runs = sorted(standin.runs[dag].values(), key=lambda r: r.queued_at)
+        for i, (a, b) in enumerate(itertools.pairwise(runs)):
+            end = a.queued_at + standin.queued + a.duration
+            seen.append((ended_at.get((dag, i), end) - end, dag, i))
+            on.append((b.queued_at - ended_at.get((dag, i), end), dag, i))
+    worst = max(zip(seen, on, strict=True), key=lambda p: p[0][0] + p[1][0])
+    seen_median, on_median = statistics.median(x for x, _, _ in seen), statistics.median(x for x, _, _ in on)
+    print(f"  B4 handoff split: run end -> end recorded median {seen_median:.2f} s max {max(seen)[0]:.2f} s; "
+          f"end recorded -> next trigger median {on_median:.2f} s max {max(on)[0]:.2f} s; the longest handoff "
+          f"({worst[0][1]} #{worst[0][2] + 1}): {worst[0][0]:.2f} s + {worst[1][0]:.2f} s", flush=True)  # fmt: skip
 
 
 def _handoff_gaps(standin: Standin, dags: list[str]) -> list[tuple[int, float]]:

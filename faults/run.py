@@ -332,7 +332,8 @@ class Sim:
         links: list[tuple[str, dict[str, Any]]] = [
             ("window", {"backfill_id": bf, "dag_id": dag, "seq": seq}) for seq in range(first_seq, last)
         ]
-        links.append(("continue", {"backfill_id": bf, "dag_id": dag, "seq": last}))
+        if last < params.count(dag):  # the DAG's last window closes the DAG itself (Lifecycle.after)
+            links.append(("continue", {"backfill_id": bf, "dag_id": dag, "seq": last}))
         (task, kwargs), *rest = links
         self.world.publish(Message(task, kwargs, rest, bf))
 

@@ -4,8 +4,9 @@
   group. Returns a summary; bad input raises ``InputError`` before anything is triggered.
 - ``backfill.run_window``: one window of one DAG; polls its Airflow run through
   ``self.retry(countdown=...)`` so no worker process is held while it waits.
-- ``backfill.continue_dag``: the last link of each chain segment; dispatches the next segment
-  (at most ``segment_size`` windows per message) or closes the DAG.
+- ``backfill.continue_dag``: the last link of a chain segment that does not reach the DAG's end;
+  dispatches the next segment (at most ``segment_size`` windows per message). The DAG's last
+  window closes the DAG.
 
 Every task is stamped with ``backfill_id`` (revoke a whole backfill with
 ``celery -A workers control revoke_by_stamped_headers backfill_id=ID``) and carries the
@@ -248,8 +249,9 @@ def notify(self: Task, *, backfill_id: str, event: str, body: dict[str, Any]) ->
 
 
 def segment(params: BackfillParams, dag: str, first_seq: int, *, size: int | None = None) -> Signature:
-    """The chain of windows ``first_seq .. first_seq + segment_size`` of ``dag``, then a link that
-    continues with the next segment. Bounding the links bounds every message's size."""
+    """The chain of windows ``first_seq .. first_seq + segment_size`` of ``dag``, then, unless
+    it reaches the DAG's last window (which closes the DAG), a link that continues with the next
+    segment. Bounding the links bounds every message's size."""
     last = min(first_seq + (size or app.conf.backfill_settings.segment_size), params.count(dag))
     bf = params.backfill_id
     links = [
@@ -258,14 +260,16 @@ def segment(params: BackfillParams, dag: str, first_seq: int, *, size: int | Non
         )
         for seq in range(first_seq, last)
     ]
-    links.append(continue_dag.si(backfill_id=bf, dag_id=dag, seq=last).set(task_id=f"{bf}-{dag}-c{last}"))
+    if last < params.count(dag):  # the DAG's last window closes the DAG itself (Lifecycle.after)
+        links.append(continue_dag.si(backfill_id=bf, dag_id=dag, seq=last).set(task_id=f"{bf}-{dag}-c{last}"))
+    links[0].set(**reprs(links[0].kwargs))  # the links after it get theirs when handed on
     canvas = chain(*links)
     canvas.stamp(backfill_id=bf)
     return canvas
 
 
 @app.task(bind=True, name="backfill.continue_dag", ignore_result=True, max_retries=None)
-def continue_dag(self: Task, *, backfill_id: str, dag_id: str, seq: int, errors: int = 0) -> dict[str, Any]:
+def continue_dag(self: Task, *, backfill_id: str, dag_id: str, seq: int, errors: int = 0) -> str:
     """The last link of a chain segment: the next segment, or the DAG's end (backfill.lifecycle)."""
     return _follow_up(self, lifecycle().continue_dag(backfill_id, dag_id, seq, errors=errors))
 
@@ -278,7 +282,7 @@ def continue_dag(self: Task, *, backfill_id: str, dag_id: str, seq: int, errors:
 @app.task(bind=True, name="backfill.run_window", max_retries=None, throws=(WindowFailed,), ignore_result=True)
 def run_window(
     self: Task, *, backfill_id: str, dag_id: str, seq: int, window: str = "", errors: int = 0, calls: int = 0
-) -> dict[str, Any]:
+) -> str:
     """Advance one window; retried with a countdown until its Airflow run has ended."""
     executions = self.request.retries + 1  # every look is a retry or a parked message's return
     return _follow_up(self, lifecycle().window(backfill_id, dag_id, seq, errors=errors, calls=calls,
@@ -299,7 +303,12 @@ class CeleryDelivery:
         request = self.task.request
         if request.chain:
             nxt = signature(request.chain[-1], app=app)
-            nxt.apply_async(chain=request.chain[:-1], parent_id=request.id, root_id=request.root_id or request.id)
+            nxt.apply_async(
+                chain=request.chain[:-1],
+                parent_id=request.id,
+                root_id=request.root_id or request.id,
+                **reprs(nxt.kwargs),
+            )
 
     def end_chain(self) -> None:
         self.task.request.chain = None
@@ -322,9 +331,19 @@ class CeleryDelivery:
         return cast(BaseException, Retry(when=countdown))  # acked; Flower shows the window waiting (RETRY)
 
 
-def _follow_up(task: Task, nxt: Next) -> dict[str, Any]:
+def _follow_up(task: Task, nxt: Next) -> str:
+    """Carry out ``nxt``; the task's result is a line (``dag=... seq=... state=success``): Celery
+    makes a ``saferepr`` of every result, even unstored, and a dict's cost more than the line."""
     retry_max = context().settings.retry_max
-    return settle(CeleryDelivery(task), nxt, retry_max=retry_max, window=task.name == run_window.name)
+    result = settle(CeleryDelivery(task), nxt, retry_max=retry_max, window=task.name == run_window.name)
+    return " ".join(f"{k}={v}" for k, v in result.items() if v is not None)
+
+
+def reprs(kwargs: dict[str, Any] | None) -> dict[str, str]:
+    """A message's ``argsrepr``/``kwargsrepr`` (what Flower shows and searches), made with
+    ``repr``: Celery's own ``saferepr`` (pure Python, for arguments of any size) cost more than
+    a task's own logic on every message (bench B4), and our kwargs are a few short values."""
+    return {"argsrepr": "()", "kwargsrepr": repr(kwargs or {})}
 
 
 def _again(task: Task, countdown: float, kwargs: dict[str, Any] | None) -> Exception:
@@ -332,7 +351,7 @@ def _again(task: Task, countdown: float, kwargs: dict[str, Any] | None) -> Excep
     the publish retry policy) requeues this message instead of dropping it, as Celery would:
     dropping it would lose the window and the rest of its chain. Every step is safe to repeat."""
     try:
-        task.retry(countdown=countdown, kwargs=kwargs, throw=False)
+        task.retry(countdown=countdown, kwargs=kwargs, throw=False, **reprs(kwargs or task.request.kwargs))
     except Reject as exc:
         log.warning("%s: could not publish its next look (%s); requeueing", task.request.id, exc.reason)
         return cast(Exception, Reject(exc.reason, requeue=True))
@@ -401,7 +420,9 @@ WOKEN_PRIORITY = 3
 
 
 def _publish_parked(message: dict[str, Any]) -> None:
-    signature(message, app=app).apply_async(retry_policy=_PARKED_RETRY, priority=WOKEN_PRIORITY)
+    signature(message, app=app).apply_async(
+        retry_policy=_PARKED_RETRY, priority=WOKEN_PRIORITY, **reprs(message.get("kwargs"))
+    )
 
 
 def _publish_parked_batch(messages: list[dict[str, Any]]) -> None:
@@ -410,7 +431,9 @@ def _publish_parked_batch(messages: list[dict[str, Any]]) -> None:
     try:
         with app.producer_or_acquire() as producer, producer.batch():
             for message in messages:
-                signature(message, app=app).apply_async(producer=producer, priority=WOKEN_PRIORITY)
+                signature(message, app=app).apply_async(
+                    producer=producer, priority=WOKEN_PRIORITY, **reprs(message.get("kwargs"))
+                )
     except Exception as exc:  # some may have gone: every one again, each with retries (a duplicate costs a look)
         log.warning("watcher: publishing %d woken window(s) at once failed (%r): one by one", len(messages), exc)
         for message in messages:

@@ -232,6 +232,21 @@ def test_only_the_dags_of_runs_due_are_listed(scratch_redis: redis.Redis) -> Non
     assert airflow.asked[1][1] == ["fast"] and airflow.asked[1][2] > airflow.asked[0][2] + 1
 
 
+def test_a_list_covers_runs_from_a_tenth_of_their_length_before_their_expected_end(scratch_redis: redis.Redis) -> None:
+    """A deviation learnt from a few runs is often narrower than their spread: a list made anyway
+    covers a run from two deviations and at least a tenth of its length before its expected end
+    (a run of 20 s that ended 1.5 s early is seen by the next list, not 1 s after it)."""
+    p, airflow, out = _parking(scratch_redis), EndedRuns(), []
+    for dag in ("early", "later"):
+        scratch_redis.hset(f"t:bf:bf-1:dag:{dag}", mapping={"avg_duration": 20, "dev_duration": 0.5})
+    now = time.time()
+    p.park(window_key("bf-1", "new", 0), {"w": 1}, 100.0, Watched("new", "bf-1__x", now - 3, running=True))
+    p.park(window_key("bf-1", "early", 0), {"w": 2}, 100.0, Watched("early", "bf-1__x", now - 18.5, running=True))
+    p.park(window_key("bf-1", "later", 0), {"w": 3}, 100.0, Watched("later", "bf-1__x", now - 17, running=True))
+    _watcher(p, airflow, out).tick()  # the new DAG's run (nothing learnt) is due: a list is made
+    assert [(what, dags) for what, dags, _ in airflow.asked] == [("ended", ["early", "new"])]
+
+
 def test_deadlines_hold_when_every_list_fails(scratch_redis: redis.Redis) -> None:
     """Airflow failing every list must not keep parked windows from their own looks."""
     p, out = _parking(scratch_redis), []
