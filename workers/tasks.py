@@ -339,11 +339,20 @@ def _follow_up(task: Task, nxt: Next) -> str:
     return " ".join(f"{k}={v}" for k, v in result.items() if v is not None)
 
 
+REPR_MAX = 1024  # characters of a message's kwargsrepr, as Celery's own (amqp.kwargsrepr_maxsize)
+
+
 def reprs(kwargs: dict[str, Any] | None) -> dict[str, str]:
-    """A message's ``argsrepr``/``kwargsrepr`` (what Flower shows and searches), made with
-    ``repr``: Celery's own ``saferepr`` (pure Python, for arguments of any size) cost more than
-    a task's own logic on every message (bench B4), and our kwargs are a few short values."""
-    return {"argsrepr": "()", "kwargsrepr": repr(kwargs or {})}
+    """A message's ``argsrepr``/``kwargsrepr`` (what Flower, ``celery inspect`` and the logs
+    show), made with ``repr``: Celery's own ``saferepr`` (pure Python, for arguments of any size)
+    cost more than a task's own logic on every message (bench B4), and our kwargs are a few
+    short values. A webhook URL (``notify``, a secret) shows its host only; at most ``REPR_MAX``
+    characters."""
+    shown = kwargs or {}
+    if shown.get("notify"):
+        shown = {**shown, "notify": redacted(shown["notify"])}
+    text = repr(shown)
+    return {"argsrepr": "()", "kwargsrepr": text if len(text) <= REPR_MAX else text[: REPR_MAX - 3] + "..."}
 
 
 def _again(task: Task, countdown: float, kwargs: dict[str, Any] | None) -> Exception:

@@ -32,3 +32,12 @@ def test_the_first_link_carries_its_reprs_and_every_link_its_stamp() -> None:
     assert head.options["kwargsrepr"] == repr(head.kwargs)
     assert "backfill_id" in head.options["kwargsrepr"] and "'dag_id': 'a'" in head.options["kwargsrepr"]
     assert all(s.options.get("backfill_id") == params.backfill_id for s in canvas.tasks)
+
+
+def test_a_retried_submit_shows_its_webhook_redacted_and_long_kwargs_cut() -> None:
+    """``reprs`` is what a retry (``_again``) shows too: a submit retried after a transient error
+    must not put its webhook URL (a secret) in the message Flower and the logs read."""
+    shown = tasks.reprs({"dags": ["d"], "notify": "https://hooks.slack.com/services/T0/B0/secret"})
+    assert "secret" not in shown["kwargsrepr"] and "hooks.slack.com" in shown["kwargsrepr"]
+    long = tasks.reprs({"conf": {"x": "y" * 5000}})["kwargsrepr"]
+    assert len(long) == tasks.REPR_MAX and long.endswith("...")
