@@ -78,6 +78,10 @@ SHARED_WITHIN = 1.0  # s: runs expected to end this close share a look (``Watche
 # a first window's end is seen at most this share of its length late, for few looks; among many,
 # every list covers such runs anyway (``Watcher._in_reach``).
 UNLEARNT = 0.3
+UNLEARNT_EVERY = 0.5  # s: among many DAGs, the longest between two lists covering a run with nothing learnt
+# The pace of a run with nothing learnt is read again at most this often (an earlier window may
+# have taught it since it was parked): a thousand reads per list otherwise (bench B4).
+REFRESH_EVERY = 5.0
 # A list asked anyway covers a run from this many deviations before its expected end, and from at
 # least this share of its length before it: a deviation learnt from a few runs is often narrower
 # than the runs' spread, and a run that ended before it was covered waited for it (up to 2 s more
@@ -303,6 +307,7 @@ class Watcher:
         self._pace: dict[str, Pace] = {}  # per watched window: its DAG's pace (re-read while nothing is learnt)
         self._since: dict[str, float] = {}  # per watched window: the trigger its memos are about
         self._crowded: float | None = None  # the one list from this date was long: two lists until it moves
+        self._refresh_at = 0.0  # when the pace of runs with nothing learnt is next read again
         self._gap = self.min_gap
 
     @property
@@ -368,7 +373,8 @@ class Watcher:
         look for this run alone comes a little after the expected end (one look usually sees it
         ended), a shared one from a deviation before it. A run with nothing learnt is looked at
         two seconds after its trigger, then after 30 % of the time waited (``UNLEARNT``), and is
-        covered by every list of ends meanwhile (``_in_reach``): among many DAGs, every round.
+        covered by every list of ends meanwhile (``_in_reach``): among many DAGs, at least
+        every ``UNLEARNT_EVERY`` s.
         Before the expected end no look is needed (the window's own deadline still holds); after
         it, looks back off to at most ``ceiling`` apart."""
         start = self._started.get(key)
@@ -378,7 +384,9 @@ class Watcher:
         # Before the expected end, nothing to look for (the window's own deadline still holds).
         ceiling = self.ceiling if expected is None or now >= expected else float("inf")
         if expected is None and len(watched) > self.one_list:
-            ceiling = min(ceiling, self.every)  # among many, a list serves it every round anyway
+            # Among many, a list serves it anyway: every UNLEARNT_EVERY s, or the first windows'
+            # ends (a thousand at once) are seen up to a second late (bench B4).
+            ceiling = min(ceiling, self.every, max(self._gap, UNLEARNT_EVERY))
         # A look that serves other runs too (ending about then, or many watched) costs each a
         # share of one request: from a deviation before the expected end, as a window's own
         # looks would (a late look costs a DAG its next scheduler loop, bench B1). A look for
@@ -531,6 +539,11 @@ class Watcher:
 
     def _refresh_unlearnt(self, keys: list[str], watched: dict[str, Watched]) -> None:
         """Re-read the pace of runs with nothing learnt yet: an earlier window may have taught it."""
+        if len(keys) > self.one_list:  # (a few are read every time: cheap, and B1's first looks use it)
+            now = self.parking.clock.now()
+            if now < self._refresh_at:
+                return
+            self._refresh_at = now + REFRESH_EVERY
         unlearnt = [k for k in keys if self._pace[k].total is None]
         self._pace.update(zip(unlearnt, self._paces(unlearnt, watched), strict=True))
 

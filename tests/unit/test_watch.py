@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import redis
 
+from backfill import watch
 from backfill.errors import AirflowUnavailable
 from backfill.locks import DagLocks, WindowKeys
-from backfill.watch import Parking, Watched, Watcher, window_key
+from backfill.watch import UNLEARNT_EVERY, Parking, Watched, Watcher, window_key
 
 
 class EndedRuns:
@@ -344,3 +345,44 @@ def test_a_batch_published_at_once_is_done_and_a_failed_batch_comes_back(scratch
     watcher.publish_many = batches.append
     assert watcher._publish_due() == 3
     assert [sorted(m["n"] for m in b) for b in batches] == [[0, 1, 2]] and p.parked() == {}
+
+
+def test_among_many_a_run_with_nothing_learnt_is_listed_every_half_second(scratch_redis: redis.Redis) -> None:
+    """A thousand DAGs' first windows end within seconds of one another and nothing says when:
+    every list covers their runs, and lists come every ``UNLEARNT_EVERY`` s, not every round's
+    ``every`` (1 s): a first window's end is seen about half a second late at most (bench B4)."""
+    p, airflow, out = _parking(scratch_redis), EndedRuns(), []
+    p.park(window_key("bf-1", "new", 0), {"w": 1}, 100.0, Watched("new", "bf-1__x", time.time() - 20, running=True))
+    watcher = Watcher(parking=p, airflow=airflow, publish=out.append, every=1.0, holder="w1", one_list=0)  # type: ignore[arg-type]
+    wait = watcher.tick()
+    assert len(airflow.asked) == 1 and wait <= UNLEARNT_EVERY + 0.01
+    time.sleep(UNLEARNT_EVERY + 0.02)
+    watcher.tick()
+    assert len(airflow.asked) == 2
+
+
+def test_among_many_the_pace_of_runs_with_nothing_learnt_is_read_again_every_few_seconds(
+    scratch_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-reading the pace of every run with nothing learnt at every list was a thousand reads a
+    round at a thousand DAGs (bench B4): it is read when parked, then every ``REFRESH_EVERY`` s,
+    and what was learnt meanwhile is then used."""
+    monkeypatch.setattr(watch, "REFRESH_EVERY", 0.3)
+    p, airflow, out = _parking(scratch_redis), EndedRuns(), []
+    p.park(window_key("bf-1", "new", 0), {"w": 1}, 100.0, Watched("new", "bf-1__x", time.time() - 20, running=True))
+    watcher, reads = _watcher(p, airflow, out), []
+    real = p.paces
+    monkeypatch.setattr(p, "paces", lambda pairs: (reads.append(len(pairs)) if pairs else None) or real(pairs))
+    for _ in range(5):
+        watcher.tick()
+        time.sleep(0.02)
+    assert len(airflow.asked) == 5 and reads == [1, 1]  # listed every round; read when parked, and once more
+    scratch_redis.hset("t:bf:bf-1:dag:new", mapping={"avg_duration": 60, "dev_duration": 3})  # learnt meanwhile
+    time.sleep(0.3)
+    watcher.tick()
+    assert reads == [1, 1, 1]
+    asked = len(airflow.asked)
+    for _ in range(3):
+        watcher.tick()
+        time.sleep(0.02)
+    assert len(airflow.asked) == asked  # a 60 s run 20 s in: not due for half a minute
