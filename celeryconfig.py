@@ -82,9 +82,12 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 # Each process gets its next message as soon as it is free: with 1, a process waited for the
 # main process's ack and fetch of the next message after each task, idle 40 % of a burst of a
-# thousand runs ending at once (bench B4: longest handoff 2.4-3.3 s with 1, 1.8 s with 4). A
-# task never holds a process for long (waits are countdowns or parked), so few wait behind one;
-# reserved messages are unacknowledged (acks_late) and come back if the worker dies.
+# thousand runs ending at once (bench B4: longest handoff 2.4-3.3 s with 1, 1.8 s with 4). The
+# cost: a worker holds up to 4 x concurrency messages. Most steps take milliseconds (waits are
+# countdowns or parked), but a webhook POST or a slow Airflow holds a process for seconds, and
+# what that worker fetched waits for its other processes, not for an idle replica. Fetched
+# messages are unacknowledged (acks_late): a warm stop hands them back at once, a hard kill
+# after the visibility timeout (docs/setup.md), and a step is safe to repeat.
 worker_prefetch_multiplier = 4
 task_track_started = True
 

@@ -424,7 +424,9 @@ _PARKED_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 # A woken window (its run ended: it records the end and hands on) queues behind a window about
 # to trigger (the next link of a chain that just handed on). On Redis 0 goes first (kombu's
 # priority steps 0, 3, 6, 9). When hundreds of runs end at once, each DAG's next trigger then
-# follows its own end instead of the whole burst of ends (bench B4, longest handoff).
+# follows its own end instead of the whole burst of ends (bench B4, longest handoff): behind at
+# most the messages a worker has already fetched (worker_prefetch_multiplier x concurrency, less
+# the running ones), which priorities in Redis no longer reorder.
 WOKEN_PRIORITY = 3
 
 

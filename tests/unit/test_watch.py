@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from backfill import watch
+from backfill.clock import Clock
 from backfill.errors import AirflowUnavailable
 from backfill.locks import DagLocks, WindowKeys
 from backfill.watch import UNLEARNT_EVERY, Parking, Watched, Watcher, window_key
@@ -367,8 +368,15 @@ def test_among_many_the_pace_of_runs_with_nothing_learnt_is_read_again_every_few
     """Re-reading the pace of every run with nothing learnt at every list was a thousand reads a
     round at a thousand DAGs (bench B4): it is read when parked, then every ``REFRESH_EVERY`` s,
     and what was learnt meanwhile is then used."""
-    monkeypatch.setattr(watch, "REFRESH_EVERY", 0.3)
-    p, airflow, out = _parking(scratch_redis), EndedRuns(), []
+
+    class Later(Clock):  # this process's clock, moved on at will
+        by = 0.0
+
+        def now(self) -> float:
+            return time.time() + self.by
+
+    clock, airflow, out = Later(), EndedRuns(), []
+    p = Parking(scratch_redis, prefix="t", clock=clock)
     p.park(window_key("bf-1", "new", 0), {"w": 1}, 100.0, Watched("new", "bf-1__x", time.time() - 20, running=True))
     watcher, reads = _watcher(p, airflow, out), []
     real = p.paces
@@ -378,11 +386,11 @@ def test_among_many_the_pace_of_runs_with_nothing_learnt_is_read_again_every_few
         time.sleep(0.02)
     assert len(airflow.asked) == 5 and reads == [1, 1]  # listed every round; read when parked, and once more
     scratch_redis.hset("t:bf:bf-1:dag:new", mapping={"avg_duration": 60, "dev_duration": 3})  # learnt meanwhile
-    time.sleep(0.3)
+    clock.by = watch.REFRESH_EVERY
     watcher.tick()
     assert reads == [1, 1, 1]
     asked = len(airflow.asked)
     for _ in range(3):
-        watcher.tick()
         time.sleep(0.02)
-    assert len(airflow.asked) == asked  # a 60 s run 20 s in: not due for half a minute
+        watcher.tick()
+    assert len(airflow.asked) == asked  # a 60 s run 25 s in: not due for half a minute
