@@ -122,10 +122,12 @@ def sensor_modes(airflow: AirflowClient) -> Experiment:
         return f"of {sum(c.values())} samples: {c[state]} `{state}`, {c['running']} `running` (others: {others})"
 
     e.findings = [
-        Finding("a waiting sensor frees its worker slot (reschedule)",
-                resched["up_for_reschedule"] > resched["running"],
+        # Any sample in the freed state proves the slot is given back between pokes (a `poke` sensor
+        # is never seen so); how the samples split with `running` depends on the machine's load (a
+        # re-queued poke's start-up counts as `running`), so it is reported, not judged.
+        Finding("a waiting sensor frees its worker slot (reschedule)", resched["up_for_reschedule"] > 0,
                 share(resched, "up_for_reschedule")),
-        Finding("a waiting sensor frees its worker slot (deferrable)", deferred["deferred"] > deferred["running"],
+        Finding("a waiting sensor frees its worker slot (deferrable)", deferred["deferred"] > 0,
                 share(deferred, "deferred")),
         Finding("one run of the DAG at a time",
                 any(e.facts[f"{dag}_max_runs_at_once"] == 1 for dag in dags),
