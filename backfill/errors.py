@@ -86,3 +86,10 @@ class BackfillNotFound(BackfillError):
     """No backfill record under that id in Redis."""
 
     exit_code = 2
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a log line or a recorded reason shows it: its type and message
+    (``TimeoutError('Timeout reading from socket')``). redis-py 8's errors repr as their category
+    and type only (``network:TimeoutError``), which says nothing of what failed."""
+    return f"{type(exc).__name__}({str(exc)!r})"

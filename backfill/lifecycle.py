@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from backfill import metrics
 from backfill.context import Context
-from backfill.errors import AirflowUnavailable, BackfillNotFound, WindowFailed
+from backfill.errors import AirflowUnavailable, BackfillNotFound, WindowFailed, describe
 from backfill.model import BackfillParams
 from backfill.notify import message, notification_id, target
 from backfill.record import WindowRecord, text
@@ -129,7 +129,7 @@ def settle(delivery: Delivery, nxt: Next, *, retry_max: float, window: bool) -> 
             delivery.hand_on()
         except Exception as exc:
             delay = min(retry_max, 2.0**nxt.errors)
-            log.warning("could not publish the next link (%r), retrying in %.0f s", exc, delay)
+            log.warning("could not publish the next link (%s), retrying in %.0f s", describe(exc), delay)
             raise delivery.retry(delay, {**changes, "errors": nxt.errors + 1}) from exc
     delivery.end_chain()  # handed on, or the rest of this segment is not run (or runs elsewhere)
     if nxt.failed:
@@ -231,13 +231,13 @@ class Lifecycle:
         if isinstance(exc, TRANSIENT) or errors < MAX_UNEXPECTED_ERRORS:
             # Every step is safe to repeat: try again with backoff. Redis errors are never given
             # up on: recording the failure needs Redis too.
-            log.warning("%s %s #%d: %r, retrying in %.0f s", bf, dag, seq + 1, exc, delay)
+            log.warning("%s %s #%d: %s, retrying in %.0f s", bf, dag, seq + 1, describe(exc), delay)
             return Next(retry_in=delay, errors=errors + 1, calls=calls)
-        log.error("%s %s #%d: giving up after %d unexpected errors: %r", bf, dag, seq + 1, errors, exc)
+        log.error("%s %s #%d: giving up after %d unexpected errors: %s", bf, dag, seq + 1, errors, describe(exc))
         try:
-            return self.give_up(bf, dag, seq, f"orchestrator error: {exc!r}")
+            return self.give_up(bf, dag, seq, f"orchestrator error: {describe(exc)}")
         except Exception as again:
-            log.warning("%s %s: could not record giving up (%r), retrying in %.0f s", bf, dag, again, delay)
+            log.warning("%s %s: could not record giving up (%s), retrying in %.0f s", bf, dag, describe(again), delay)
             return Next(retry_in=delay, errors=errors, calls=calls)
 
     def give_up(self, bf: str, dag: str, seq: int, reason: str) -> Next:
@@ -309,8 +309,8 @@ class Lifecycle:
         except Exception as exc:
             delay = min(ctx.settings.retry_max, 2.0**errors)
             _count_redis_error(exc, "continue_dag")
-            log.warning("%s %s: could not continue at #%d (%r), retrying in %.0f s", backfill_id, dag, seq + 1, exc,
-                        delay)  # fmt: skip
+            log.warning("%s %s: could not continue at #%d (%s), retrying in %.0f s", backfill_id, dag, seq + 1,
+                        describe(exc), delay)  # fmt: skip
             return Next(retry_in=delay, errors=errors + 1)
 
     def close_dag(self, params: BackfillParams, dag: str, *, reason: str | None = None) -> dict[str, Any]:

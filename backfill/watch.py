@@ -52,6 +52,7 @@ import redis
 
 from backfill.airflow import AirflowClient
 from backfill.clock import SYSTEM, Clock
+from backfill.errors import describe
 from backfill.lua import queue, source
 from backfill.pacing import FIELDS, SCHEDULER_START, Pace, next_look
 
@@ -468,7 +469,7 @@ class Watcher:
                     self.started(key, run)
             except Exception as exc:  # looked for again; the others are recorded
                 self._started.pop(key, None)
-                log.warning("watcher: could not record %s running (%r)", key, exc)
+                log.warning("watcher: could not record %s running (%s)", key, describe(exc))
         woken = self.parking.wake(wake)
         if woken:
             log.debug("watcher: %d window(s) woken", woken)
@@ -590,7 +591,7 @@ class Watcher:
                 else:
                     wait = self.tick()
             except Exception as exc:  # Redis or Airflow failing for a moment: the next round tries again
-                log.warning("watcher: %r (next round in %.1f s)", exc, self.every)
+                log.warning("watcher: %s (next round in %.1f s)", describe(exc), self.every)
                 wait = self.every
             stop.wait(wait)
         if not drain_only:

@@ -68,10 +68,10 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
             per_window = executions / (DAG_COUNT * windows)
             every = (duration + standin.queued) / max(1.0, per_window - 1)
             redis_url = tasks.context().settings.redis_url
-            floor_cpu = _floor(worker.pid, redis_url, dags, looks=looks, every=every, urls={})
+            floor_cpu, floor_main = _floor(worker.pid, redis_url, dags, looks=looks, every=every, urls={})
             base = f"http://127.0.0.1:{port}/api/v2/dags"
             urls = {d: f"{base}/{d}/dagRuns/{next(iter(standin.runs[d]))}" for d in dags}
-            http_cpu = _floor(worker.pid, redis_url, dags, looks=looks, every=every, urls=urls)
+            http_cpu, _ = _floor(worker.pid, redis_url, dags, looks=looks, every=every, urls=urls)
         finally:
             server.shutdown()
             tasks.app.close()
@@ -121,6 +121,7 @@ def b4(root: Path, *, windows: int = 5, duration: float = 20.0) -> list[Figure]:
         Figure("B4", "orchestrator CPU per window (worker, all processes)", [1000 * cpu / total], INF, "ms"),
         Figure("B4", "of which the worker's main process (consumer, watcher)", [1000 * main_cpu / total], INF, "ms"),
         Figure("B4", "Celery's floor: CPU per window", [1000 * floor_cpu / total], INF, "ms"),
+        Figure("B4", "of which the worker's main process (consumer)", [1000 * floor_main / total], INF, "ms"),
         Figure("B4", "Celery's floor + one HTTP GET per look: CPU per window", [1000 * http_cpu / total], INF, "ms"),
         Figure(
             "B4",
@@ -192,18 +193,19 @@ def _spread(executions: int, dags: int, windows: int) -> list[list[int]]:
 
 
 def _floor(pid: int, redis_url: str, dags: list[str], *, looks: list[list[int]], every: float,
-           urls: dict[str, str]) -> float:  # fmt: skip
-    """The worker's CPU seconds for Celery's floor (``bench.floor``): its windows' looks."""
+           urls: dict[str, str]) -> tuple[float, float]:  # fmt: skip
+    """The worker's CPU seconds for Celery's floor (``bench.floor``): its windows' looks, in all
+    its processes and in its main process (the consumer: fetching, acking, the countdowns)."""
     from bench import floor
 
     client = redis.Redis.from_url(redis_url)
     client.delete(floor.DONE_KEY)
     total = sum(len(ns) for ns in looks)
-    cpu0 = process_cpu([pid])
+    cpu0, main0 = process_cpu([pid]), process_cpu([pid], descendants=False)
     floor.floor_send.delay(dags=dags, looks=looks, every=every, done_url=redis_url, urls=urls)
     longest = max(sum(ns) for ns in looks) * every
     wait_until(lambda: int(client.get(floor.DONE_KEY) or 0) >= total, 120 + 2 * longest, "Celery's floor", every=0.2)
-    return process_cpu([pid]) - cpu0
+    return process_cpu([pid]) - cpu0, process_cpu([pid], descendants=False) - main0
 
 
 def _command_stats(client: redis.Redis) -> Counter[str]:

@@ -35,7 +35,7 @@ from backfill import metrics
 from backfill.airflow import AirflowClient
 from backfill.commands import resume_params
 from backfill.context import Context
-from backfill.errors import BackfillNotFound, WindowFailed
+from backfill.errors import BackfillNotFound, WindowFailed, describe
 from backfill.lifecycle import TRANSIENT, Lifecycle, Next, settle
 from backfill.model import BackfillParams
 from backfill.notify import ATTEMPTS, TIMEOUT, WebhookError, post, redacted, target
@@ -326,7 +326,7 @@ class CeleryDelivery:
             if isinstance(exc, RedisError):
                 metrics.REDIS_ERRORS.labels("run_window").inc()
             settings = context().settings
-            log.warning("%s: could not park its next look (%r): waiting on a countdown", request.id, exc)
+            log.warning("%s: could not park its next look (%s): waiting on a countdown", request.id, describe(exc))
             return self.retry(min(countdown, settings.poll_max), changes)
         return cast(BaseException, Retry(when=countdown))  # acked; Flower shows the window waiting (RETRY)
 
@@ -446,7 +446,9 @@ def _publish_parked_batch(messages: list[dict[str, Any]]) -> None:
                     producer=producer, priority=WOKEN_PRIORITY, **reprs(message.get("kwargs"))
                 )
     except Exception as exc:  # some may have gone: every one again, each with retries (a duplicate costs a look)
-        log.warning("watcher: publishing %d woken window(s) at once failed (%r): one by one", len(messages), exc)
+        log.warning(
+            "watcher: publishing %d woken window(s) at once failed (%s): one by one", len(messages), describe(exc)
+        )
         for message in messages:
             _publish_parked(message)
 
