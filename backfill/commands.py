@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from backfill.airflow import RunInfo
 from backfill.context import Context
-from backfill.errors import InputError
+from backfill.errors import InputError, describe
 from backfill.lifecycle import Lifecycle, Publisher
 from backfill.model import BackfillParams
 from backfill.request import new_backfill_id
@@ -96,8 +96,8 @@ def cancel(
             for dag in params.dags:  # closed above: this publishes what the closes would have
                 notifier.close_dag(params, dag, reason=reason)
         except Exception as exc:
-            log.warning("%s: cancelled, but its notification could not be published (%r); a worker handling "
-                        "the revoke publishes it", bf, exc)  # fmt: skip
+            log.warning("%s: cancelled, but its notification could not be published (%s); a worker handling "
+                        "the revoke publishes it", bf, describe(exc))  # fmt: skip
     log.info("%s backfill CANCELLED: %d window(s), %d run(s) marked failed", bf, windows, len(failed))
     return {"backfill_id": bf, "cancelled_windows": windows, "failed_runs": failed, "left_running": left}
 

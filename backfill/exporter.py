@@ -45,7 +45,7 @@ from typing import Any, cast
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from backfill.errors import BackfillNotFound
+from backfill.errors import BackfillNotFound, describe
 from backfill.model import BackfillParams
 from backfill.record import DagRecord, Record, WindowRecord
 from backfill.runner import WAIT_OUTAGE
@@ -150,7 +150,7 @@ class RecordCollector(Collector):
                 continue
             except Exception as exc:  # one unreadable record (or a Redis blip) must not blank the scrape
                 self._errors += 1
-                log.warning("backfill metrics: could not read backfill %s (%r)", bf, exc)
+                log.warning("backfill metrics: could not read backfill %s (%s)", bf, describe(exc))
         # What is no longer shown is forgotten: the exporter's memory follows what it exports.
         self._tails = {bf: tail for bf, tail in self._tails.items() if bf in shown}
         self._waiting = {key for key in self._waiting if key[0] in shown}
