@@ -11,6 +11,7 @@ import multiprocessing
 
 import pytest
 
+from faults.__main__ import one
 from faults.cases import Case, cases, run_case
 from faults.run import Sim, generate
 
@@ -33,19 +34,12 @@ def test_regression_case(case: Case, harness_url: str) -> None:
     )
 
 
-def _schedule(args: tuple[int, str]) -> tuple[int, list[str]]:
-    """One random schedule in a pool process, on a database of that process's own."""
-    seed, base = args
-    worker = (multiprocessing.current_process()._identity or (0,))[0]
-    return seed, Sim(generate(seed), f"{base.rsplit('/', 1)[0]}/{7 + worker % 2}").run()
-
-
 def test_a_short_random_run_finds_no_violation(harness_url: str) -> None:
-    # Two processes (``python -m faults`` runs as many): the schedules are CPU-bound, a few take
-    # minutes alone (a window waiting days of simulated time, its duplicates polling beside it).
+    # As ``python -m faults`` runs them (its ``one``: two processes, each emptying a database of its
+    # own): the schedules are CPU-bound, and a few take minutes alone (docs/reliability.md, seed 219).
     with multiprocessing.get_context("fork").Pool(2) as pool:
-        results = pool.imap_unordered(_schedule, ((seed, harness_url) for seed in range(1, SHORT_RUN + 1)))
-        failed = {seed: problems[:3] for seed, problems in results if problems}
+        results = pool.imap_unordered(one, ((seed, harness_url) for seed in range(1, SHORT_RUN + 1)))
+        failed = {seed: problems[:3] for seed, problems, _, _ in results if problems}
     assert not failed, "replay with python -m faults --seed N --verbose:\n" + "\n".join(
         f"seed {s}: {p}" for s, p in failed.items()
     )
